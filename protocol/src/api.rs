@@ -1,0 +1,87 @@
+//! Records and responses of the producer's HTTP API, and what it keeps in Redis.
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{SuiteState, Summary};
+
+/// What the producer records for a suite before publishing a single message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuiteRecord {
+    pub schema_version: u32,
+    pub id: String,
+    pub name: String,
+    /// Every test's name, in manifest order: the report's order and what "complete" means.
+    pub tests: Vec<String>,
+    pub created_at_ms: u64,
+    /// After this instant, tests without a result are reported `lost`.
+    pub deadline_at_ms: u64,
+}
+
+/// The answer to a submitted suite (202 Accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub id: String,
+    pub tests: u32,
+    pub status_url: String,
+    pub report_url: String,
+    pub junit_url: String,
+}
+
+/// A suite's progress, as `GET /v1/suites/{id}` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteStatus {
+    pub id: String,
+    pub name: String,
+    pub state: SuiteState,
+    pub total: u32,
+    /// Tests whose final attempt has a result.
+    pub done: u32,
+    /// Present once the suite is no longer running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// The body of every error answer: one line that names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// The answer to an uploaded blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStored {
+    /// `sha256:<hex>`, the reference a manifest's `workspace` takes.
+    pub reference: String,
+    pub size: u64,
+}
+
+/// Turns `sha256:<64 hex>` into its hex part.
+pub fn parse_blob_reference(reference: &str) -> Option<&str> {
+    let hex = reference.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_references_are_lowercase_sha256() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            parse_blob_reference(&format!("sha256:{hex}")),
+            Some(hex.as_str())
+        );
+        assert_eq!(parse_blob_reference(&hex), None);
+        assert_eq!(
+            parse_blob_reference(&format!("sha256:{}", "A".repeat(64))),
+            None
+        );
+        assert_eq!(parse_blob_reference("sha256:abc"), None);
+        assert_eq!(parse_blob_reference("/home/me/project"), None);
+    }
+}

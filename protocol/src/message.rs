@@ -1,0 +1,209 @@
+//! The message published for each test attempt: everything a worker needs to run it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::SCHEMA_VERSION;
+use crate::manifest::TestSpec;
+
+/// One test attempt on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestMessage {
+    pub schema_version: u32,
+    pub suite_id: String,
+    /// The test's position in the suite, which orders the report.
+    pub index: u32,
+    /// 1 for the first run; a retry carries the next number.
+    pub attempt: u32,
+    pub test: TestSpec,
+    /// The packed workspace, `sha256:<hex>`, if the suite has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    #[serde(default)]
+    pub network: bool,
+    /// sha256 of everything that decides the outcome (see [`outcome_digest`]).
+    pub digest: String,
+    /// When the message was published, ms since the epoch (for queue-wait figures).
+    pub published_at_ms: u64,
+}
+
+/// A message body that is not an isotest test message this worker can run.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("message is not valid JSON of a test message")]
+    Malformed(#[source] serde_json::Error),
+    #[error("message has schema_version {0}, newer than this worker's {SCHEMA_VERSION}")]
+    UnknownVersion(u32),
+}
+
+impl TestMessage {
+    /// The number of attempts the test may have in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.test.retries.saturating_add(1)
+    }
+
+    /// Whether this is the last attempt the test may have.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts()
+    }
+
+    /// The message for the next attempt, if retries remain.
+    pub fn next_attempt(&self, now_ms: u64) -> Option<TestMessage> {
+        (!self.is_last_attempt()).then(|| TestMessage {
+            attempt: self.attempt + 1,
+            published_at_ms: now_ms,
+            ..self.clone()
+        })
+    }
+
+    /// Serializes the message body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A struct of strings, numbers and maps with string keys always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a message body, refusing unknown schema versions.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`MessageError`] for a body that is not a test message or is too new.
+    pub fn from_bytes(body: &[u8]) -> Result<TestMessage, MessageError> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: u32,
+        }
+        let version: Version = serde_json::from_slice(body).map_err(MessageError::Malformed)?;
+        if version.schema_version > SCHEMA_VERSION {
+            return Err(MessageError::UnknownVersion(version.schema_version));
+        }
+        serde_json::from_slice(body).map_err(MessageError::Malformed)
+    }
+}
+
+/// The sha256 of everything that decides a test's outcome: its fields (not its name
+/// nor its retry budget), the workspace blob, the environment and network access.
+pub fn outcome_digest(test: &TestSpec, workspace: Option<&str>, network: bool) -> String {
+    #[derive(Serialize)]
+    struct Inputs<'a> {
+        body: &'a crate::manifest::TestBody,
+        framework: crate::manifest::Framework,
+        timeout_ms: u64,
+        env: &'a std::collections::BTreeMap<String, String>,
+        files: &'a [crate::manifest::FileSpec],
+        setup: &'a Option<String>,
+        teardown: &'a Option<String>,
+        environment: &'a Option<String>,
+        workspace: Option<&'a str>,
+        network: bool,
+    }
+    let inputs = Inputs {
+        body: &test.body,
+        framework: test.framework,
+        timeout_ms: test.timeout_ms,
+        env: &test.env,
+        files: &test.files,
+        setup: &test.setup,
+        teardown: &test.teardown,
+        environment: &test.environment,
+        workspace,
+        network,
+    };
+    let canonical = serde_json::to_vec(&inputs).unwrap_or_default();
+    hex::encode(Sha256::digest(canonical))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Framework, TestBody};
+
+    fn spec(name: &str) -> TestSpec {
+        TestSpec {
+            name: name.to_owned(),
+            body: TestBody::Command(vec!["true".into()]),
+            framework: Framework::Command,
+            timeout_ms: 1_000,
+            env: Default::default(),
+            files: vec![],
+            setup: None,
+            teardown: None,
+            retries: 1,
+            environment: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_the_future() {
+        let msg = TestMessage {
+            schema_version: SCHEMA_VERSION,
+            suite_id: "s".into(),
+            index: 0,
+            attempt: 1,
+            test: spec("a"),
+            workspace: None,
+            network: false,
+            digest: outcome_digest(&spec("a"), None, false),
+            published_at_ms: 1,
+        };
+        assert_eq!(
+            TestMessage::from_bytes(&msg.to_bytes()).expect("round trip"),
+            msg
+        );
+        let mut future = serde_json::to_value(&msg).expect("value");
+        future["schema_version"] = (SCHEMA_VERSION + 1).into();
+        let body = serde_json::to_vec(&future).expect("bytes");
+        assert!(matches!(
+            TestMessage::from_bytes(&body),
+            Err(MessageError::UnknownVersion(_))
+        ));
+        assert!(matches!(
+            TestMessage::from_bytes(b"not json"),
+            Err(MessageError::Malformed(_))
+        ));
+        assert!(matches!(
+            TestMessage::from_bytes(br#"{"schema_version":1}"#),
+            Err(MessageError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn retries_count_attempts() {
+        let msg = TestMessage {
+            schema_version: SCHEMA_VERSION,
+            suite_id: "s".into(),
+            index: 0,
+            attempt: 1,
+            test: spec("a"),
+            workspace: None,
+            network: false,
+            digest: String::new(),
+            published_at_ms: 0,
+        };
+        let second = msg.next_attempt(5).expect("one retry left");
+        assert_eq!(second.attempt, 2);
+        assert!(second.is_last_attempt());
+        assert!(second.next_attempt(6).is_none());
+    }
+
+    #[test]
+    fn digest_ignores_the_name_and_sees_the_inputs() {
+        assert_eq!(
+            outcome_digest(&spec("a"), None, false),
+            outcome_digest(&spec("b"), None, false)
+        );
+        assert_ne!(
+            outcome_digest(&spec("a"), None, false),
+            outcome_digest(&spec("a"), Some("sha256:00"), false)
+        );
+        assert_ne!(
+            outcome_digest(&spec("a"), None, false),
+            outcome_digest(&spec("a"), None, true)
+        );
+        let mut slow = spec("a");
+        slow.timeout_ms = 2_000;
+        assert_ne!(
+            outcome_digest(&spec("a"), None, false),
+            outcome_digest(&slow, None, false)
+        );
+    }
+}

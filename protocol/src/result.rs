@@ -1,0 +1,188 @@
+//! The result of one test attempt, as a worker writes it to Redis.
+
+use serde::{Deserialize, Serialize};
+
+/// A test's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Passed,
+    Failed,
+    /// The test could not be judged: its setup failed, it crashed its runner, or the
+    /// infrastructure failed it (see the result's `reason`).
+    Error,
+    Timeout,
+    /// Killed for exceeding its memory limit.
+    Oom,
+    Skipped,
+    /// No result came back before the suite's deadline.
+    Lost,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passed => "passed",
+            Status::Failed => "failed",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+            Status::Oom => "oom",
+            Status::Skipped => "skipped",
+            Status::Lost => "lost",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this verdict lets the suite pass.
+    pub fn is_success(self) -> bool {
+        matches!(self, Status::Passed | Status::Skipped)
+    }
+
+    /// Whether another attempt may change the verdict (a retry is worth running).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Status::Failed | Status::Error | Status::Timeout | Status::Oom
+        )
+    }
+}
+
+/// The verdict of one case inside a test (a pytest function, a unittest method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+    /// Expected to fail, and did.
+    Xfail,
+    /// Expected to fail, and passed.
+    Xpass,
+}
+
+/// One case's result, named as the framework names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub name: String,
+    #[serde(default)]
+    pub classname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub status: CaseStatus,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The failure's or error's text (a traceback), where the framework gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The stage of a test that decided an `error` verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Prepare,
+    Setup,
+    Test,
+    Teardown,
+}
+
+/// What the sandbox measured of a test's resource use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub max_rss_bytes: u64,
+    pub cpu_ms: u64,
+    pub wall_ms: u64,
+}
+
+/// How long each step of one attempt took, for throughput and latency figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From publish to the worker taking the message.
+    pub queue_wait_ms: u64,
+    /// From the worker taking the message to the test's first instruction (µs).
+    pub sandbox_start_us: u64,
+    /// The test's run, from exec to exit (µs).
+    pub run_us: u64,
+}
+
+/// The result of one attempt of one test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub schema_version: u32,
+    pub suite_id: String,
+    pub name: String,
+    pub index: u32,
+    pub attempt: u32,
+    /// True when no further attempt follows this one (it passed, or retries ran out).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub status: Status,
+    /// Why the verdict is what it is, where the status alone does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    /// The worker process that ran the attempt.
+    pub worker: String,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default)]
+    pub cases: Vec<CaseResult>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+impl TestResult {
+    /// The field of this attempt in the suite's results hash.
+    pub fn field(&self) -> String {
+        result_field(&self.name, self.attempt)
+    }
+}
+
+/// `name#attempt`: test names may not contain `#`-free guarantees, so the attempt
+/// is taken from the last `#`.
+pub fn result_field(name: &str, attempt: u32) -> String {
+    format!("{name}#{attempt}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_serialize_as_the_report_names_them() {
+        for status in [
+            Status::Passed,
+            Status::Failed,
+            Status::Error,
+            Status::Timeout,
+            Status::Oom,
+            Status::Skipped,
+            Status::Lost,
+            Status::Cancelled,
+        ] {
+            let json = serde_json::to_string(&status).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+    }
+
+    #[test]
+    fn only_passed_and_skipped_succeed() {
+        assert!(Status::Passed.is_success());
+        assert!(Status::Skipped.is_success());
+        assert!(!Status::Failed.is_success());
+        assert!(!Status::Lost.is_success());
+        assert!(Status::Timeout.is_retryable());
+        assert!(!Status::Passed.is_retryable());
+    }
+}

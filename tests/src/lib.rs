@@ -1,0 +1,1 @@
+//! End-to-end tests of isotest against real RabbitMQ and Redis.
