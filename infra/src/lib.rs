@@ -1,1 +1,42 @@
-//! infra
+//! What every isotest service shares at its edges: the connection settings
+//! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
+//! to Redis ([`store`]), logging ([`telemetry`]) and the shutdown signal
+//! ([`shutdown`]).
+
+pub mod amqp;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+use isotest_protocol::names::Namespace;
+
+/// The local RabbitMQ with its default guest account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The local Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// Where a service finds RabbitMQ and Redis, and the namespace it works in.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Prefix of every queue, exchange and key, so deployments can share servers.
+    #[arg(long, env = "ISOTEST_NAMESPACE", default_value = Namespace::DEFAULT, value_parser = parse_namespace)]
+    pub namespace: Namespace,
+}
+
+fn parse_namespace(text: &str) -> Result<Namespace, String> {
+    Namespace::new(text).map_err(|e| e.to_string())
+}
+
+/// A stable id for this process, reported as the `worker` of every result it writes.
+pub fn process_id(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let host = if host.is_empty() { "localhost" } else { host };
+    format!("{role}-{host}-{}", std::process::id())
+}

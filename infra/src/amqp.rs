@@ -1,0 +1,161 @@
+//! Connecting to RabbitMQ and declaring isotest's topology: one durable quorum queue
+//! of test messages whose over-delivered messages go to a dead-letter queue.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use isotest_protocol::names::Namespace;
+
+/// How many times RabbitMQ delivers one message before dead-lettering it: a message
+/// that kills its worker every time must not take down the fleet one by one.
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// Failure to reach RabbitMQ or to declare the topology.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("could not connect to RabbitMQ at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("could not declare `{name}` on RabbitMQ")]
+    Declare {
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("could not open a RabbitMQ channel")]
+    Channel(#[source] lapin::Error),
+}
+
+/// Connects, naming the connection after the service so it shows in the management UI.
+///
+/// # Errors
+///
+/// Returns [`AmqpError::Connect`] when RabbitMQ does not accept the connection.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties)
+        .await
+        .map_err(|source| AmqpError::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+/// Opens a channel and declares the topology on it (idempotent).
+///
+/// # Errors
+///
+/// Returns [`AmqpError`] when the channel cannot be opened or a declaration is refused.
+pub async fn channel_with_topology(
+    conn: &Connection,
+    ns: &Namespace,
+) -> Result<Channel, AmqpError> {
+    let channel = conn.create_channel().await.map_err(AmqpError::Channel)?;
+    declare_topology(&channel, ns).await?;
+    Ok(channel)
+}
+
+/// Declares the dead-letter exchange and queue and the tests queue.
+///
+/// # Errors
+///
+/// Returns [`AmqpError::Declare`] naming what RabbitMQ refused.
+pub async fn declare_topology(channel: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
+    let dlx = ns.dead_letter_exchange();
+    let dead = ns.dead_letter_queue();
+    let tests = ns.tests_queue();
+    let declare_err = |name: &str| {
+        let name = name.to_owned();
+        move |source| AmqpError::Declare { name, source }
+    };
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dlx))?;
+    channel
+        .queue_declare(
+            dead.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dead))?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_err(&dead))?;
+    channel
+        .queue_declare(
+            tests.as_str().into(),
+            QueueDeclareOptions::durable(),
+            tests_queue_arguments(ns),
+        )
+        .await
+        .map_err(declare_err(&tests))?;
+    Ok(())
+}
+
+/// A quorum queue: replicated, with a delivery limit, and dead-lettering to the namespace's DLX.
+pub fn tests_queue_arguments(ns: &Namespace) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(ns.dead_letter_exchange().as_str().into()),
+    );
+    args
+}
+
+/// Hides the password of an AMQP URL for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_only_the_password() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(redact("amqp://user@host"), "amqp://user@host");
+    }
+}
