@@ -1,0 +1,463 @@
+//! A small cgroup v1/v2 layer: one cgroup per sandbox holding its memory and pids limits, its
+//! CPU and peak-memory accounting, its OOM-kill count, and a way to signal every process in it.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::isolation::CgroupVersion;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Errors of the cgroup layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A cgroup file or directory could not be used.
+    #[error("{what} {path:?}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Which path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_owned();
+    move |source| CgroupError::Io { what, path, source }
+}
+
+/// The parent cgroups (one per v1 controller, or one v2 directory) under which each sandbox
+/// gets its own child; created at start and removed when dropped.
+#[derive(Debug)]
+pub(crate) struct CgroupParent {
+    version: CgroupVersion,
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    /// v1 freezer, only used to hold a place so the v1 hierarchy set is complete; killing goes
+    /// through the pid namespace.
+    freezer: Option<PathBuf>,
+}
+
+/// What probing found: the parent, if any, and every missing controller in words.
+#[derive(Debug)]
+pub(crate) struct CgroupProbe {
+    pub parent: Option<CgroupParent>,
+    pub missing: Vec<String>,
+}
+
+impl CgroupParent {
+    /// Finds the hierarchy, creates `<own cgroup>/<name>` in each usable controller and enables
+    /// what is needed; never fails, only reports what is missing.
+    pub fn probe(name: &str) -> CgroupProbe {
+        let mut missing = Vec::new();
+        let self_cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let parent = if is_cgroup2(Path::new(CGROUP_ROOT)) {
+            probe_v2(&self_cgroups, name, &mut missing)
+        } else {
+            probe_v1(&self_cgroups, name, &mut missing)
+        };
+        CgroupProbe { parent, missing }
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    pub fn has_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    pub fn has_pids(&self) -> bool {
+        self.pids.is_some()
+    }
+
+    pub fn has_cpu(&self) -> bool {
+        self.cpu.is_some()
+    }
+
+    /// Creates the cgroup of one sandbox with its limits.
+    ///
+    /// # Errors
+    /// Fails when a directory cannot be created or a limit cannot be written.
+    pub fn create(
+        &self,
+        name: &str,
+        memory_bytes: u64,
+        pids: u64,
+    ) -> Result<SandboxCgroup, CgroupError> {
+        let mut cg = SandboxCgroup {
+            version: self.version,
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            memory: None,
+            pids: None,
+            cpu: None,
+        };
+        // Each distinct directory once: on v2 all controllers share one.
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for parent in [&self.memory, &self.pids, &self.cpu, &self.freezer]
+            .into_iter()
+            .flatten()
+        {
+            let dir = parent.join(name);
+            if seen.contains(&dir) {
+                continue;
+            }
+            match fs::DirBuilder::new().mode(0o755).create(&dir) {
+                Ok(()) => {}
+                // A leftover of a crashed earlier run with the same name: reuse it.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create cgroup", &dir)(e)),
+            }
+            seen.push(dir.clone());
+            cg.dirs.push(dir.clone());
+        }
+        if let Some(parent) = &self.memory {
+            let dir = parent.join(name);
+            match self.version {
+                CgroupVersion::V1 => {
+                    write_file(&dir.join("memory.limit_in_bytes"), memory_bytes)?;
+                    // Swap accounting may be off; without it there is no swap to limit.
+                    let _ = write_file(&dir.join("memory.memsw.limit_in_bytes"), memory_bytes);
+                    write_file(&dir.join("memory.max_usage_in_bytes"), 0)?;
+                }
+                CgroupVersion::V2 => {
+                    write_file(&dir.join("memory.max"), memory_bytes)?;
+                    let _ = write_file(&dir.join("memory.swap.max"), 0);
+                }
+            }
+            cg.memory = Some(dir);
+        }
+        if let Some(parent) = &self.pids {
+            let dir = parent.join(name);
+            write_file(&dir.join("pids.max"), pids)?;
+            cg.pids = Some(dir);
+        }
+        if let Some(parent) = &self.cpu {
+            cg.cpu = Some(parent.join(name));
+        }
+        for dir in &cg.dirs {
+            let path = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            cg.procs.push(file);
+        }
+        Ok(cg)
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let mut dirs = vec![&self.memory, &self.pids, &self.cpu, &self.freezer];
+        dirs.dedup();
+        for dir in dirs.into_iter().flatten() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The cgroup of one sandbox; removed by [`SandboxCgroup::destroy`] once it is empty.
+#[derive(Debug)]
+pub(crate) struct SandboxCgroup {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+    /// Pre-opened `cgroup.procs` of each directory, so adding the child is one write each.
+    procs: Vec<File>,
+    memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+}
+
+impl SandboxCgroup {
+    /// Moves a process into every controller of this cgroup.
+    ///
+    /// # Errors
+    /// Fails when a `cgroup.procs` write fails.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        let text = pid.to_string();
+        for (file, dir) in self.procs.iter().zip(&self.dirs) {
+            (&*file)
+                .write_all(text.as_bytes())
+                .map_err(io_err("add process to", dir))?;
+        }
+        Ok(())
+    }
+
+    /// The host pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(dir) = self.dirs.first() else {
+            return Vec::new();
+        };
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// CPU time used by the cgroup so far.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        let dir = self.cpu.as_ref()?;
+        match self.version {
+            CgroupVersion::V1 => read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos),
+            CgroupVersion::V2 => {
+                let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+                keyed_value(&stat, "usage_usec").map(Duration::from_micros)
+            }
+        }
+    }
+
+    /// Peak memory charged to the cgroup.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let dir = self.memory.as_ref()?;
+        match self.version {
+            CgroupVersion::V1 => read_u64(&dir.join("memory.max_usage_in_bytes")),
+            CgroupVersion::V2 => read_u64(&dir.join("memory.peak")),
+        }
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(dir) = self.memory.as_ref() else {
+            return 0;
+        };
+        let (file, key) = match self.version {
+            CgroupVersion::V1 => ("memory.oom_control", "oom_kill"),
+            CgroupVersion::V2 => ("memory.events", "oom_kill"),
+        };
+        fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|text| keyed_value(&text, key))
+            .unwrap_or(0)
+    }
+
+    /// Whether the pids limit was hit (a fork failed) during the run.
+    pub fn pids_limit_hit(&self) -> bool {
+        let Some(dir) = self.pids.as_ref() else {
+            return false;
+        };
+        fs::read_to_string(dir.join("pids.events"))
+            .ok()
+            .and_then(|text| keyed_value(&text, "max"))
+            .is_some_and(|n| n > 0)
+    }
+
+    /// Sends `signal` to every process in the cgroup.
+    pub fn signal_all(&self, signal: i32) {
+        for pid in self.pids() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Kills whatever is left and removes the cgroup directories.
+    ///
+    /// # Errors
+    /// Fails when a directory stays busy after processes were killed.
+    pub fn destroy(self) -> Result<(), CgroupError> {
+        drop(self.procs);
+        for dir in &self.dirs {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    // Exiting tasks may still be listed for a moment after the pid namespace's
+                    // init was reaped; kill stragglers and retry until the deadline.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        if std::time::Instant::now() > deadline {
+                            return Err(io_err("remove cgroup", dir)(e));
+                        }
+                        for pid in read_procs(dir) {
+                            // SAFETY: kill has no memory-safety preconditions.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(io_err("remove cgroup", dir)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+}
+
+/// The cgroup path of this process in the hierarchy whose controller list contains `controller`
+/// (`""` selects the v2 line).
+fn own_path<'a>(self_cgroups: &'a str, controller: &str) -> Option<&'a str> {
+    self_cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let controllers = parts.next()?;
+        let path = parts.next()?;
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then_some(path)
+    })
+}
+
+fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
+    let dir = mount.join(own.trim_start_matches('/')).join(name);
+    match fs::DirBuilder::new().mode(0o755).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(e),
+    }
+}
+
+fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option<CgroupParent> {
+    let mut controller = |ctrl: &str, dir: &str, file: &str, words: &str| {
+        let mount = Path::new(CGROUP_ROOT).join(dir);
+        let usable = mount.join(file).exists();
+        let dir = usable
+            .then(|| own_path(self_cgroups, ctrl))
+            .flatten()
+            .and_then(|own| make_parent(&mount, own, name).ok());
+        if dir.is_none() {
+            missing.push(words.to_owned());
+        }
+        dir
+    };
+    let memory = controller(
+        "memory",
+        "memory",
+        "memory.limit_in_bytes",
+        "cgroup memory controller",
+    );
+    let pids = controller("pids", "pids", "pids.max", "cgroup pids controller");
+    let cpu = controller(
+        "cpuacct",
+        "cpuacct",
+        "cpuacct.usage",
+        "cgroup cpuacct controller",
+    );
+    let freezer = {
+        let mount = Path::new(CGROUP_ROOT).join("freezer");
+        own_path(self_cgroups, "freezer").and_then(|own| make_parent(&mount, own, name).ok())
+    };
+    if memory.is_none() && pids.is_none() && cpu.is_none() {
+        return None;
+    }
+    Some(CgroupParent {
+        version: CgroupVersion::V1,
+        memory,
+        pids,
+        cpu,
+        freezer,
+    })
+}
+
+fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option<CgroupParent> {
+    let root = Path::new(CGROUP_ROOT);
+    let Some(own) = own_path(self_cgroups, "") else {
+        missing.extend(
+            ["cgroup memory controller", "cgroup pids controller", "cgroup cpu controller"]
+                .map(String::from),
+        );
+        return None;
+    };
+    // A v2 cgroup with processes cannot have controllers enabled for children ("no internal
+    // processes"), so the parent is a sibling of our own cgroup when ours holds processes.
+    let own_dir = root.join(own.trim_start_matches('/'));
+    let base = own_dir.parent().unwrap_or(root).to_owned();
+    let parent = make_parent(&base, "", name).ok();
+    let enabled = parent.as_ref().map(|dir| {
+        let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        for ctrl in ["memory", "pids", "cpu"] {
+            if available.split_whitespace().any(|c| c == ctrl) {
+                let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{ctrl}"));
+                let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{ctrl}"));
+            }
+        }
+        fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default()
+    });
+    let has = |ctrl: &str| {
+        enabled
+            .as_deref()
+            .is_some_and(|e| e.split_whitespace().any(|c| c == ctrl))
+    };
+    let mut pick = |ctrl: &str, words: &str| {
+        if has(ctrl) {
+            parent.clone()
+        } else {
+            missing.push(words.to_owned());
+            None
+        }
+    };
+    let memory = pick("memory", "cgroup memory controller");
+    let pids = pick("pids", "cgroup pids controller");
+    // cpu.stat usage_usec exists without the cpu controller enabled.
+    let cpu = parent.clone();
+    parent.as_ref()?;
+    Some(CgroupParent {
+        version: CgroupVersion::V2,
+        memory,
+        pids,
+        cpu,
+        freezer: None,
+    })
+}
+
+fn write_file(path: &Path, value: u64) -> Result<(), CgroupError> {
+    fs::write(path, value.to_string()).map_err(io_err("write", path))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_own_path_per_controller() {
+        let text = "9:name=systemd:/\n4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/unified\n";
+        assert_eq!(own_path(text, "memory"), Some("/a/b"));
+        assert_eq!(own_path(text, "cpuacct"), Some("/c"));
+        assert_eq!(own_path(text, ""), Some("/unified"));
+        assert_eq!(own_path(text, "pids"), None);
+    }
+
+    #[test]
+    fn parses_keyed_files() {
+        let text = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(keyed_value(text, "oom_kill"), Some(3));
+        assert_eq!(keyed_value(text, "missing"), None);
+    }
+}

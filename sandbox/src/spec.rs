@@ -1,0 +1,74 @@
+//! What one sandboxed run should do: the stages, the files, and the limits it runs under.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One test to run in a fresh sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// The environment (root filesystem) to run in; `None` means `"default"`.
+    pub environment: Option<String>,
+    /// A tar + zstd bundle (see [`crate::bundle`]) unpacked as the workspace's content.
+    pub workspace_bundle: Option<Arc<[u8]>>,
+    /// Relative path and content of extra files, written after the bundle (parents created).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Run with `/bin/sh -c` in the workspace before the command.
+    pub setup: Option<String>,
+    /// The test's argv, run in the workspace; `argv[0]` is looked up on the sandbox `PATH`.
+    pub command: Vec<String>,
+    /// Run with `/bin/sh -c` after the command, whatever its exit, unless setup failed.
+    pub teardown: Option<String>,
+    /// The test's variables. The sandbox adds only `PATH`, `HOME`, `LANG` and `TMPDIR`; a value
+    /// given here for one of those wins.
+    pub env: BTreeMap<String, String>,
+    /// Resource limits for the whole sandbox.
+    pub limits: Limits,
+    /// Whether the test gets the host's network; `false` gives it a network namespace with only
+    /// its own loopback interface.
+    pub network: bool,
+    /// Relative workspace paths read back after the run.
+    pub collect: Vec<String>,
+}
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall clock for the whole sandbox.
+    pub timeout: Duration,
+    /// CPU time for the whole sandbox (cgroup accounting, polled).
+    pub cpu_time: Option<Duration>,
+    /// Memory (cgroup) limit.
+    pub memory_bytes: u64,
+    /// Maximum number of processes and threads.
+    pub pids: u64,
+    /// Size of the workspace tmpfs (and of the private `/tmp`).
+    pub workspace_bytes: u64,
+    /// `RLIMIT_FSIZE`.
+    pub file_size_bytes: u64,
+    /// Bytes of stdout kept; the rest is drained and dropped.
+    pub stdout_bytes: usize,
+    /// Bytes of stderr kept; the rest is drained and dropped.
+    pub stderr_bytes: usize,
+    /// Time between SIGTERM and SIGKILL when the sandbox is stopped.
+    pub kill_grace: Duration,
+    /// Cap per collected file.
+    pub collect_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(60),
+            cpu_time: None,
+            memory_bytes: 1 << 30,
+            pids: 256,
+            workspace_bytes: 1 << 30,
+            file_size_bytes: 512 << 20,
+            stdout_bytes: 1 << 20,
+            stderr_bytes: 1 << 20,
+            kill_grace: Duration::from_secs(1),
+            collect_bytes: 16 << 20,
+        }
+    }
+}
