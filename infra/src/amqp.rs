@@ -159,3 +159,87 @@ mod tests {
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
     }
 }
+
+/// Publishing a test message: persistent, mandatory, with the ids in headers so one
+/// test can be followed through every service's logs.
+pub mod publish {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    use lapin::{BasicProperties, Channel};
+
+    use isotest_protocol::message::TestMessage;
+    use isotest_protocol::names::Namespace;
+
+    /// The AMQP properties of a test message.
+    pub fn properties(msg: &TestMessage) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("suite_id"),
+            AMQPValue::LongString(msg.suite_id.as_str().into()),
+        );
+        headers.insert(
+            ShortString::from("test"),
+            AMQPValue::LongString(msg.test.name.as_str().into()),
+        );
+        headers.insert(ShortString::from("attempt"), AMQPValue::LongUInt(msg.attempt));
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(format!("{}/{}/{}", msg.suite_id, msg.test.name, msg.attempt).into())
+            .with_headers(headers)
+    }
+
+    /// Publishes one test message and waits for the broker's confirm (the channel must
+    /// be in confirm mode). An unroutable (returned) or nacked message is an error.
+    ///
+    /// # Errors
+    ///
+    /// Returns the lapin error, or [`lapin::Error`] built from a nack or a return.
+    pub async fn publish_confirmed(channel: &Channel, ns: &Namespace, msg: &TestMessage) -> Result<(), PublishError> {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                ns.tests_queue().as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.to_bytes(),
+                properties(msg),
+            )
+            .await
+            .map_err(PublishError::Send)?
+            .await
+            .map_err(PublishError::Send)?;
+        check(confirm)
+    }
+
+    /// Turns a publisher confirm into success or the reason it is not one.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`PublishError`] for a nack or a returned message.
+    pub fn check(confirm: lapin::Confirmation) -> Result<(), PublishError> {
+        use lapin::Confirmation;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            // Without confirm mode there is no proof the broker stored the message.
+            Confirmation::NotRequested => Err(PublishError::Unconfirmed),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Returned),
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+        }
+    }
+
+    /// A test message the broker did not take.
+    #[derive(Debug, thiserror::Error)]
+    pub enum PublishError {
+        #[error("send a test message to RabbitMQ")]
+        Send(#[source] lapin::Error),
+        #[error("publish on a channel without confirms (call confirm_select first)")]
+        Unconfirmed,
+        #[error("RabbitMQ refused a test message (nack)")]
+        Nacked,
+        #[error("RabbitMQ returned a test message as unroutable (is the tests queue declared?)")]
+        Returned,
+    }
+}
