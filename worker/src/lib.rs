@@ -1,1 +1,12 @@
-//! worker
+//! The worker: takes test messages off RabbitMQ ([`service`]), lays each out for its
+//! framework ([`frameworks`]), runs it in a fresh sandbox ([`run`]), and records the
+//! result in Redis before acking ([`record`]). Embedded mode reuses [`run`] and
+//! [`frameworks`] without the broker.
+
+pub mod frameworks;
+pub mod record;
+pub mod run;
+pub mod service;
+
+pub use run::{Runner, RunnerConfig};
+pub use service::{Worker, WorkerConfig, WorkerError};

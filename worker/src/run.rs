@@ -1,0 +1,215 @@
+//! Runs one test attempt in a fresh sandbox and turns what happened into a
+//! [`TestResult`]. Embedded mode and the distributed worker both come through here,
+//! which is why their reports agree field for field.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use isotest_protocol::SCHEMA_VERSION;
+use isotest_protocol::duration;
+use isotest_protocol::message::TestMessage;
+use isotest_protocol::now_ms;
+use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
+use isotest_sandbox::{
+    Limits, RunOutcome, RunSpec, SandboxError, Sandboxer, StageExit, Termination,
+};
+
+use crate::frameworks::{self, Exit, Observed, Toolchain};
+
+/// Settings of every sandbox a runner creates.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// An id naming this process in every result it produces.
+    pub worker_id: String,
+    pub tools: Toolchain,
+    /// The limits of every test; its own timeout replaces `limits.timeout`.
+    pub limits: Limits,
+}
+
+/// Runs test attempts in sandboxes.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    sandboxer: Arc<Sandboxer>,
+    config: Arc<RunnerConfig>,
+}
+
+impl Runner {
+    pub fn new(sandboxer: Arc<Sandboxer>, config: RunnerConfig) -> Runner {
+        Runner {
+            sandboxer,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    /// Runs one attempt. `taken_at_ms` is when the message was taken off the queue.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`SandboxError`] only when the sandbox itself could not be made: a
+    /// failure of the infrastructure, not a verdict on the test.
+    pub async fn run(
+        &self,
+        msg: &TestMessage,
+        workspace: Option<Arc<[u8]>>,
+        taken_at_ms: u64,
+    ) -> Result<TestResult, SandboxError> {
+        let test = &msg.test;
+        let plan = frameworks::plan(test, &self.config.tools);
+        let limits = Limits {
+            timeout: test.timeout(),
+            ..self.config.limits.clone()
+        };
+        let spec = RunSpec {
+            environment: test.environment.clone(),
+            workspace_bundle: workspace,
+            files: plan.files,
+            setup: test.setup.clone(),
+            command: plan.command,
+            teardown: test.teardown.clone(),
+            env: plan.env,
+            limits: limits.clone(),
+            network: msg.network,
+            collect: plan.collect,
+        };
+        let started_at_ms = now_ms();
+        let clock = Instant::now();
+        let outcome = self.sandboxer.run(spec).await?;
+        let finished_at_ms = now_ms();
+        let wall = clock.elapsed();
+        let mut result = self.judge(msg, &outcome, &limits);
+        result.started_at_ms = started_at_ms;
+        result.finished_at_ms = finished_at_ms;
+        result.duration_ms = u64::try_from(outcome.usage.wall.as_millis()).unwrap_or(u64::MAX);
+        result.timings = Timings {
+            queue_wait_ms: taken_at_ms.saturating_sub(msg.published_at_ms),
+            sandbox_start_us: micros(outcome.startup),
+            run_us: micros(wall.saturating_sub(outcome.startup)),
+        };
+        Ok(result)
+    }
+
+    fn judge(&self, msg: &TestMessage, outcome: &RunOutcome, limits: &Limits) -> TestResult {
+        let stdout = outcome.stdout.render("stdout");
+        let stderr = outcome.stderr.render("stderr");
+        let junit = frameworks::JUNIT_PATH;
+        let collected = outcome.collected.get(junit).map(|r| match r {
+            Ok(bytes) => Ok(bytes.as_slice()),
+            Err(e) => Err(e.to_string()),
+        });
+        let seen = Observed {
+            setup: outcome.setup.map(exit),
+            command: outcome.command.map(exit),
+            teardown: outcome.teardown.map(exit),
+            stderr: &stderr,
+            junit: collected,
+        };
+        let limit_stage =
+            if outcome.setup.is_some() && outcome.command.is_none() && msg.test.setup.is_some() {
+                Stage::Test
+            } else if outcome.setup.is_none() && msg.test.setup.is_some() {
+                Stage::Setup
+            } else if outcome.command.is_some() {
+                Stage::Teardown
+            } else {
+                Stage::Test
+            };
+        let mut verdict = frameworks::judge(msg.test.framework, &seen);
+        match outcome.termination {
+            Termination::Exited => {}
+            Termination::TimedOut => {
+                verdict.status = Status::Timeout;
+                verdict.reason = Some(format!(
+                    "timed out after {}",
+                    duration::format(limits.timeout)
+                ));
+                verdict.stage = Some(limit_stage);
+            }
+            Termination::CpuTimeExceeded => {
+                verdict.status = Status::Timeout;
+                let cpu = limits.cpu_time.map(duration::format).unwrap_or_default();
+                verdict.reason = Some(format!("used more than its CPU time limit of {cpu}"));
+                verdict.stage = Some(limit_stage);
+            }
+            Termination::OutOfMemory => {
+                verdict.status = Status::Oom;
+                verdict.reason = Some(format!(
+                    "killed for exceeding its memory limit of {} MiB",
+                    limits.memory_bytes >> 20
+                ));
+                verdict.stage = Some(limit_stage);
+            }
+        }
+        let exit_code = match outcome.command {
+            Some(StageExit::Code(code)) => Some(code),
+            Some(StageExit::Signal(sig)) => Some(128 + sig),
+            None => None,
+        };
+        TestResult {
+            schema_version: SCHEMA_VERSION,
+            suite_id: msg.suite_id.clone(),
+            name: msg.test.name.clone(),
+            index: msg.index,
+            attempt: msg.attempt,
+            is_final: !verdict.status.is_retryable() || msg.is_last_attempt(),
+            status: verdict.status,
+            reason: verdict.reason,
+            stage: verdict.stage,
+            exit_code,
+            duration_ms: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            worker: self.config.worker_id.clone(),
+            stdout,
+            stderr,
+            cases: verdict.cases,
+            usage: Usage {
+                max_rss_bytes: outcome.usage.max_rss_bytes,
+                cpu_ms: u64::try_from(outcome.usage.cpu.as_millis()).unwrap_or(u64::MAX),
+                wall_ms: u64::try_from(outcome.usage.wall.as_millis()).unwrap_or(u64::MAX),
+            },
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// The result recorded when the worker itself fails a test over and over (a poison
+/// message): an `error` whose reason says it was the infrastructure, not the test.
+pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
+    let now = now_ms();
+    TestResult {
+        schema_version: SCHEMA_VERSION,
+        suite_id: msg.suite_id.clone(),
+        name: msg.test.name.clone(),
+        index: msg.index,
+        attempt: msg.attempt,
+        is_final: true,
+        status: Status::Error,
+        reason: Some(format!("infrastructure: {why}")),
+        stage: Some(Stage::Prepare),
+        exit_code: None,
+        duration_ms: 0,
+        started_at_ms: now,
+        finished_at_ms: now,
+        worker: worker_id.to_owned(),
+        stdout: String::new(),
+        stderr: String::new(),
+        cases: Vec::new(),
+        usage: Usage::default(),
+        timings: Timings::default(),
+    }
+}
+
+fn exit(e: StageExit) -> Exit {
+    match e {
+        StageExit::Code(c) => Exit::Code(c),
+        StageExit::Signal(s) => Exit::Signal(s),
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
