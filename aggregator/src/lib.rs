@@ -1,1 +1,10 @@
-//! aggregator
+//! The aggregator of isotest: it turns the per-test results that workers write to
+//! Redis into one suite report. [`report`] holds the pure functions that assemble a
+//! [`Report`](isotest_protocol::report::Report) and render it (JUnit XML, CTRF JSON, a
+//! terminal summary), shared with embedded mode; [`service`] is the long-running
+//! process that reads the results stream, stores each report exactly once, and sweeps
+//! suites past their deadline.
+
+pub mod report;
+
+pub use report::{assemble, ctrf, junit, terminal_summary};
