@@ -1,1 +1,110 @@
-//! producer
+//! The isotest producer: an HTTP API that accepts a suite, records it in Redis and
+//! publishes one RabbitMQ message per test, then answers for the suite's progress and
+//! report.
+//!
+//! Its parts: [`config`] (settings), [`suite`] (a submission checked and turned into
+//! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
+//! confirms and reconnection) and [`http`] (routes and the mapping of failures to
+//! status codes). [`Producer`] ties them together as `build → local_addr → run`.
+
+pub mod config;
+pub mod http;
+pub mod publisher;
+pub mod store;
+pub mod suite;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use isotest_infra::store::StoreError as ConnectError;
+
+pub use config::{Config, Limits};
+
+/// Failure to start or to run the producer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not connect to Redis")]
+    Redis(#[source] ConnectError),
+    #[error("could not set up publishing to RabbitMQ")]
+    Amqp(#[source] publisher::PublishError),
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A producer that is connected and listening, ready to [`run`](Producer::run).
+#[derive(Debug)]
+pub struct Producer {
+    listener: TcpListener,
+    state: Arc<http::AppState>,
+}
+
+impl Producer {
+    /// Connects to Redis and RabbitMQ (declaring the topology) and binds the listener.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ProducerError`] when a server is unreachable or the address is taken.
+    pub async fn build(config: Config) -> Result<Producer, ProducerError> {
+        let ns = config.endpoints.namespace.clone();
+        let redis = isotest_infra::store::connect(&config.endpoints.redis_url)
+            .await
+            .map_err(ProducerError::Redis)?;
+        let publisher = publisher::Publisher::connect(&config.endpoints.amqp_url, ns.clone())
+            .await
+            .map_err(ProducerError::Amqp)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ProducerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let state = Arc::new(http::AppState {
+            store: store::Store::new(redis, ns),
+            publisher,
+            limits: config.limits,
+            default_deadline: config.default_deadline,
+        });
+        Ok(Producer { listener, state })
+    }
+
+    /// The address the API listens on (the real port when the config asked for 0).
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of a listener that has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight and
+    /// closes the RabbitMQ connection.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ProducerError::Serve`] when the server fails.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ProducerError> {
+        let addr = self.listener.local_addr().ok();
+        tracing::info!(?addr, "Producer listening.");
+        let app = http::router(Arc::clone(&self.state));
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ProducerError::Serve);
+        self.state.publisher.close().await;
+        tracing::info!("Producer stopped.");
+        served
+    }
+}

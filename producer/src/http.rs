@@ -1,0 +1,448 @@
+//! The HTTP API: routes, handlers, and the mapping of every failure to a status code
+//! and a one-line [`ApiError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use isotest_protocol::api::{ApiError, BlobStored, Submitted, SuiteStatus, parse_blob_reference};
+use isotest_protocol::report::SuiteState;
+
+use crate::config::Limits;
+use crate::publisher::{PublishError, Publisher, chain};
+use crate::store::{Store, StoreError, StoredReport};
+use crate::suite::{self, SubmitError};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub limits: Limits,
+    pub default_deadline: Duration,
+}
+
+/// Every answer other than success, each with its status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiFailure {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(
+        "{ORIGIN}: workspace: blob {0} is not stored; upload it with PUT /v1/blobs/{0} first",
+        ORIGIN = suite::ORIGIN
+    )]
+    MissingBlob(String),
+    #[error("{what} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{what} is more than the limit of {limit} bytes")]
+    TooLargeStream { what: &'static str, limit: u64 },
+    #[error("could not read the request body")]
+    ReadBody(#[source] axum::Error),
+    #[error("`{0}` is not a suite id (a UUID)")]
+    BadSuiteId(String),
+    #[error("`{0}` is not a blob reference; use sha256:<64 lowercase hex digits>")]
+    BadBlobReference(String),
+    #[error("blob content has sha256:{actual}, not the {expected} its reference names")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("suite {0} not found")]
+    SuiteNotFound(String),
+    #[error("suite {id} is still running ({done} of {total} tests done)")]
+    Running { id: String, done: u32, total: u32 },
+    // The suite's record stays in Redis: the aggregator's deadline sweeper closes it,
+    // reporting the tests that never ran as lost, so a failed submission still ends.
+    #[error(
+        "suite {id} was recorded but its tests could not all be queued (it will end at its deadline); resubmit it"
+    )]
+    Publish {
+        id: String,
+        #[source]
+        source: Box<PublishError>,
+    },
+    #[error("could not use Redis")]
+    Store(#[from] StoreError),
+    #[error("no route for {method} {path}")]
+    NoRoute { method: Method, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+}
+
+impl ApiFailure {
+    /// The status code a client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiFailure::Submit(_)
+            | ApiFailure::MissingBlob(_)
+            | ApiFailure::BadSuiteId(_)
+            | ApiFailure::BadBlobReference(_)
+            | ApiFailure::DigestMismatch { .. }
+            | ApiFailure::ReadBody(_) => StatusCode::BAD_REQUEST,
+            ApiFailure::TooLarge { .. } | ApiFailure::TooLargeStream { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiFailure::Running { .. } => StatusCode::CONFLICT,
+            ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let error = chain(&self);
+        if status.is_server_error() {
+            tracing::error!(%status, error, "Request failed.");
+        } else {
+            tracing::debug!(%status, error, "Request refused.");
+        }
+        (status, Json(ApiError { error })).into_response()
+    }
+}
+
+/// The API's routes over the shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/suites", post(submit))
+        .route("/v1/suites/{id}", get(status))
+        .route("/v1/suites/{id}/report", get(report))
+        .route("/v1/suites/{id}/report.xml", get(report_junit))
+        .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
+        .route("/v1/blobs/{reference}", put(put_blob).head(head_blob))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read by `read_body`, which enforces each route's own limit
+        // with a clear 413 instead of axum's default 2 MB cut-off.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiFailure {
+    ApiFailure::NoRoute {
+        method,
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiFailure {
+    ApiFailure::MethodNotAllowed {
+        method,
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = state.store.ping().await {
+        problems.push(format!("redis: {}", chain(&e)));
+    }
+    if !state.publisher.is_connected().await {
+        problems.push("rabbitmq: not connected".to_owned());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        let error = format!("not ready: {}", problems.join("; "));
+        (StatusCode::SERVICE_UNAVAILABLE, Json(ApiError { error })).into_response()
+    }
+}
+
+/// Reads a whole body, refusing it as soon as it is known to exceed `limit`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    what: &'static str,
+    limit: u64,
+) -> Result<Bytes, ApiFailure> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared
+        && size > limit
+    {
+        return Err(ApiFailure::TooLarge { what, size, limit });
+    }
+    let mut bytes = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ApiFailure::ReadBody)?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            // Without a Content-Length the full size is unknown; stop reading here.
+            return Err(ApiFailure::TooLargeStream { what, limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// `POST /v1/suites`: validate, record, publish, and only then accept.
+async fn submit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Submitted>), ApiFailure> {
+    let body = read_body(
+        &headers,
+        body,
+        "request body",
+        state.limits.max_manifest_bytes,
+    )
+    .await?;
+    let suite = suite::parse(&body)?;
+    if let Some(reference) = &suite.workspace {
+        let hex = parse_blob_reference(reference).unwrap_or_default();
+        if !state.store.blob_exists(hex).await? {
+            return Err(ApiFailure::MissingBlob(reference.clone()));
+        }
+    }
+    let id = Uuid::now_v7().to_string();
+    let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name);
+    async move {
+        let now = isotest_protocol::now_ms();
+        let record = suite::record(&id, &suite, now, state.default_deadline);
+        // Recorded before the first publish, so a worker's result always finds its
+        // suite, and a suite whose publishing fails is still closed by the sweeper.
+        state.store.record_suite(&record).await?;
+        let messages = suite::messages(&id, &suite, now);
+        state
+            .publisher
+            .publish_all(&messages)
+            .await
+            .map_err(|source| ApiFailure::Publish {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(tests = messages.len(), "Accepted suite.");
+        let tests = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Submitted {
+                tests,
+                status_url: format!("/v1/suites/{id}"),
+                report_url: format!("/v1/suites/{id}/report"),
+                junit_url: format!("/v1/suites/{id}/report.xml"),
+                id,
+            }),
+        ))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Suite ids are UUIDs; the canonical lowercase form is the one in Redis keys.
+pub fn parse_suite_id(text: &str) -> Result<String, ApiFailure> {
+    Uuid::parse_str(text)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| ApiFailure::BadSuiteId(text.to_owned()))
+}
+
+/// `GET /v1/suites/{id}`.
+#[tracing::instrument(skip_all, fields(suite_id = %id))]
+async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<SuiteStatus>, ApiFailure> {
+    let id = parse_suite_id(&id)?;
+    let record = state.store.suite(&id).await?;
+    let report = state.store.report(&id).await?;
+    let done = state.store.done_count(&id).await?;
+    let status = match (record, report) {
+        (_, Some(StoredReport { report, .. })) => SuiteStatus {
+            id,
+            name: report.suite,
+            state: report.state,
+            total: report.summary.total,
+            done,
+            summary: Some(report.summary),
+        },
+        (Some(record), None) => SuiteStatus {
+            id,
+            name: record.name,
+            state: SuiteState::Running,
+            total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
+            done,
+            summary: None,
+        },
+        (None, None) => return Err(ApiFailure::SuiteNotFound(id)),
+    };
+    Ok(Json(status))
+}
+
+/// The report, or why there is none yet.
+async fn stored_report(state: &AppState, id: &str) -> Result<StoredReport, ApiFailure> {
+    let id = parse_suite_id(id)?;
+    if let Some(report) = state.store.report(&id).await? {
+        return Ok(report);
+    }
+    match state.store.suite(&id).await? {
+        None => Err(ApiFailure::SuiteNotFound(id)),
+        Some(record) => {
+            let done = state.store.done_count(&id).await?;
+            Err(ApiFailure::Running {
+                id,
+                done,
+                total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
+            })
+        }
+    }
+}
+
+/// `GET /v1/suites/{id}/report`: the JSON exactly as the aggregator wrote it.
+#[tracing::instrument(skip_all, fields(suite_id = %id))]
+async fn report(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let stored = stored_report(&state, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], stored.json).into_response())
+}
+
+/// `GET /v1/suites/{id}/report.xml`: JUnit XML.
+#[tracing::instrument(skip_all, fields(suite_id = %id))]
+async fn report_junit(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let stored = stored_report(&state, &id).await?;
+    let xml = isotest_aggregator::report::junit(&stored.report);
+    Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response())
+}
+
+/// `GET /v1/suites/{id}/report.ctrf.json`: the Common Test Report Format.
+#[tracing::instrument(skip_all, fields(suite_id = %id))]
+async fn report_ctrf(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    let stored = stored_report(&state, &id).await?;
+    Ok(Json(isotest_aggregator::report::ctrf(&stored.report)))
+}
+
+/// `PUT /v1/blobs/{reference}`: store a workspace under its sha256.
+async fn put_blob(
+    State(state): State<Arc<AppState>>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BlobStored>), ApiFailure> {
+    let expected = parse_blob_reference(&reference)
+        .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?
+        .to_owned();
+    let bytes = read_body(&headers, body, "blob", state.limits.max_blob_bytes).await?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != expected {
+        return Err(ApiFailure::DigestMismatch {
+            expected: reference,
+            actual,
+        });
+    }
+    let written = state.store.put_blob(&expected, &bytes).await?;
+    let size = bytes.len() as u64;
+    tracing::info!(reference, size, written, "Stored blob.");
+    Ok((StatusCode::CREATED, Json(BlobStored { reference, size })))
+}
+
+/// `HEAD /v1/blobs/{reference}`: 200 if stored, so clients can skip the upload.
+async fn head_blob(
+    State(state): State<Arc<AppState>>,
+    Path(reference): Path<String>,
+) -> Result<StatusCode, ApiFailure> {
+    let hex = parse_blob_reference(&reference)
+        .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?;
+    Ok(if state.store.blob_exists(hex).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_ids_must_be_uuids_and_are_normalized() {
+        let id = "0190A3B4-1C2D-7E8F-9A0B-1C2D3E4F5A6B";
+        assert_eq!(
+            parse_suite_id(id).expect("uuid"),
+            "0190a3b4-1c2d-7e8f-9a0b-1c2d3e4f5a6b"
+        );
+        for bad in ["", "42", "../etc", "0190a3b4-1c2d-7e8f-9a0b"] {
+            let err = parse_suite_id(bad).expect_err(bad);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(
+                err.to_string(),
+                format!("`{bad}` is not a suite id (a UUID)")
+            );
+        }
+    }
+
+    #[test]
+    fn failures_map_to_their_status_and_line() {
+        let cases: Vec<(ApiFailure, StatusCode, &str)> = vec![
+            (
+                ApiFailure::TooLarge {
+                    what: "blob",
+                    size: 300,
+                    limit: 256,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "blob is 300 bytes, more than the limit of 256",
+            ),
+            (
+                ApiFailure::Running {
+                    id: "s".into(),
+                    done: 12,
+                    total: 60,
+                },
+                StatusCode::CONFLICT,
+                "suite s is still running (12 of 60 tests done)",
+            ),
+            (
+                ApiFailure::SuiteNotFound("s".into()),
+                StatusCode::NOT_FOUND,
+                "suite s not found",
+            ),
+            (
+                ApiFailure::MissingBlob("sha256:ab".into()),
+                StatusCode::BAD_REQUEST,
+                "request body: workspace: blob sha256:ab is not stored; upload it with PUT /v1/blobs/sha256:ab first",
+            ),
+            (
+                ApiFailure::Publish {
+                    id: "s".into(),
+                    source: Box::new(PublishError::Nacked { test: "a".into() }),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "suite s was recorded but its tests could not all be queued (it will end at its deadline); resubmit it: RabbitMQ refused test `a` (nack)",
+            ),
+        ];
+        for (failure, status, line) in cases {
+            assert_eq!(failure.status(), status, "{failure}");
+            assert_eq!(chain(&failure), line);
+        }
+    }
+}
