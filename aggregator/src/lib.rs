@@ -6,5 +6,7 @@
 //! suites past their deadline.
 
 pub mod report;
+pub mod service;
 
 pub use report::{assemble, ctrf, junit, terminal_summary};
+pub use service::{Aggregator, AggregatorConfig, AggregatorError};

@@ -1,0 +1,598 @@
+//! The aggregator service: it reads the results stream through a consumer group,
+//! stores a suite's report once its every test has a final result, and sweeps suites
+//! past their deadline. Any number of replicas may run: `SET NX` on the report key and
+//! a deterministic [`assemble`] mean they never store two different reports.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, ExistenceCheck, SetOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use isotest_infra::store::{self, StoreError};
+use isotest_protocol::api::SuiteRecord;
+use isotest_protocol::names::Namespace;
+use isotest_protocol::report::{Report, SuiteState};
+use isotest_protocol::result::TestResult;
+
+use crate::report::assemble;
+
+/// What the aggregator needs to run; [`AggregatorConfig::new`] fills in the timings.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    pub redis_url: String,
+    pub namespace: Namespace,
+    /// This replica's name in the consumer group; unique per running process.
+    pub consumer: String,
+    /// How long one read waits for new entries; shutdown waits at most this long.
+    pub block: Duration,
+    /// The most entries one read takes.
+    pub batch: usize,
+    /// How long an entry stays pending with a consumer before another claims it (the
+    /// consumer is then taken for dead).
+    pub claim_idle: Duration,
+    /// How often to look for entries to claim.
+    pub claim_interval: Duration,
+    /// How often to close suites past their deadline.
+    pub sweep_interval: Duration,
+    /// How long to wait before trying again after Redis failed.
+    pub retry_backoff: Duration,
+}
+
+impl AggregatorConfig {
+    /// A configuration with the default timings.
+    pub fn new(
+        redis_url: impl Into<String>,
+        namespace: Namespace,
+        consumer: impl Into<String>,
+    ) -> Self {
+        AggregatorConfig {
+            redis_url: redis_url.into(),
+            namespace,
+            consumer: consumer.into(),
+            block: Duration::from_millis(500),
+            batch: 100,
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A failure to start the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error("connect to redis")]
+    Connect(#[source] StoreError),
+    #[error("create consumer group `{group}` on stream `{stream}`")]
+    CreateGroup {
+        stream: String,
+        group: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// A built aggregator, ready to [`run`](Aggregator::run).
+pub struct Aggregator {
+    config: AggregatorConfig,
+    /// Blocking reads hold their connection for up to `block`, so the stream reader and
+    /// the sweeper each have their own.
+    reader: ConnectionManager,
+    sweeper: ConnectionManager,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of one stream entry; every outcome but an error acks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Tests are still running.
+    Waiting,
+    /// This call stored the report.
+    Stored,
+    /// The report was already there (another replica, or the sweeper).
+    AlreadyReported,
+    /// No suite record: nothing to report on.
+    UnknownSuite,
+}
+
+impl Aggregator {
+    /// Connects to Redis and creates the consumer group on the results stream.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AggregatorError`] when Redis is unreachable or refuses the group.
+    pub async fn build(config: AggregatorConfig) -> Result<Aggregator, AggregatorError> {
+        let reader = store::connect(&config.redis_url)
+            .await
+            .map_err(AggregatorError::Connect)?;
+        let sweeper = store::connect(&config.redis_url)
+            .await
+            .map_err(AggregatorError::Connect)?;
+        let aggregator = Aggregator {
+            config,
+            reader,
+            sweeper,
+        };
+        aggregator
+            .ensure_group(&mut aggregator.reader.clone())
+            .await?;
+        Ok(aggregator)
+    }
+
+    /// Creates the group unless it exists. It starts at the stream's beginning, not its
+    /// end, so entries written before the first aggregator ever ran are not skipped.
+    async fn ensure_group(&self, conn: &mut ConnectionManager) -> Result<(), AggregatorError> {
+        let ns = &self.config.namespace;
+        let stream = ns.results_stream();
+        let group = ns.aggregator_group();
+        match conn
+            .xgroup_create_mkstream::<_, _, _, ()>(&stream, &group, "0")
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(source) => Err(AggregatorError::CreateGroup {
+                stream,
+                group,
+                source,
+            }),
+        }
+    }
+
+    /// Runs until `shutdown` completes, then finishes the entry in hand and returns.
+    ///
+    /// Redis failures while running are logged and retried, never fatal: a restarted
+    /// Redis must not need a restarted aggregator.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`AggregatorError`] only for failures that retrying cannot mend.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AggregatorError> {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let this = Arc::new(self);
+        tracker.spawn({
+            let this = Arc::clone(&this);
+            let token = token.clone();
+            async move { this.sweep_loop(token).await }
+        });
+        tracing::info!(
+            namespace = %this.config.namespace,
+            consumer = %this.config.consumer,
+            "Aggregator started."
+        );
+
+        let reader = this.read_loop(token.clone());
+        tokio::pin!(reader);
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            result = &mut reader => result,
+            () = &mut shutdown => {
+                tracing::info!("Shutting down: finishing the entry in hand.");
+                token.cancel();
+                reader.await
+            }
+        };
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("Aggregator stopped.");
+        result
+    }
+
+    /// Reads the stream: this consumer's own pending entries first (left by a previous
+    /// run under the same name), then new ones, and now and then entries that dead
+    /// consumers left pending.
+    async fn read_loop(&self, token: CancellationToken) -> Result<(), AggregatorError> {
+        let mut conn = self.reader.clone();
+        let mut records = RecordCache::default();
+        // `Some(id)`: still reading our own pending entries, after `id`.
+        let mut pending_after = Some("0".to_owned());
+        let mut claim_cursor = "0-0".to_owned();
+        let mut next_claim = tokio::time::Instant::now();
+
+        while !token.is_cancelled() {
+            let batch = if let Some(after) = &pending_after {
+                match self.read_group(&mut conn, after, None).await {
+                    Ok(entries) if entries.is_empty() => {
+                        pending_after = None;
+                        continue;
+                    }
+                    Ok(entries) => {
+                        pending_after = entries.last().map(|e| e.id.clone());
+                        entries
+                    }
+                    Err(error) => {
+                        self.backoff(&token, &error, "read pending entries").await;
+                        continue;
+                    }
+                }
+            } else if tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now() + self.config.claim_interval;
+                match self.claim(&mut conn, &claim_cursor).await {
+                    Ok((next, entries)) => {
+                        claim_cursor = next;
+                        if !entries.is_empty() {
+                            tracing::info!(
+                                count = entries.len(),
+                                "Claimed entries left pending by another consumer."
+                            );
+                        }
+                        entries
+                    }
+                    Err(error) => {
+                        self.backoff(&token, &error, "claim idle entries").await;
+                        continue;
+                    }
+                }
+            } else {
+                match self
+                    .read_group(&mut conn, ">", Some(self.config.block))
+                    .await
+                {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        self.backoff(&token, &error, "read new entries").await;
+                        // The group may be gone with its stream (a flushed Redis).
+                        if let Err(error) = self.ensure_group(&mut conn).await {
+                            tracing::warn!(error = %error, "Could not re-create the consumer group.");
+                        }
+                        continue;
+                    }
+                }
+            };
+
+            for entry in batch {
+                // Entries read but not handled stay pending: a restart under the same
+                // name or another consumer's claim handles them.
+                if token.is_cancelled() {
+                    break;
+                }
+                self.handle_entry(&mut conn, &mut records, &entry).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_group(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        block: Option<Duration>,
+    ) -> redis::RedisResult<Vec<StreamId>> {
+        let ns = &self.config.namespace;
+        let mut options = StreamReadOptions::default()
+            .group(ns.aggregator_group(), &self.config.consumer)
+            .count(self.config.batch);
+        if let Some(block) = block {
+            options = options.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
+        }
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[ns.results_stream()], &[id], &options)
+            .await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+
+    async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        cursor: &str,
+    ) -> redis::RedisResult<(String, Vec<StreamId>)> {
+        let ns = &self.config.namespace;
+        let reply: redis::streams::StreamAutoClaimReply = conn
+            .xautoclaim_options(
+                ns.results_stream(),
+                ns.aggregator_group(),
+                &self.config.consumer,
+                u64::try_from(self.config.claim_idle.as_millis()).unwrap_or(u64::MAX),
+                cursor,
+                StreamAutoClaimOptions::default().count(self.config.batch),
+            )
+            .await?;
+        Ok((reply.next_stream_id, reply.claimed))
+    }
+
+    /// Logs a Redis failure and waits before the next try (or until shutdown).
+    async fn backoff(&self, token: &CancellationToken, error: &redis::RedisError, what: &str) {
+        tracing::warn!(%error, what, "Redis failed; trying again.");
+        tokio::select! {
+            () = tokio::time::sleep(self.config.retry_backoff) => {}
+            () = token.cancelled() => {}
+        }
+    }
+
+    /// Handles one entry and acks it, unless Redis failed: then it stays pending and is
+    /// claimed again after `claim_idle`.
+    async fn handle_entry(
+        &self,
+        conn: &mut ConnectionManager,
+        records: &mut RecordCache,
+        entry: &StreamId,
+    ) {
+        // A deleted entry still pending comes back without fields; there is nothing to do.
+        let Some(suite_id) = entry.get::<String>("suite") else {
+            if !entry.map.is_empty() {
+                tracing::warn!(entry = %entry.id, "Stream entry has no `suite` field; dropping it.");
+            }
+            self.ack(conn, &entry.id).await;
+            return;
+        };
+        let span = tracing::info_span!("entry", suite_id = %suite_id, entry = %entry.id);
+        async {
+            match self.complete_if_done(conn, records, &suite_id).await {
+                Ok(outcome) => {
+                    match outcome {
+                        Outcome::Stored => tracing::info!("Stored the suite's report."),
+                        Outcome::UnknownSuite => {
+                            tracing::warn!("Result for an unknown suite; dropping it.");
+                        }
+                        Outcome::Waiting | Outcome::AlreadyReported => {
+                            tracing::debug!(?outcome, "Handled a result.");
+                        }
+                    }
+                    self.ack(conn, &entry.id).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Could not handle a result; it stays pending.");
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn ack(&self, conn: &mut ConnectionManager, id: &str) {
+        let ns = &self.config.namespace;
+        let acked: redis::RedisResult<usize> = conn
+            .xack(ns.results_stream(), ns.aggregator_group(), &[id])
+            .await;
+        // An unacked entry is handled again later, which is harmless.
+        if let Err(error) = acked {
+            tracing::warn!(%error, entry = id, "Could not ack a stream entry.");
+        }
+    }
+
+    /// Stores the suite's report if every test has its final result.
+    async fn complete_if_done(
+        &self,
+        conn: &mut ConnectionManager,
+        records: &mut RecordCache,
+        suite_id: &str,
+    ) -> redis::RedisResult<Outcome> {
+        let ns = &self.config.namespace;
+        if conn.exists(ns.report_key(suite_id)).await? {
+            records.forget(suite_id);
+            return Ok(Outcome::AlreadyReported);
+        }
+        let Some(record) = records.get(conn, ns, suite_id).await? else {
+            return Ok(Outcome::UnknownSuite);
+        };
+        let done: usize = conn.scard(ns.done_key(suite_id)).await?;
+        if done < record.distinct_tests {
+            return Ok(Outcome::Waiting);
+        }
+        let results = load_results(conn, ns, suite_id).await?;
+        let report = assemble(&record.record, results, SuiteState::Complete);
+        // The done set only counts names; this check makes sure each is one of ours.
+        if report.summary.lost > 0 {
+            tracing::warn!(
+                done,
+                "The done set counts every test, yet some have no final result; waiting."
+            );
+            return Ok(Outcome::Waiting);
+        }
+        let outcome = store_report(conn, ns, &report).await?;
+        records.forget(suite_id);
+        Ok(outcome)
+    }
+
+    /// Closes suites past their deadline, every `sweep_interval`, until shutdown.
+    async fn sweep_loop(&self, token: CancellationToken) {
+        let mut conn = self.sweeper.clone();
+        let mut interval = tokio::time::interval(self.config.sweep_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = token.cancelled() => return,
+            }
+            if let Err(error) = self.sweep(&mut conn, &token).await {
+                tracing::warn!(%error, "Could not sweep suites past their deadline.");
+            }
+        }
+    }
+
+    async fn sweep(
+        &self,
+        conn: &mut ConnectionManager,
+        token: &CancellationToken,
+    ) -> redis::RedisResult<()> {
+        let ns = &self.config.namespace;
+        const PAGE: isize = 100;
+        loop {
+            let now = isotest_protocol::now_ms();
+            let due: Vec<String> = conn
+                .zrangebyscore_limit(ns.open_suites_key(), "-inf", now, 0, PAGE)
+                .await?;
+            for suite_id in &due {
+                if token.is_cancelled() {
+                    return Ok(());
+                }
+                let span = tracing::info_span!("sweep", suite_id = %suite_id);
+                self.close_expired(conn, suite_id).instrument(span).await?;
+            }
+            if due.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stores the report of a suite whose deadline passed, with its missing tests lost.
+    async fn close_expired(
+        &self,
+        conn: &mut ConnectionManager,
+        suite_id: &str,
+    ) -> redis::RedisResult<()> {
+        let ns = &self.config.namespace;
+        if conn.exists(ns.report_key(suite_id)).await? {
+            let _: usize = conn.zrem(ns.open_suites_key(), suite_id).await?;
+            return Ok(());
+        }
+        let Some(record) = load_record(conn, ns, suite_id).await? else {
+            tracing::warn!("Open suite has no record; closing it without a report.");
+            let _: usize = conn.zrem(ns.open_suites_key(), suite_id).await?;
+            return Ok(());
+        };
+        let results = load_results(conn, ns, suite_id).await?;
+        let report = assemble(
+            &record,
+            results.iter().cloned(),
+            SuiteState::DeadlineExceeded,
+        );
+        // Every test may have finished just before the deadline, with the entry that
+        // completes the suite not yet read: that suite is complete, not late.
+        let report = if report.summary.lost == 0 {
+            assemble(&record, results, SuiteState::Complete)
+        } else {
+            report
+        };
+        if store_report(conn, ns, &report).await? == Outcome::Stored {
+            tracing::info!(
+                lost = report.summary.lost,
+                state = ?report.state,
+                "Closed a suite past its deadline."
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Stores the report unless one exists, then takes the suite off the open set.
+async fn store_report(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    report: &Report,
+) -> redis::RedisResult<Outcome> {
+    // A report of strings and numbers always serializes.
+    let json = serde_json::to_string(report).unwrap_or_default();
+    let set: Option<String> = conn
+        .set_options(
+            ns.report_key(&report.suite_id),
+            json,
+            SetOptions::default().conditional_set(ExistenceCheck::NX),
+        )
+        .await?;
+    let _: usize = conn.zrem(ns.open_suites_key(), &report.suite_id).await?;
+    Ok(if set.is_some() {
+        Outcome::Stored
+    } else {
+        Outcome::AlreadyReported
+    })
+}
+
+/// The suite's record, or `None` when there is none or it cannot be read (logged).
+async fn load_record(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    suite_id: &str,
+) -> redis::RedisResult<Option<SuiteRecord>> {
+    let json: Option<String> = conn.get(ns.suite_key(suite_id)).await?;
+    Ok(json.and_then(|json| match serde_json::from_str(&json) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            tracing::error!(%error, "Suite record is not valid JSON of a suite record.");
+            None
+        }
+    }))
+}
+
+/// Every result of the suite; one that does not parse is logged and left out.
+async fn load_results(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    suite_id: &str,
+) -> redis::RedisResult<Vec<TestResult>> {
+    let fields: HashMap<String, String> = conn.hgetall(ns.results_key(suite_id)).await?;
+    Ok(fields
+        .into_iter()
+        .filter_map(|(field, json)| match serde_json::from_str(&json) {
+            Ok(result) => Some(result),
+            Err(error) => {
+                tracing::warn!(%error, field, "Result is not valid JSON of a test result; ignoring it.");
+                None
+            }
+        })
+        .collect())
+}
+
+/// A record and the number of distinct tests it lists, which completion compares the
+/// done set against (a name listed twice is one test).
+#[derive(Debug)]
+struct CachedRecord {
+    record: SuiteRecord,
+    distinct_tests: usize,
+}
+
+/// Suite records by id: a record of 20 000 names is too big to fetch and parse for
+/// each of its 20 000 results. Records never change once written, so no invalidation
+/// is needed beyond forgetting finished suites.
+#[derive(Debug, Default)]
+struct RecordCache {
+    records: HashMap<String, Arc<CachedRecord>>,
+}
+
+impl RecordCache {
+    const CAPACITY: usize = 256;
+
+    async fn get(
+        &mut self,
+        conn: &mut ConnectionManager,
+        ns: &Namespace,
+        suite_id: &str,
+    ) -> redis::RedisResult<Option<Arc<CachedRecord>>> {
+        if let Some(record) = self.records.get(suite_id) {
+            return Ok(Some(Arc::clone(record)));
+        }
+        let Some(record) = load_record(conn, ns, suite_id).await? else {
+            return Ok(None);
+        };
+        let distinct_tests = record
+            .tests
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let cached = Arc::new(CachedRecord {
+            record,
+            distinct_tests,
+        });
+        // Dropping everything at once is crude, but it bounds memory and costs only
+        // re-reads.
+        if self.records.len() >= Self::CAPACITY {
+            self.records.clear();
+        }
+        self.records
+            .insert(suite_id.to_owned(), Arc::clone(&cached));
+        Ok(Some(cached))
+    }
+
+    fn forget(&mut self, suite_id: &str) {
+        self.records.remove(suite_id);
+    }
+}
