@@ -56,6 +56,9 @@ pub enum PublishError {
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Set after a failed publish: the next request opens a new channel and declares
+    /// the topology again, in case the failure was a deleted queue.
+    stale: bool,
 }
 
 /// The producer's one RabbitMQ connection, shared by every request.
@@ -97,8 +100,13 @@ impl Publisher {
             return Ok(link.channel.clone());
         }
         let old = guard.take();
-        // A connection that is still up only lost its channel (a channel error):
-        // keep the connection and open a new channel on it.
+        if let Some(link) = &old
+            && link.channel.status().connected()
+        {
+            let _ = link.channel.close(200, "reopening".into()).await;
+        }
+        // A connection that is still up only lost its channel (a channel error, or a
+        // failed publish): keep the connection and open a new channel on it.
         let mut reusable = old.map(|l| l.connection).filter(|c| c.status().connected());
         let mut delay = FIRST_BACKOFF;
         let mut attempt = 1;
@@ -129,6 +137,28 @@ impl Publisher {
     /// broker returned as unroutable, or confirms that did not come in time.
     pub async fn publish_all(&self, messages: &[TestMessage]) -> Result<(), PublishError> {
         let channel = self.channel().await?;
+        let published = self.publish_on(&channel, messages).await;
+        if published.is_err() {
+            self.mark_stale(&channel).await;
+        }
+        published
+    }
+
+    /// Makes the next request start over on a new channel, unless another request
+    /// already did.
+    async fn mark_stale(&self, channel: &Channel) {
+        if let Some(link) = self.link.lock().await.as_mut()
+            && link.channel.id() == channel.id()
+        {
+            link.stale = true;
+        }
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        messages: &[TestMessage],
+    ) -> Result<(), PublishError> {
         let queue = self.namespace.tests_queue();
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
@@ -204,11 +234,12 @@ impl Link {
         Ok(Link {
             connection,
             channel,
+            stale: false,
         })
     }
 
     fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        !self.stale && self.connection.status().connected() && self.channel.status().connected()
     }
 }
 
