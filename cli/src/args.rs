@@ -1,0 +1,197 @@
+//! The command line: one `isotest` binary for users (`run`) and for the services.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use isotest_infra::Endpoints;
+
+/// Runs CI test suites, one fresh Linux sandbox per test, on one machine or many.
+#[derive(Debug, Parser)]
+#[command(name = "isotest", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a suite: embedded on this machine, or on a server with --server.
+    Run(RunArgs),
+    /// Serve the HTTP API that validates suites and publishes one message per test.
+    Producer(isotest_producer::Config),
+    /// Take tests off the queue and run each in a fresh sandbox.
+    Worker(WorkerArgs),
+    /// Assemble suite reports from the results workers write.
+    Aggregator(AggregatorArgs),
+    /// Producer, aggregator and a worker in one process (a one-machine deployment).
+    Up(UpArgs),
+    /// Measure the pipeline or the sandbox.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The suite manifest (TOML, or JSON by its .json extension).
+    pub manifest: PathBuf,
+    /// An isotest server (producer) URL; without it the suite runs embedded.
+    #[arg(long, env = "ISOTEST_SERVER")]
+    pub server: Option<String>,
+    /// Write the JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the CTRF JSON report here.
+    #[arg(long)]
+    pub ctrf: Option<PathBuf>,
+    /// Embedded mode: tests run at once (default: the number of cores).
+    #[arg(long)]
+    pub concurrency: Option<u16>,
+    /// Show no progress, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// How sandboxes are made on this host.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Run even where the host cannot apply every limit (what is missing is logged).
+    #[arg(long, env = "ISOTEST_ALLOW_WEAKER_ISOLATION")]
+    pub allow_weaker_isolation: bool,
+    /// Where per-test workspaces are mounted on the host.
+    #[arg(long, env = "ISOTEST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A named environment: NAME=ROOT_DIR (repeatable); tests choose one with `environment`.
+    #[arg(long = "environment", value_name = "NAME=ROOT", value_parser = parse_environment)]
+    pub environments: Vec<(String, PathBuf)>,
+    /// Memory limit of each test, in MiB.
+    #[arg(long, env = "ISOTEST_MEMORY_MIB", default_value_t = 1024)]
+    pub memory_mib: u64,
+    /// Process limit of each test.
+    #[arg(long, env = "ISOTEST_PIDS", default_value_t = 256)]
+    pub pids: u64,
+    /// Size of each test's workspace, in MiB.
+    #[arg(long, env = "ISOTEST_WORKSPACE_MIB", default_value_t = 1024)]
+    pub workspace_mib: u64,
+    /// Bytes of stdout and of stderr kept per test; the rest is dropped with a marker.
+    #[arg(long, env = "ISOTEST_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub output_bytes: usize,
+    /// The Python interpreter pytest and unittest tests run with.
+    #[arg(long, env = "ISOTEST_PYTHON")]
+    pub python: Option<PathBuf>,
+}
+
+fn parse_environment(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, root) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=ROOT_DIR"))?;
+    if name.is_empty() || root.is_empty() {
+        return Err(format!("`{text}` is not NAME=ROOT_DIR"));
+    }
+    Ok((name.to_owned(), PathBuf::from(root)))
+}
+
+impl SandboxArgs {
+    pub fn sandbox_config(&self) -> isotest_sandbox::SandboxConfig {
+        let mut config = isotest_sandbox::SandboxConfig::default();
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        config.environments = self
+            .environments
+            .iter()
+            .cloned()
+            .collect::<BTreeMap<_, _>>();
+        config.allow_weaker_isolation = self.allow_weaker_isolation;
+        config
+    }
+
+    pub fn limits(&self) -> isotest_sandbox::Limits {
+        isotest_sandbox::Limits {
+            memory_bytes: self.memory_mib.saturating_mul(1024 * 1024),
+            pids: self.pids,
+            workspace_bytes: self.workspace_mib.saturating_mul(1024 * 1024),
+            stdout_bytes: self.output_bytes,
+            stderr_bytes: self.output_bytes,
+            ..isotest_sandbox::Limits::default()
+        }
+    }
+
+    pub fn toolchain(&self) -> isotest_worker::frameworks::Toolchain {
+        match &self.python {
+            Some(python) => isotest_worker::frameworks::Toolchain {
+                python: python.clone(),
+            },
+            None => isotest_worker::frameworks::Toolchain::default(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Tests run at once (the consumer prefetch).
+    #[arg(long, env = "ISOTEST_CONCURRENCY", default_value_t = default_concurrency())]
+    pub concurrency: u16,
+    /// On shutdown, how long running tests may take to finish before their messages go back to the queue.
+    #[arg(long, env = "ISOTEST_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AggregatorArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub producer: isotest_producer::Config,
+    /// Tests run at once by the embedded worker.
+    #[arg(long, env = "ISOTEST_CONCURRENCY", default_value_t = default_concurrency())]
+    pub concurrency: u16,
+    #[arg(long, env = "ISOTEST_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The number of cores, the default concurrency.
+pub fn default_concurrency() -> u16 {
+    std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    isotest_protocol::duration::parse(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn environments_are_name_equals_root() {
+        assert_eq!(
+            parse_environment("py312=/srv/py312"),
+            Ok(("py312".into(), "/srv/py312".into()))
+        );
+        assert!(parse_environment("py312").is_err());
+        assert!(parse_environment("=/x").is_err());
+    }
+}

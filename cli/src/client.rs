@@ -1,0 +1,148 @@
+//! `isotest run --server`: upload the workspace, submit the suite, follow its
+//! progress, and fetch the report from the producer's HTTP API.
+
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use isotest_protocol::api::{ApiError, Submitted, SuiteStatus};
+use isotest_protocol::report::{Report, SuiteState};
+
+use crate::exit::Failure;
+use crate::input::{Bundle, LoadedSuite};
+use crate::output::Progress;
+
+/// How often the suite's status is asked for.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Submits the suite to `server` and waits for its report.
+///
+/// # Errors
+///
+/// Returns [`Failure::Unreachable`] when the server does not answer, [`Failure::BadInput`]
+/// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C.
+pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Report, Failure> {
+    let api = Api {
+        base: server.trim_end_matches('/').to_owned(),
+        http: Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| Failure::Service(e.into()))?,
+    };
+    let follow = async {
+        if let Some(bundle) = &loaded.workspace {
+            api.upload(bundle).await?;
+        }
+        let body = serde_json::to_vec(&loaded.manifest).map_err(|e| Failure::Service(e.into()))?;
+        let submitted: Submitted = api
+            .json(
+                api.http
+                    .post(api.url("/v1/suites"))
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await?;
+        tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
+        let mut progress = Progress::new(submitted.tests, quiet);
+        let status = loop {
+            let status: SuiteStatus = api
+                .json(api.http.get(api.url(&submitted.status_url)))
+                .await?;
+            progress.set_done(status.done);
+            if status.state != SuiteState::Running {
+                break status;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        };
+        progress.finish();
+        tracing::info!(suite_id = %status.id, state = ?status.state, "Suite ended.");
+        api.json::<Report>(api.http.get(api.url(&submitted.report_url)))
+            .await
+    };
+    tokio::select! {
+        report = follow => report,
+        () = isotest_infra::shutdown::signal() => Err(Failure::Interrupted),
+    }
+}
+
+struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    async fn upload(&self, bundle: &Bundle) -> Result<(), Failure> {
+        let url = self.url(&format!("/v1/blobs/{}", bundle.reference));
+        let head = self.send(self.http.head(&url)).await?;
+        if head.status() == StatusCode::OK {
+            return Ok(());
+        }
+        let put = self
+            .send(self.http.put(&url).body(bundle.bytes.to_vec()))
+            .await?;
+        check(put).await.map(drop)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, Failure> {
+        request.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                Failure::Unreachable(format!(
+                    "cannot reach the isotest server at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                ))
+            } else {
+                Failure::Service(
+                    anyhow::Error::new(e)
+                        .context(format!("talk to the isotest server at {}", self.base)),
+                )
+            }
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, Failure> {
+        let response = check(self.send(request).await?).await?;
+        let url = response.url().to_string();
+        response.json().await.map_err(|e| {
+            Failure::Service(anyhow::Error::new(e).context(format!("read the answer of {url}")))
+        })
+    }
+}
+
+/// Turns an error answer into its one-line reason: 4xx is the user's to fix, 5xx the server's.
+async fn check(response: Response) -> Result<Response, Failure> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let url = response.url().to_string();
+    let text = response.text().await.unwrap_or_default();
+    let reason = serde_json::from_str::<ApiError>(&text).map_or(text, |e| e.error);
+    let line = format!("the server refused {url} ({status}): {reason}");
+    Err(if status.is_client_error() {
+        Failure::BadInput(line)
+    } else {
+        Failure::Service(anyhow::anyhow!(line))
+    })
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,139 @@
+//! Embedded mode: the whole pipeline in one process, with no broker and no Redis. The
+//! producer's message builder, the worker's runner and the aggregator's report
+//! assembly are the same code the services run, so the report is the same field for
+//! field; only the queue (a semaphore over tasks) and the result store (this
+//! function's own vector) differ.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use isotest_protocol::message::TestMessage;
+use isotest_protocol::now_ms;
+use isotest_protocol::report::{Report, SuiteState};
+use isotest_protocol::result::TestResult;
+use isotest_sandbox::{SandboxError, Sandboxer};
+use isotest_worker::run::infrastructure_error;
+use isotest_worker::service::error_chain;
+use isotest_worker::{Runner, RunnerConfig};
+
+use crate::args::{RunArgs, default_concurrency};
+use crate::exit::Failure;
+use crate::input::LoadedSuite;
+use crate::output::Progress;
+
+/// Runs every test of the suite on this machine and assembles the report.
+///
+/// # Errors
+///
+/// Returns [`Failure::Isolation`] when the host cannot make sandboxes, and
+/// [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
+pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure> {
+    let sandboxer = Sandboxer::new(args.sandbox.sandbox_config())?;
+    if !sandboxer.isolation().missing.is_empty() {
+        tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation.");
+    }
+    let runner = Runner::new(
+        Arc::new(sandboxer),
+        RunnerConfig {
+            worker_id: isotest_infra::process_id("embedded"),
+            tools: args.sandbox.toolchain(),
+            limits: args.sandbox.limits(),
+        },
+    );
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = now_ms();
+    let record = isotest_producer::suite::record(
+        &id,
+        &loaded.suite,
+        now,
+        isotest_producer::config::DEFAULT_DEADLINE,
+    );
+    let messages = isotest_producer::suite::messages(&id, &loaded.suite, now);
+    let workspace = loaded.workspace.map(|b| b.bytes);
+    let concurrency = usize::from(args.concurrency.unwrap_or_else(default_concurrency).max(1));
+    let total = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+    let mut progress = Progress::new(total, args.quiet);
+
+    let pool = Pool {
+        runner,
+        workspace,
+        permits: Arc::new(Semaphore::new(concurrency)),
+        tasks: JoinSet::new(),
+    };
+    let deadline = Duration::from_millis(record.deadline_at_ms.saturating_sub(now));
+    let collected = tokio::select! {
+        results = pool.run_all(messages, total, &mut progress) => Some(results),
+        () = tokio::time::sleep(deadline) => None,
+        () = isotest_infra::shutdown::signal() => {
+            progress.finish();
+            return Err(Failure::Interrupted);
+        }
+    };
+    progress.finish();
+    Ok(match collected {
+        Some(results) => isotest_aggregator::assemble(&record, results, SuiteState::Complete),
+        None => isotest_aggregator::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
+    })
+}
+
+/// The in-process queue: every attempt is a task waiting its turn on a semaphore
+/// (fair, so tests start in manifest order); results come back on one channel to
+/// the single owner of the run's state.
+struct Pool {
+    runner: Runner,
+    workspace: Option<Arc<[u8]>>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+}
+
+type Finished = (TestMessage, Result<TestResult, SandboxError>);
+
+impl Pool {
+    fn spawn(&mut self, msg: TestMessage, done: &mpsc::UnboundedSender<Finished>) {
+        let runner = self.runner.clone();
+        let workspace = self.workspace.clone();
+        let permits = self.permits.clone();
+        let done = done.clone();
+        self.tasks.spawn(async move {
+            // The semaphore is never closed, so acquiring only fails if it were.
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let result = runner.run(&msg, workspace, now_ms()).await;
+            let _ = done.send((msg, result));
+        });
+    }
+
+    async fn run_all(
+        mut self,
+        messages: Vec<TestMessage>,
+        total: u32,
+        progress: &mut Progress,
+    ) -> Vec<TestResult> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        for msg in messages {
+            self.spawn(msg, &done_tx);
+        }
+        let mut results = Vec::new();
+        let mut finals = 0;
+        while finals < total {
+            let Some((msg, outcome)) = done_rx.recv().await else {
+                break;
+            };
+            let result = outcome.unwrap_or_else(|e| {
+                infrastructure_error(&msg, self.runner.worker_id(), &error_chain(&e))
+            });
+            if result.is_final {
+                finals += 1;
+                progress.finished(&result.name, result.status, result.duration_ms);
+            } else if let Some(next) = msg.next_attempt(now_ms()) {
+                self.spawn(next, &done_tx);
+            }
+            results.push(result);
+        }
+        results
+    }
+}

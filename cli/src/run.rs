@@ -1,0 +1,19 @@
+//! `isotest run`: load the suite, run it embedded or on a server, write the reports.
+
+use crate::args::RunArgs;
+use crate::exit::Failure;
+use crate::{client, embedded, input, output};
+
+/// Runs a suite and gives the exit code its verdict maps to.
+///
+/// # Errors
+///
+/// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
+pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+    let loaded = input::load(&args.manifest)?;
+    let report = match &args.server {
+        Some(server) => client::run(server, loaded, args.quiet).await?,
+        None => embedded::run(loaded, &args).await?,
+    };
+    output::finish(&report, &args)
+}

@@ -1,0 +1,154 @@
+//! The long-running services, each run until Ctrl-C or SIGTERM: `producer`,
+//! `worker`, `aggregator`, and `up` (all three in one process).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use isotest_infra::Endpoints;
+use isotest_sandbox::Sandboxer;
+use isotest_worker::{Runner, RunnerConfig, Worker, WorkerConfig};
+
+use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WorkerArgs};
+use crate::exit::Failure;
+
+/// Serves the producer's HTTP API.
+///
+/// # Errors
+///
+/// Returns [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
+pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
+    let producer = isotest_producer::Producer::build(config)
+        .await
+        .map_err(unreachable)?;
+    producer
+        .run(isotest_infra::shutdown::signal())
+        .await
+        .context("serve the producer API")?;
+    Ok(())
+}
+
+/// Runs a worker.
+///
+/// # Errors
+///
+/// Returns [`Failure::Isolation`] when this host cannot make sandboxes, and
+/// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
+pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
+    let worker = build_worker(
+        &args.endpoints,
+        args.concurrency,
+        args.drain_timeout,
+        &args.sandbox,
+    )
+    .await?;
+    worker
+        .run(isotest_infra::shutdown::signal())
+        .await
+        .context("consume test messages")?;
+    Ok(())
+}
+
+/// Runs an aggregator.
+///
+/// # Errors
+///
+/// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
+pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
+    run_aggregator(args.endpoints, isotest_infra::shutdown::signal()).await
+}
+
+/// Runs the producer, an aggregator and a worker in one process until a signal.
+///
+/// # Errors
+///
+/// As [`producer`], [`worker`] and [`aggregator`]; the first service to fail stops the others.
+pub async fn up(args: UpArgs) -> Result<(), Failure> {
+    let endpoints = args.producer.endpoints.clone();
+    let worker = build_worker(
+        &endpoints,
+        args.concurrency,
+        args.drain_timeout,
+        &args.sandbox,
+    )
+    .await?;
+    let producer = isotest_producer::Producer::build(args.producer)
+        .await
+        .map_err(unreachable)?;
+    let stop = CancellationToken::new();
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            isotest_infra::shutdown::signal().await;
+            stop.cancel();
+        }
+    };
+    let stopped = |token: &CancellationToken| token.clone().cancelled_owned();
+    let mut producer = tokio::spawn(producer.run(stopped(&stop)));
+    let mut worker = tokio::spawn(worker.run(stopped(&stop)));
+    let mut aggregator = tokio::spawn(run_aggregator(endpoints, stopped(&stop)));
+    tokio::spawn(signal);
+    // Whichever service ends first (a signal, or a failure) takes the others down with it.
+    let first: Result<(), Failure> = tokio::select! {
+        r = &mut producer => r.context("producer task")?.context("serve the producer API").map_err(Failure::from),
+        r = &mut worker => r.context("worker task")?.context("consume test messages").map_err(Failure::from),
+        r = &mut aggregator => r.context("aggregator task")?,
+    };
+    stop.cancel();
+    let _ = tokio::join!(producer, worker, aggregator);
+    first
+}
+
+async fn build_worker(
+    endpoints: &Endpoints,
+    concurrency: u16,
+    drain_timeout: std::time::Duration,
+    sandbox: &SandboxArgs,
+) -> Result<Worker, Failure> {
+    let sandboxer = Sandboxer::new(sandbox.sandbox_config())?;
+    if sandboxer.isolation().missing.is_empty() {
+        tracing::info!(isolation = %sandboxer.isolation(), "Sandbox ready.");
+    } else {
+        tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation (--allow-weaker-isolation).");
+    }
+    let runner = Runner::new(
+        Arc::new(sandboxer),
+        RunnerConfig {
+            worker_id: isotest_infra::process_id("worker"),
+            tools: sandbox.toolchain(),
+            limits: sandbox.limits(),
+        },
+    );
+    let config = WorkerConfig {
+        endpoints: endpoints.clone(),
+        concurrency,
+        drain_timeout,
+    };
+    Worker::build(config, runner).await.map_err(unreachable)
+}
+
+async fn run_aggregator(
+    endpoints: Endpoints,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let config = isotest_aggregator::service::AggregatorConfig::new(
+        endpoints.redis_url.clone(),
+        endpoints.namespace.clone(),
+        isotest_infra::process_id("aggregator"),
+    );
+    let aggregator = isotest_aggregator::service::Aggregator::build(config)
+        .await
+        .map_err(unreachable)?;
+    aggregator
+        .run(shutdown)
+        .await
+        .context("aggregate results")?;
+    Ok(())
+}
+
+/// A service that could not reach its servers at start: one line, exit code 2.
+fn unreachable(e: impl std::error::Error) -> Failure {
+    Failure::Unreachable(isotest_worker::service::error_chain(&e))
+}
