@@ -158,8 +158,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if let Err(e) = state.store.ping().await {
         problems.push(format!("redis: {}", chain(&e)));
     }
-    if !state.publisher.is_connected().await {
-        problems.push("rabbitmq: not connected".to_owned());
+    if let Err(e) = state.publisher.ensure_connected().await {
+        problems.push(format!("rabbitmq: {}", chain(&e)));
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready").into_response()

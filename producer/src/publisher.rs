@@ -86,9 +86,15 @@ impl Publisher {
         })
     }
 
-    /// Whether the connection and its channel are up right now.
-    pub async fn is_connected(&self) -> bool {
-        self.link.lock().await.as_ref().is_some_and(Link::is_usable)
+    /// Whether the connection and its channel are up, reconnecting first if they are
+    /// not: a load balancer sends no requests to an unready producer, so the readiness
+    /// probe must be able to heal it on its own.
+    ///
+    /// # Errors
+    ///
+    /// Returns the [`PublishError`] of the last reconnection attempt.
+    pub async fn ensure_connected(&self) -> Result<(), PublishError> {
+        self.channel().await.map(drop)
     }
 
     /// The confirm channel, reconnecting with backoff if the old one was closed.
@@ -220,7 +226,8 @@ impl Link {
     ) -> Result<Link, PublishError> {
         let connection = match connection {
             Some(c) => c,
-            None => amqp::connect(url, "isotest-producer")
+            // Named after the namespace, so an operator can tell deployments apart.
+            None => amqp::connect(url, &connection_name(namespace))
                 .await
                 .map_err(PublishError::Connect)?,
         };
@@ -241,6 +248,11 @@ impl Link {
     fn is_usable(&self) -> bool {
         !self.stale && self.connection.status().connected() && self.channel.status().connected()
     }
+}
+
+/// The name the connection shows in RabbitMQ's management UI and `rabbitmqctl`.
+pub fn connection_name(namespace: &Namespace) -> String {
+    format!("isotest-producer/{namespace}")
 }
 
 /// Persistent, and carrying the ids so a test can be followed across services.

@@ -3,5 +3,6 @@
 
 mod blobs;
 mod helpers;
+mod reconnect;
 mod status;
 mod suites;
