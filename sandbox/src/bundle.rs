@@ -1,9 +1,12 @@
 //! Workspace bundles: a directory packed as tar + zstd, deterministically, and unpacked without
 //! ever following a link, so a hostile bundle cannot write outside the target directory.
 
-use std::io;
-use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 /// Why a bundle could not be packed or unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +28,7 @@ pub enum BundleError {
         /// The cap in bytes.
         cap: u64,
     },
-    /// Reading, writing or creating something failed.
+    /// Reading, writing or creating something failed (including refusing to go through a link).
     #[error("{what} {path:?}")]
     Io {
         /// What was being done.
@@ -38,17 +41,55 @@ pub enum BundleError {
     },
 }
 
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BundleError {
+    let path = path.to_owned();
+    move |source| BundleError::Io { what, path, source }
+}
+
 /// Packs `dir` as tar + zstd: regular files, directories and symlinks (others skipped), in
 /// sorted order with fixed mtimes and owners, so the same tree gives the same bytes.
 ///
 /// # Errors
 /// Fails when the directory cannot be read.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, BundleError> {
-    Err(BundleError::Io {
-        what: "pack",
-        path: dir.to_owned(),
-        source: io::Error::from(io::ErrorKind::Unsupported),
-    })
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    pack_into(&mut builder, dir, Path::new(""))?;
+    let tar = builder
+        .into_inner()
+        .map_err(io_err("finish tar for", dir))?;
+    zstd::encode_all(tar.as_slice(), 3).map_err(io_err("compress bundle of", dir))
+}
+
+fn pack_into(
+    builder: &mut tar::Builder<Vec<u8>>,
+    dir: &Path,
+    rel: &Path,
+) -> Result<(), BundleError> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(io_err("read directory", dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err("read directory", dir))?;
+    entries.sort();
+    for name in entries {
+        let path = dir.join(&name);
+        let rel = rel.join(&name);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+        let kind = meta.file_type();
+        if kind.is_file() || kind.is_symlink() {
+            builder
+                .append_path_with_name(&path, &rel)
+                .map_err(io_err("pack", &path))?;
+        } else if kind.is_dir() {
+            builder
+                .append_path_with_name(&path, &rel)
+                .map_err(io_err("pack", &path))?;
+            pack_into(builder, &path, &rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// What an unpack should do besides writing the entries.
@@ -56,7 +97,7 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, BundleError> {
 pub struct UnpackOptions {
     /// Cap on the total bytes of file content.
     pub max_bytes: u64,
-    /// Owner given to every created entry, if any.
+    /// Owner (uid, gid) given to every created entry, if any.
     pub owner: Option<(u32, u32)>,
 }
 
@@ -65,11 +106,391 @@ pub struct UnpackOptions {
 /// # Errors
 /// Fails on refused entries (absolute or `..` paths, hard links, devices, FIFOs), when an entry
 /// would be created through a symlink or over an existing entry, or over `max_bytes`.
-pub fn unpack(bundle: &[u8], dir: BorrowedFd<'_>, options: UnpackOptions) -> Result<(), BundleError> {
-    let _ = (bundle, dir, options);
-    Err(BundleError::Io {
-        what: "unpack",
-        path: PathBuf::new(),
-        source: io::Error::from(io::ErrorKind::Unsupported),
-    })
+pub fn unpack(
+    bundle: &[u8],
+    dir: BorrowedFd<'_>,
+    options: UnpackOptions,
+) -> Result<(), BundleError> {
+    let decoder = zstd::Decoder::new(bundle).map_err(io_err("decompress", Path::new("")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut written = 0u64;
+    let entries = archive
+        .entries()
+        .map_err(io_err("read tar", Path::new("")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(io_err("read tar entry", Path::new("")))?;
+        let path = entry
+            .path()
+            .map_err(io_err("read entry path", Path::new("")))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        let refuse = |kind: &'static str| BundleError::RefusedKind {
+            path: path.clone(),
+            kind,
+        };
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let size = entry.header().size().unwrap_or(0);
+                if written.saturating_add(size) > options.max_bytes {
+                    return Err(BundleError::TooLarge {
+                        cap: options.max_bytes,
+                    });
+                }
+                let remaining = options.max_bytes - written;
+                let (parent, name) = parent_of(dir, &path, options.owner)?;
+                let file = create_file(parent.as_fd(), &name, mode, false, options.owner, &path)?;
+                let copied =
+                    copy_capped(&mut entry, &file, remaining).map_err(io_err("write", &path))?;
+                if copied > remaining {
+                    return Err(BundleError::TooLarge {
+                        cap: options.max_bytes,
+                    });
+                }
+                written += copied;
+            }
+            tar::EntryType::Directory => {
+                if normal_components(&path)?.is_empty() {
+                    continue;
+                }
+                let (parent, name) = parent_of(dir, &path, options.owner)?;
+                open_or_make_dir(parent.as_fd(), &name, options.owner, &path)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(io_err("read link target of", &path))?
+                    .ok_or_else(|| BundleError::BadPath(path.clone()))?;
+                let target = cstring(target.as_os_str(), &path)?;
+                let (parent, name) = parent_of(dir, &path, options.owner)?;
+                // SAFETY: valid C strings and a directory fd we hold.
+                let ret =
+                    unsafe { libc::symlinkat(target.as_ptr(), parent.as_raw_fd(), name.as_ptr()) };
+                if ret != 0 {
+                    return Err(io_err("create symlink", &path)(io::Error::last_os_error()));
+                }
+                chown_at(parent.as_fd(), &name, options.owner, &path)?;
+            }
+            tar::EntryType::Link => return Err(refuse("hard link")),
+            tar::EntryType::Char | tar::EntryType::Block => return Err(refuse("device")),
+            tar::EntryType::Fifo => return Err(refuse("fifo")),
+            // Metadata entries the tar crate folds into the next entry.
+            tar::EntryType::XHeader
+            | tar::EntryType::XGlobalHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            _ => return Err(refuse("unknown")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `content` at relative `path` beneath `dir`, creating parents and replacing an
+/// existing regular file, never following a link.
+///
+/// # Errors
+/// Fails on a bad path, a link in the way, or an I/O error.
+pub(crate) fn write_file(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    content: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), BundleError> {
+    let (parent, name) = parent_of(dir, path, owner)?;
+    let mut file = create_file(parent.as_fd(), &name, 0o644, true, owner, path)?;
+    file.write_all(content).map_err(io_err("write", path))
+}
+
+/// Copies at most `cap + 1` bytes so the caller can tell "over the cap" apart.
+fn copy_capped(reader: &mut impl Read, mut file: &File, cap: u64) -> io::Result<u64> {
+    io::copy(&mut reader.take(cap.saturating_add(1)), &mut file)
+}
+
+/// Splits `path` into its `Normal` components, refusing absolute paths and `..`.
+fn normal_components(path: &Path) -> Result<Vec<&OsStr>, BundleError> {
+    let mut out = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) | Component::ParentDir => {
+                return Err(BundleError::BadPath(path.to_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cstring(s: &OsStr, path: &Path) -> Result<CString, BundleError> {
+    CString::new(s.as_bytes()).map_err(|_| BundleError::BadPath(path.to_owned()))
+}
+
+/// Opens (creating as needed) every parent directory of `path` beneath `dir` without following
+/// links, and returns the parent's fd and the final name.
+fn parent_of(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(OwnedFd, CString), BundleError> {
+    let components = normal_components(path)?;
+    let Some((last, parents)) = components.split_last() else {
+        return Err(BundleError::BadPath(path.to_owned()));
+    };
+    let mut current = dup(dir, path)?;
+    for component in parents {
+        let name = cstring(component, path)?;
+        current = open_or_make_dir(current.as_fd(), &name, owner, path)?;
+    }
+    Ok((current, cstring(last, path)?))
+}
+
+fn dup(fd: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, BundleError> {
+    fd.try_clone_to_owned()
+        .map_err(io_err("duplicate fd for", path))
+}
+
+fn open_dir(parent: BorrowedFd<'_>, name: &CString) -> io::Result<OwnedFd> {
+    // SAFETY: valid C string and directory fd; O_NOFOLLOW|O_DIRECTORY refuses a symlink.
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_or_make_dir(
+    parent: BorrowedFd<'_>,
+    name: &CString,
+    owner: Option<(u32, u32)>,
+    path: &Path,
+) -> Result<OwnedFd, BundleError> {
+    match open_dir(parent, name) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(io_err("open directory (not through a link)", path)(e)),
+    }
+    // SAFETY: valid C string and directory fd.
+    if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+        return Err(io_err("create directory", path)(io::Error::last_os_error()));
+    }
+    chown_at(parent, name, owner, path)?;
+    open_dir(parent, name).map_err(io_err("open directory", path))
+}
+
+fn create_file(
+    parent: BorrowedFd<'_>,
+    name: &CString,
+    mode: u32,
+    replace: bool,
+    owner: Option<(u32, u32)>,
+    path: &Path,
+) -> Result<File, BundleError> {
+    let mode = (mode & 0o755) | 0o600;
+    let exclusive = if replace { libc::O_TRUNC } else { libc::O_EXCL };
+    // SAFETY: valid C string and directory fd; O_NOFOLLOW refuses a symlink as the last
+    // component and O_EXCL refuses anything already there.
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | exclusive | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    };
+    if fd < 0 {
+        return Err(io_err("create file", path)(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is fresh.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata().map_err(io_err("stat", path))?;
+    if !meta.is_file() {
+        return Err(BundleError::RefusedKind {
+            path: path.to_owned(),
+            kind: "non-regular file in the way",
+        });
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+    }
+    Ok(file)
+}
+
+fn chown_at(
+    parent: BorrowedFd<'_>,
+    name: &CString,
+    owner: Option<(u32, u32)>,
+    path: &Path,
+) -> Result<(), BundleError> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    // SAFETY: valid C string and directory fd; AT_SYMLINK_NOFOLLOW changes a link itself.
+    let ret = unsafe {
+        libc::fchownat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret != 0 {
+        return Err(io_err("chown", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "isotest-bundle-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    fn open(dir: &Path) -> File {
+        File::open(dir).expect("open dir")
+    }
+
+    /// Builds a raw tar (zstd-compressed) with hand-written headers, bypassing the tar crate's
+    /// own path checks so hostile names can be tested.
+    fn hostile(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            let bytes = header.as_mut_bytes();
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            if !link.is_empty() {
+                header.as_mut_bytes()[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            }
+            header.set_cksum();
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        zstd::encode_all(out.as_slice(), 1).expect("compress")
+    }
+
+    const OPTS: UnpackOptions = UnpackOptions {
+        max_bytes: 1 << 20,
+        owner: None,
+    };
+
+    #[test]
+    fn pack_is_deterministic_and_round_trips() {
+        let src = tempdir("src");
+        std::fs::create_dir_all(src.join("a/b")).expect("mkdir");
+        std::fs::write(src.join("a/b/f.txt"), b"hello").expect("write");
+        std::fs::write(src.join("top"), b"x").expect("write");
+        std::os::unix::fs::symlink("a/b/f.txt", src.join("link")).expect("symlink");
+        let one = pack_dir(&src).expect("pack");
+        // Touch mtimes: the bytes must not change.
+        std::fs::write(src.join("top"), b"x").expect("rewrite");
+        let two = pack_dir(&src).expect("pack again");
+        assert_eq!(one, two);
+
+        let dst = tempdir("dst");
+        unpack(&one, open(&dst).as_fd(), OPTS).expect("unpack");
+        assert_eq!(
+            std::fs::read(dst.join("a/b/f.txt")).expect("read"),
+            b"hello"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).expect("readlink"),
+            Path::new("a/b/f.txt")
+        );
+        let _ = std::fs::remove_dir_all(src);
+        let _ = std::fs::remove_dir_all(dst);
+    }
+
+    #[test]
+    fn hostile_bundles_are_refused() {
+        let outside = tempdir("outside");
+        let outside_file = outside.join("pwned");
+        let through_link = format!("{}", outside.display());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "dotdot",
+                hostile(&[("../pwned", tar::EntryType::Regular, "", b"x")]),
+            ),
+            (
+                "nested dotdot",
+                hostile(&[("a/../../pwned", tar::EntryType::Regular, "", b"x")]),
+            ),
+            (
+                "absolute",
+                hostile(&[("/tmp/pwned-abs", tar::EntryType::Regular, "", b"x")]),
+            ),
+            (
+                "symlink then file through it",
+                hostile(&[
+                    ("evil", tar::EntryType::Symlink, &through_link, b""),
+                    ("evil/pwned", tar::EntryType::Regular, "", b"x"),
+                ]),
+            ),
+            (
+                "symlink then file over it",
+                hostile(&[
+                    (
+                        "evil2",
+                        tar::EntryType::Symlink,
+                        &outside_file.display().to_string(),
+                        b"",
+                    ),
+                    ("evil2", tar::EntryType::Regular, "", b"x"),
+                ]),
+            ),
+            (
+                "hard link",
+                hostile(&[("h", tar::EntryType::Link, "/etc/shadow", b"")]),
+            ),
+            ("fifo", hostile(&[("p", tar::EntryType::Fifo, "", b"")])),
+            ("device", hostile(&[("d", tar::EntryType::Char, "", b"")])),
+        ];
+        for (name, bundle) in cases {
+            let dst = tempdir("hostile");
+            let result = unpack(&bundle, open(&dst).as_fd(), OPTS);
+            assert!(result.is_err(), "{name}: accepted");
+            assert!(!outside_file.exists(), "{name}: wrote outside");
+            assert!(
+                !Path::new("/tmp/pwned-abs").exists(),
+                "{name}: wrote absolute"
+            );
+            let _ = std::fs::remove_dir_all(dst);
+        }
+        let _ = std::fs::remove_dir_all(outside);
+    }
+
+    #[test]
+    fn size_cap_is_enforced() {
+        let bundle = hostile(&[("big", tar::EntryType::Regular, "", &[7u8; 4096])]);
+        let dst = tempdir("cap");
+        let small = UnpackOptions {
+            max_bytes: 1000,
+            owner: None,
+        };
+        assert!(matches!(
+            unpack(&bundle, open(&dst).as_fd(), small),
+            Err(BundleError::TooLarge { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dst);
+    }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use crate::isolation::CgroupVersion;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Errors of the cgroup layer.
 #[derive(Debug, thiserror::Error)]
@@ -241,17 +240,6 @@ impl SandboxCgroup {
             .unwrap_or(0)
     }
 
-    /// Whether the pids limit was hit (a fork failed) during the run.
-    pub fn pids_limit_hit(&self) -> bool {
-        let Some(dir) = self.pids.as_ref() else {
-            return false;
-        };
-        fs::read_to_string(dir.join("pids.events"))
-            .ok()
-            .and_then(|text| keyed_value(&text, "max"))
-            .is_some_and(|n| n > 0)
-    }
-
     /// Sends `signal` to every process in the cgroup.
     pub fn signal_all(&self, signal: i32) {
         for pid in self.pids() {
@@ -302,7 +290,7 @@ fn read_procs(dir: &Path) -> Vec<i32> {
 
 fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// The cgroup path of this process in the hierarchy whose controller list contains `controller`
@@ -332,13 +320,16 @@ fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
 }
 
 fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option<CgroupParent> {
+    // The controller files exist only below the root of some hierarchies (pids.max), so check
+    // the mount and this process's membership, then the file in the created parent.
     let mut controller = |ctrl: &str, dir: &str, file: &str, words: &str| {
         let mount = Path::new(CGROUP_ROOT).join(dir);
-        let usable = mount.join(file).exists();
+        let usable = mount.join("cgroup.procs").exists();
         let dir = usable
             .then(|| own_path(self_cgroups, ctrl))
             .flatten()
-            .and_then(|own| make_parent(&mount, own, name).ok());
+            .and_then(|own| make_parent(&mount, own, name).ok())
+            .filter(|dir| dir.join(file).exists());
         if dir.is_none() {
             missing.push(words.to_owned());
         }
@@ -377,8 +368,12 @@ fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
     let root = Path::new(CGROUP_ROOT);
     let Some(own) = own_path(self_cgroups, "") else {
         missing.extend(
-            ["cgroup memory controller", "cgroup pids controller", "cgroup cpu controller"]
-                .map(String::from),
+            [
+                "cgroup memory controller",
+                "cgroup pids controller",
+                "cgroup cpu controller",
+            ]
+            .map(String::from),
         );
         return None;
     };

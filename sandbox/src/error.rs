@@ -36,7 +36,7 @@ pub enum SandboxError {
     #[error("set up sandbox: {step} failed with errno {errno}")]
     ChildSetup {
         /// The step that failed, e.g. "pivot_root".
-        step: &'static str,
+        step: String,
         /// The raw errno.
         errno: i32,
     },

@@ -11,15 +11,27 @@
 //! control over every step for later reuse (forking pre-initialised interpreters into fresh
 //! namespaces), and no helper process per test on the startup path.
 
+mod cgroup;
+mod child;
 mod config;
 mod error;
 mod isolation;
+mod launcher;
 mod outcome;
+mod run;
+mod seccomp;
 mod spec;
+mod sys;
+mod workspace;
 
 pub mod bundle;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use config::SandboxConfig;
 pub use error::SandboxError;
@@ -27,7 +39,17 @@ pub use isolation::{CgroupVersion, Isolation, UidMapping};
 pub use outcome::{Captured, CollectError, RunOutcome, StageExit, Termination, Usage};
 pub use spec::{Limits, RunSpec};
 
-/// Creates sandboxes on this host; cheap to share in an `Arc` and safe to use from many tasks.
+use cgroup::CgroupParent;
+use launcher::Launcher;
+use run::EnvPlan;
+
+/// First outside uid/gid of per-sandbox users when running as root.
+pub const SANDBOX_UID_BASE: u32 = 200_000;
+/// How many sandboxes may run at once (each needs its own outside uid).
+pub const MAX_CONCURRENT: u32 = 65_536;
+
+/// Creates sandboxes on this host; cheap to clone or share in an `Arc`, and safe to use from
+/// many tasks at once.
 #[derive(Debug, Clone)]
 pub struct Sandboxer {
     inner: Arc<Inner>,
@@ -37,18 +59,197 @@ pub struct Sandboxer {
 struct Inner {
     config: SandboxConfig,
     isolation: Isolation,
+    launcher: Launcher,
+    cgroups: Option<CgroupParent>,
+    environments: BTreeMap<String, EnvPlan>,
+    slots: Slots,
+    /// Opened once and handed to every sandbox as its stdin.
+    dev_null: OwnedFd,
+    cap_last: u32,
+    /// Where each sandbox mounts its fresh root inside its own mount namespace.
+    new_root: PathBuf,
+    /// Host devices present, bind-mounted into each sandbox's /dev.
+    devices: Vec<&'static str>,
+    counter: AtomicU64,
+}
+
+impl Inner {
+    fn next_id(&self) -> String {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Allocates per-sandbox slots (and so outside uids) so no two live sandboxes share a uid.
+#[derive(Debug, Default)]
+struct Slots {
+    used: Mutex<Vec<bool>>,
+}
+
+struct SlotGuard<'a> {
+    slots: &'a Slots,
+    index: u32,
+}
+
+impl SlotGuard<'_> {
+    fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+impl Slots {
+    fn acquire(&self) -> Result<SlotGuard<'_>, SandboxError> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let index = match used.iter().position(|u| !u) {
+            Some(i) => i,
+            None if used.len() < MAX_CONCURRENT as usize => {
+                used.push(false);
+                used.len() - 1
+            }
+            None => {
+                return Err(SandboxError::io(
+                    "allocate a sandbox slot",
+                    std::io::Error::other("too many concurrent sandboxes"),
+                ));
+            }
+        };
+        used[index] = true;
+        Ok(SlotGuard {
+            slots: self,
+            index: index as u32,
+        })
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self.slots.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = used.get_mut(self.index as usize) {
+            *u = false;
+        }
+    }
 }
 
 impl Sandboxer {
-    /// Probes the host and prepares to run sandboxes.
+    /// Probes the host and prepares to run sandboxes: creates the state directory, compiles the
+    /// seccomp filter, starts the launcher thread, sets up the parent cgroups and lists each
+    /// environment's top level.
     ///
     /// # Errors
-    /// `Unsupported` naming every missing piece unless `allow_weaker_isolation`; `Io` when the
-    /// state directory or cgroups cannot be set up.
+    /// `Unsupported` naming every missing piece unless `allow_weaker_isolation` (user
+    /// namespaces are required either way); `Io` when the state directory, an environment or
+    /// the launcher cannot be set up.
     pub fn new(config: SandboxConfig) -> Result<Sandboxer, SandboxError> {
-        let _ = config;
-        Err(SandboxError::Unsupported {
-            missing: vec!["implementation".to_owned()],
+        let root = nix::unistd::geteuid().is_root();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(|e| SandboxError::io("create state directory", e))?;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| SandboxError::io("restrict state directory", e))?;
+        let new_root = if root {
+            config.state_dir.clone()
+        } else {
+            // Without root, workspaces are directories in the state dir, so the fresh root must
+            // not be mounted over it.
+            let dir = config.state_dir.join("root");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| SandboxError::io("create root mount point", e))?;
+            dir
+        };
+
+        let filters = seccomp::build()
+            .map_err(|e| SandboxError::io("build seccomp filter", std::io::Error::other(e)))?;
+        let launcher = Launcher::start(Arc::new(filters))
+            .map_err(|e| SandboxError::io("start launcher thread", e))?;
+
+        let mut missing = Vec::new();
+        let ns_flags = (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP) as u64;
+        let namespaces = launcher.probe(ns_flags).is_ok();
+        if !namespaces {
+            missing.push("user namespaces".to_owned());
+        }
+        let probe = CgroupParent::probe(&format!("isotest-sandbox-{}", std::process::id()));
+        missing.extend(probe.missing);
+        let cgroups = probe.parent;
+        if !root {
+            missing
+                .push("root privileges (per-sandbox uid, size-limited workspace tmpfs)".to_owned());
+        }
+        let isolation = Isolation {
+            namespaces,
+            uid_mapping: if root {
+                UidMapping::PerSandbox {
+                    base: SANDBOX_UID_BASE,
+                }
+            } else {
+                UidMapping::Caller {
+                    uid: nix::unistd::geteuid().as_raw(),
+                }
+            },
+            cgroup: cgroups.as_ref().map(|c| c.version()),
+            memory_limit: cgroups.as_ref().is_some_and(|c| c.has_memory()),
+            pids_limit: cgroups.as_ref().is_some_and(|c| c.has_pids()),
+            cpu_accounting: cgroups.as_ref().is_some_and(|c| c.has_cpu()),
+            workspace_tmpfs: root,
+            missing,
+        };
+        if !isolation.missing.is_empty() && (!config.allow_weaker_isolation || !namespaces) {
+            return Err(SandboxError::Unsupported {
+                missing: isolation.missing,
+            });
+        }
+
+        let mut roots: BTreeMap<String, PathBuf> =
+            [("default".to_owned(), PathBuf::from("/"))].into();
+        roots.extend(config.environments.clone());
+        let environments = roots
+            .into_iter()
+            .map(|(name, root)| {
+                EnvPlan::scan(&root)
+                    .map(|plan| (name, plan))
+                    .map_err(|e| SandboxError::io(format!("list environment root {root:?}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let dev_null = std::fs::File::open("/dev/null")
+            .map_err(|e| SandboxError::io("open /dev/null", e))?
+            .into();
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        let devices = run::DEVICES
+            .iter()
+            .copied()
+            .filter(|d| Path::new("/dev").join(d).exists())
+            .collect();
+        Ok(Sandboxer {
+            inner: Arc::new(Inner {
+                config,
+                isolation,
+                launcher,
+                cgroups,
+                environments,
+                slots: Slots::default(),
+                dev_null,
+                cap_last,
+                new_root,
+                devices,
+                counter: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -57,13 +258,13 @@ impl Sandboxer {
         &self.inner.isolation
     }
 
-    /// Runs one test in a fresh sandbox and destroys it.
+    /// Runs one test in a fresh sandbox and destroys it; dropping the future kills the sandbox.
     ///
     /// # Errors
-    /// Only when the sandbox could not be created or cleaned up; whatever the test does is an
-    /// `Ok` outcome.
+    /// Only when the sandbox could not be created (or the spec cannot be expressed: empty
+    /// command, NUL bytes, unknown environment, bad bundle); whatever the test does is an `Ok`
+    /// outcome.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
-        let _ = (spec, &self.inner.config);
-        Err(SandboxError::LauncherGone)
+        run::run(&self.inner, spec).await
     }
 }

@@ -167,7 +167,11 @@ mod tests {
             (143, StageExit::Signal(15)),
             (255, StageExit::Code(255)),
         ] {
-            assert_eq!(StageExit::from_shell_status(status), want, "status {status}");
+            assert_eq!(
+                StageExit::from_shell_status(status),
+                want,
+                "status {status}"
+            );
         }
     }
 
@@ -178,7 +182,10 @@ mod tests {
         c.push(b"world", 8);
         assert_eq!(c.data, b"hellowor");
         assert_eq!(c.dropped_bytes, 2);
-        assert_eq!(c.render("stdout"), "hellowor\n[isotest: 2 bytes of stdout dropped]\n");
+        assert_eq!(
+            c.render("stdout"),
+            "hellowor\n[isotest: 2 bytes of stdout dropped]\n"
+        );
         let whole = Captured {
             data: b"ok\n".to_vec(),
             dropped_bytes: 0,

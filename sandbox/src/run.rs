@@ -1,0 +1,731 @@
+//! One sandboxed run from start to end: prepare the workspace and cgroup, build the child plan,
+//! clone and release the init, supervise (timeout, CPU, output caps), reap, collect, clean up.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+use crate::child::{ChildFds, ChildPlan, Op, step_name};
+use crate::error::SandboxError;
+use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
+use crate::spec::RunSpec;
+use crate::sys;
+use crate::workspace::Workspace;
+use crate::{Inner, UidMapping};
+
+/// The init script: pid 1 of the sandbox is `/bin/sh` running this with the stages as
+/// positional arguments. It reports `stage status` lines on fd 3, which no stage inherits.
+/// The command runs via `exec` in a subshell so a builtin name (`exit`, `exec`) cannot act on
+/// the init itself.
+const INIT_SCRIPT: &str = r#"s=$1 t=$2 hs=$3 ht=$4
+shift 4
+if [ "$hs" = 1 ]; then
+  /bin/sh -c "$s" 3>&-; c=$?; echo "setup $c" >&3
+  [ "$c" = 0 ] || exit 0
+fi
+(exec "$@") 3>&-; echo "command $?" >&3
+if [ "$ht" = 1 ]; then
+  /bin/sh -c "$t" 3>&-; echo "teardown $?" >&3
+fi
+"#;
+
+/// The top-level entries of an environment root, listed once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvPlan {
+    pub root: PathBuf,
+    pub entries: Vec<EnvEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum EnvEntry {
+    Dir(OsString),
+    Symlink(OsString, PathBuf),
+}
+
+/// Top-level directories never exposed: kernel and runtime state, the host's temp and home
+/// directories (the sandbox gets its own /proc, /dev and /tmp).
+const HIDDEN: &[&str] = &[
+    "proc",
+    "sys",
+    "dev",
+    "run",
+    "tmp",
+    "root",
+    "home",
+    "lost+found",
+    "workspace",
+];
+
+impl EnvPlan {
+    /// Lists `root`'s top level: directories to bind, symlinks to recreate; the rest skipped.
+    ///
+    /// # Errors
+    /// Fails when `root` cannot be read.
+    pub fn scan(root: &Path) -> io::Result<EnvPlan> {
+        let mut entries = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(root)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            if HIDDEN.iter().any(|h| OsStr::new(h) == name) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(root.join(&name))?;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(root.join(&name))?;
+                entries.push(EnvEntry::Symlink(name, target));
+            } else if meta.is_dir() {
+                entries.push(EnvEntry::Dir(name));
+            }
+        }
+        Ok(EnvPlan {
+            root: root.to_owned(),
+            entries,
+        })
+    }
+}
+
+fn cstr(bytes: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
+    CString::new(bytes.as_ref())
+        .map_err(|_| SandboxError::InvalidSpec("a string contains a NUL byte".to_owned()))
+}
+
+fn path_c(path: &Path) -> Result<CString, SandboxError> {
+    cstr(path.as_os_str().as_bytes())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SandboxError::io("create pipe", e.into()))
+}
+
+/// Devices bind-mounted from the host into the sandbox's /dev.
+pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The per-run fds and workspace the plan refers to.
+struct PlanInputs<'a> {
+    env: &'a EnvPlan,
+    workspace: &'a Workspace,
+    fds: ChildFds,
+    spec: &'a RunSpec,
+}
+
+fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
+    let spec = input.spec;
+    let root = &inner.new_root;
+    let at = |rel: &str| path_c(&root.join(rel));
+    let tmpfs = |target: CString, data: String, flags: libc::c_ulong| -> Result<Op, SandboxError> {
+        Ok(Op::Mount {
+            src: Some(c"tmpfs".to_owned()),
+            target,
+            fstype: Some(c"tmpfs".to_owned()),
+            flags,
+            data: Some(cstr(data)?),
+        })
+    };
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    let mut ops = vec![tmpfs(
+        path_c(root)?,
+        "mode=755,size=1m".into(),
+        nosuid_nodev,
+    )?];
+    for entry in &input.env.entries {
+        match entry {
+            EnvEntry::Dir(name) => {
+                let target = path_c(&root.join(name))?;
+                ops.push(Op::Mkdir {
+                    path: target.clone(),
+                    mode: 0o755,
+                });
+                ops.push(Op::Mount {
+                    src: Some(path_c(&input.env.root.join(name))?),
+                    target: target.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                });
+                ops.push(Op::SetAttr {
+                    path: target,
+                    set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                    recursive: true,
+                });
+            }
+            EnvEntry::Symlink(name, target) => ops.push(Op::Symlink {
+                target: path_c(target)?,
+                path: path_c(&root.join(name))?,
+            }),
+        }
+    }
+    // If the state directory lies inside a bound directory, cover it.
+    if let Ok(rel) = inner.config.state_dir.strip_prefix(&input.env.root) {
+        let first = rel.components().next().map(|c| c.as_os_str().to_owned());
+        let bound = input
+            .env
+            .entries
+            .iter()
+            .any(|e| matches!(e, EnvEntry::Dir(n) if Some(n) == first.as_ref()));
+        if bound {
+            ops.push(tmpfs(
+                path_c(&root.join(rel))?,
+                "size=4k,mode=0".into(),
+                nosuid_nodev | libc::MS_RDONLY,
+            )?);
+        }
+    }
+    for (dir, mode) in [
+        ("workspace", 0o755),
+        ("tmp", 0o1777),
+        ("dev", 0o755),
+        ("proc", 0o555),
+    ] {
+        ops.push(Op::Mkdir {
+            path: at(dir)?,
+            mode,
+        });
+    }
+    match input.workspace {
+        Workspace::Tmpfs { root: fd } => ops.push(Op::MoveMount {
+            fd: fd.as_raw_fd(),
+            target: at("workspace")?,
+        }),
+        Workspace::Dir { path, .. } => ops.push(Op::Mount {
+            src: Some(path_c(path)?),
+            target: at("workspace")?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        }),
+    }
+    let size = spec.limits.workspace_bytes.max(4096);
+    ops.push(tmpfs(
+        at("tmp")?,
+        format!("mode=1777,size={size}"),
+        nosuid_nodev,
+    )?);
+    ops.push(tmpfs(
+        at("dev")?,
+        "mode=755,size=64k".into(),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+    )?);
+    for device in &inner.devices {
+        let target = at(&format!("dev/{device}"))?;
+        ops.push(Op::Touch {
+            path: target.clone(),
+        });
+        ops.push(Op::Mount {
+            src: Some(cstr(format!("/dev/{device}"))?),
+            target,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        });
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        ops.push(Op::Symlink {
+            target: cstr(target)?,
+            path: at(&format!("dev/{name}"))?,
+        });
+    }
+    ops.push(Op::Mkdir {
+        path: at("dev/shm")?,
+        mode: 0o1777,
+    });
+    ops.push(tmpfs(
+        at("dev/shm")?,
+        format!("mode=1777,size={size}"),
+        nosuid_nodev,
+    )?);
+    ops.push(Op::Mkdir {
+        path: at("dev/pts")?,
+        mode: 0o755,
+    });
+    ops.push(Op::Mount {
+        src: Some(c"devpts".to_owned()),
+        target: at("dev/pts")?,
+        fstype: Some(c"devpts".to_owned()),
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: Some(c"newinstance,ptmxmode=0666,mode=620".to_owned()),
+    });
+    ops.push(Op::Mount {
+        src: Some(c"proc".to_owned()),
+        target: at("proc")?,
+        fstype: Some(c"proc".to_owned()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        data: None,
+    });
+    ops.push(Op::Chdir {
+        path: path_c(root)?,
+    });
+    ops.push(Op::PivotRoot);
+    for path in [c"/dev", c"/"] {
+        ops.push(Op::SetAttr {
+            path: path.to_owned(),
+            set: sys::MOUNT_ATTR_RDONLY,
+            recursive: false,
+        });
+    }
+
+    let mut argv = vec![
+        c"sh".to_owned(),
+        c"-c".to_owned(),
+        cstr(INIT_SCRIPT)?,
+        c"isotest-init".to_owned(),
+        cstr(spec.setup.as_deref().unwrap_or(""))?,
+        cstr(spec.teardown.as_deref().unwrap_or(""))?,
+        cstr(if spec.setup.is_some() { "1" } else { "0" })?,
+        cstr(if spec.teardown.is_some() { "1" } else { "0" })?,
+    ];
+    for arg in &spec.command {
+        argv.push(cstr(arg)?);
+    }
+    let home = "/workspace";
+    let mut env: BTreeMap<&str, &str> = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", home),
+        ("LANG", "C.UTF-8"),
+        ("TMPDIR", "/tmp"),
+    ]
+    .into_iter()
+    .collect();
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') {
+            return Err(SandboxError::InvalidSpec(format!(
+                "environment variable name {key:?}"
+            )));
+        }
+        env.insert(key, value);
+    }
+    let envp = env
+        .into_iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+
+    Ok(ChildPlan {
+        ops,
+        fds: input.fds,
+        set_groups: matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
+        loopback_up: !spec.network,
+        rlimits: vec![
+            (libc::RLIMIT_FSIZE, spec.limits.file_size_bytes),
+            (libc::RLIMIT_CORE, 0),
+        ],
+        cap_last: inner.cap_last,
+        workdir: c"/workspace".to_owned(),
+        program: c"/bin/sh".to_owned(),
+        argv,
+        envp,
+    })
+}
+
+/// Kills and reaps the init if the run is abandoned (error or cancelled future), so no sandbox
+/// outlives its `run` call.
+struct InitGuard {
+    pidfd: Option<OwnedFd>,
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let mut info: libc::siginfo_t =
+                // SAFETY: a zeroed siginfo is a valid out-parameter.
+                unsafe { std::mem::zeroed() };
+            // SAFETY: blocking waitid on our own child's pidfd; SIGKILL makes it quick.
+            unsafe {
+                libc::waitid(
+                    sys::P_PIDFD,
+                    pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::__WALL,
+                )
+            };
+        }
+    }
+}
+
+fn write_id_maps(inner: &Inner, pid: i32, uid: u32, gid: u32) -> Result<(), SandboxError> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let write = |file: &str, text: String| {
+        std::fs::write(proc.join(file), text)
+            .map_err(|e| SandboxError::io(format!("write {file} of the sandbox"), e))
+    };
+    if !matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }) {
+        write("setgroups", "deny".to_owned())?;
+    }
+    write("uid_map", format!("0 {uid} 1\n"))?;
+    write("gid_map", format!("0 {gid} 1\n"))
+}
+
+/// Reads a stream to its end keeping `cap` bytes and dropping the rest, so a flood never grows
+/// memory; stops early once `dead` fires and the buffered bytes are drained.
+async fn capture(
+    mut rx: pipe::Receiver,
+    cap: usize,
+    mut dead: tokio::sync::watch::Receiver<bool>,
+) -> Captured {
+    let mut out = Captured::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut died = false;
+    loop {
+        if died {
+            match rx.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.push(&buf[..n], cap),
+                // Bytes still held only by processes outside the namespace are not ours.
+                Err(_) => break,
+            }
+            continue;
+        }
+        tokio::select! {
+            read = rx.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.push(&buf[..n], cap),
+            },
+            _ = dead.wait_for(|d| *d) => died = true,
+        }
+    }
+    out
+}
+
+/// The stage exits parsed from the init's report lines; anything malformed is ignored since a
+/// test can write to that pipe too.
+fn parse_report(report: &[u8]) -> [Option<StageExit>; 3] {
+    let mut stages = [None; 3];
+    for line in report.split(|&b| b == b'\n') {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let mut parts = line.split(' ');
+        let (Some(stage), Some(code), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(code) = code.parse::<i32>() else {
+            continue;
+        };
+        if !(0..=255).contains(&code) {
+            continue;
+        }
+        let index = match stage {
+            "setup" => 0,
+            "command" => 1,
+            "teardown" => 2,
+            _ => continue,
+        };
+        stages[index].get_or_insert(StageExit::from_shell_status(code));
+    }
+    stages
+}
+
+pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
+    let started = Instant::now();
+    if spec.command.is_empty() {
+        return Err(SandboxError::InvalidSpec("empty command".to_owned()));
+    }
+    let env_name = spec.environment.as_deref().unwrap_or("default");
+    let env = inner
+        .environments
+        .get(env_name)
+        .ok_or_else(|| SandboxError::UnknownEnvironment(env_name.to_owned()))?;
+    let slot = inner.slots.acquire()?;
+    let (uid, gid) = match inner.isolation.uid_mapping {
+        UidMapping::PerSandbox { base } => (base + slot.index(), base + slot.index()),
+        UidMapping::Caller { uid } => (uid, nix::unistd::getegid().as_raw()),
+    };
+    let name = format!("sb-{}", inner.next_id());
+
+    let workspace = if inner.isolation.workspace_tmpfs {
+        Workspace::tmpfs(spec.limits.workspace_bytes, uid, gid)
+            .map_err(|e| SandboxError::io("create workspace tmpfs", e))?
+    } else {
+        Workspace::dir(inner.config.state_dir.join(&name))
+            .map_err(|e| SandboxError::io("create workspace directory", e))?
+    };
+    let owner = inner.isolation.workspace_tmpfs.then_some((uid, gid));
+    let workspace = if spec.workspace_bundle.is_some() || !spec.files.is_empty() {
+        let bundle = spec.workspace_bundle.clone();
+        let files = std::mem::take(&mut { spec.files.clone() });
+        let max = spec.limits.workspace_bytes;
+        tokio::task::spawn_blocking(move || {
+            workspace
+                .populate(bundle.as_deref(), &files, max, owner)
+                .map(|()| workspace)
+        })
+        .await
+        .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?
+        .map_err(SandboxError::Bundle)?
+    } else {
+        workspace
+    };
+
+    let cgroup = match &inner.cgroups {
+        Some(parent) => Some(
+            parent
+                .create(&name, spec.limits.memory_bytes, spec.limits.pids)
+                .map_err(|e| SandboxError::io("create cgroup", io::Error::other(e)))?,
+        ),
+        None => None,
+    };
+    let cgroup = CgroupGuard(cgroup);
+
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (error_r, error_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let fds = ChildFds {
+        stdin: inner.dev_null.as_raw_fd(),
+        stdout: stdout_w.as_raw_fd(),
+        stderr: stderr_w.as_raw_fd(),
+        report: report_w.as_raw_fd(),
+        error: error_w.as_raw_fd(),
+        go: go_r.as_raw_fd(),
+        go_write: go_w.as_raw_fd(),
+    };
+    let plan = Arc::new(build_plan(
+        inner,
+        PlanInputs {
+            env,
+            workspace: &workspace,
+            fds,
+            spec: &spec,
+        },
+    )?);
+    let mut flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP) as u64;
+    if !spec.network {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let spawned = inner
+        .launcher
+        .spawn(Arc::clone(&plan), flags)
+        .await
+        .map_err(|e| SandboxError::io("clone sandbox init", e))?;
+    let mut guard = InitGuard {
+        pidfd: Some(spawned.pidfd),
+    };
+    drop((stdout_w, stderr_w, report_w, error_w, go_r));
+
+    write_id_maps(inner, spawned.pid, uid, gid)?;
+    if let Some(cg) = &cgroup.0 {
+        cg.add(spawned.pid)
+            .map_err(|e| SandboxError::io("add sandbox to cgroup", io::Error::other(e)))?;
+    }
+    nix::unistd::write(&go_w, b"g").map_err(|e| SandboxError::io("release sandbox", e.into()))?;
+
+    // The error pipe closes on exec (close-on-exec) or carries the failed step.
+    let mut error_rx = pipe::Receiver::from_owned_fd(error_r)
+        .map_err(|e| SandboxError::io("watch sandbox setup", e))?;
+    let mut failure = Vec::new();
+    error_rx
+        .read_to_end(&mut failure)
+        .await
+        .map_err(|e| SandboxError::io("watch sandbox setup", e))?;
+    let exec_at = Instant::now();
+    drop(go_w);
+    if failure.len() >= 8 {
+        let step = u32::from_ne_bytes([failure[0], failure[1], failure[2], failure[3]]);
+        let errno = i32::from_ne_bytes([failure[4], failure[5], failure[6], failure[7]]);
+        return Err(SandboxError::ChildSetup {
+            step: step_name(&plan, step),
+            errno,
+        });
+    }
+    let startup = exec_at.duration_since(started);
+    drop(plan);
+
+    let stdout_rx =
+        pipe::Receiver::from_owned_fd(stdout_r).map_err(|e| SandboxError::io("watch stdout", e))?;
+    let stderr_rx =
+        pipe::Receiver::from_owned_fd(stderr_r).map_err(|e| SandboxError::io("watch stderr", e))?;
+    let report_rx = pipe::Receiver::from_owned_fd(report_r)
+        .map_err(|e| SandboxError::io("watch stage reports", e))?;
+    let pidfd = guard.pidfd.take().ok_or(SandboxError::LauncherGone)?;
+    // SAFETY: the AsyncFd owns the pidfd, which stays open and unchanged until it is dropped or
+    // taken back with into_inner.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| SandboxError::io("watch sandbox init", e.into()))?;
+
+    let (dead_tx, dead) = tokio::sync::watch::channel(false);
+    let limits = &spec.limits;
+    let supervise = async {
+        let result = supervise(&pidfd, cgroup.0.as_ref(), limits).await;
+        let _ = dead_tx.send(true);
+        result
+    };
+    let (supervised, stdout, stderr, report) = tokio::join!(
+        supervise,
+        capture(stdout_rx, limits.stdout_bytes, dead.clone()),
+        capture(stderr_rx, limits.stderr_bytes, dead.clone()),
+        capture(report_rx, 4096, dead),
+    );
+    let (reason, reaped) = match supervised {
+        Ok(done) => done,
+        Err(e) => {
+            // Keep the guard's promise: never leave the init alive.
+            guard.pidfd = Some(pidfd.into_inner());
+            return Err(e);
+        }
+    };
+    let wall = exec_at.elapsed();
+    let [setup, command, teardown] = parse_report(&report.data);
+
+    let cg = cgroup.0.as_ref();
+    let oom = cg.is_some_and(|c| c.oom_kills() > 0);
+    let termination = reason.unwrap_or(if oom {
+        Termination::OutOfMemory
+    } else {
+        Termination::Exited
+    });
+    let rusage_cpu = Duration::from_secs(reaped.usage.ru_utime.tv_sec as u64)
+        + Duration::from_micros(reaped.usage.ru_utime.tv_usec as u64)
+        + Duration::from_secs(reaped.usage.ru_stime.tv_sec as u64)
+        + Duration::from_micros(reaped.usage.ru_stime.tv_usec as u64);
+    let usage = Usage {
+        max_rss_bytes: cg
+            .and_then(|c| c.peak_memory())
+            .unwrap_or(reaped.usage.ru_maxrss as u64 * 1024),
+        cpu: cg.and_then(|c| c.cpu_usage()).unwrap_or(rusage_cpu),
+        wall,
+    };
+
+    let collected = if spec.collect.is_empty() {
+        BTreeMap::new()
+    } else {
+        let paths = spec.collect.clone();
+        let cap = limits.collect_bytes;
+        let (workspace, collected) = tokio::task::spawn_blocking(move || {
+            let collected = paths
+                .into_iter()
+                .map(|p| {
+                    let got = workspace.collect(&p, cap);
+                    (p, got)
+                })
+                .collect();
+            (workspace, collected)
+        })
+        .await
+        .map_err(|e| SandboxError::io("collect files", io::Error::other(e)))?;
+        drop(workspace);
+        collected
+    };
+    drop(cgroup);
+    drop(slot);
+
+    Ok(RunOutcome {
+        setup,
+        command,
+        teardown,
+        termination,
+        stdout,
+        stderr,
+        collected,
+        usage,
+        startup,
+    })
+}
+
+/// Removes the sandbox's cgroup when the run ends, however it ends.
+struct CgroupGuard(Option<crate::cgroup::SandboxCgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take()
+            && let Err(e) = cg.destroy()
+        {
+            tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
+        }
+    }
+}
+
+/// Waits for the init to exit, enforcing the wall-clock and CPU limits; returns why it was
+/// stopped (if it was) and its reaped status.
+async fn supervise(
+    pidfd: &AsyncFd<OwnedFd>,
+    cgroup: Option<&crate::cgroup::SandboxCgroup>,
+    limits: &crate::spec::Limits,
+) -> Result<(Option<Termination>, sys::Reaped), SandboxError> {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut reason = None;
+    let mut cpu_tick = tokio::time::interval(Duration::from_millis(50));
+    let cpu_limit = limits
+        .cpu_time
+        .filter(|_| cgroup.is_some_and(|c| c.cpu_usage().is_some()));
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    loop {
+        tokio::select! {
+            ready = pidfd.readable() => {
+                let mut ready = ready.map_err(|e| SandboxError::io("wait for sandbox init", e))?;
+                match sys::waitid_pidfd(pidfd.get_ref().as_fd()) {
+                    Ok(Some(reaped)) => return Ok((reason, reaped)),
+                    Ok(None) => ready.clear_ready(),
+                    Err(e) => return Err(SandboxError::io("reap sandbox init", e)),
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if reason.is_none() => {
+                reason = Some(Termination::TimedOut);
+                kill_at = Some(begin_stop(cgroup, limits));
+            }
+            _ = cpu_tick.tick(), if reason.is_none() && cpu_limit.is_some() => {
+                let used = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default();
+                if cpu_limit.is_some_and(|limit| used > limit) {
+                    reason = Some(Termination::CpuTimeExceeded);
+                    kill_at = Some(begin_stop(cgroup, limits));
+                }
+            }
+            () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                kill_at = None;
+                // Killing the pid namespace's init makes the kernel kill every process in it.
+                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to every process of the sandbox and returns when to SIGKILL.
+fn begin_stop(
+    cgroup: Option<&crate::cgroup::SandboxCgroup>,
+    limits: &crate::spec::Limits,
+) -> tokio::time::Instant {
+    match cgroup {
+        Some(cg) if !limits.kill_grace.is_zero() => {
+            cg.signal_all(libc::SIGTERM);
+            tokio::time::Instant::now() + limits.kill_grace
+        }
+        _ => tokio::time::Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_parsing_is_defensive() {
+        let [s, c, t] = parse_report(b"setup 0\ncommand 137\ngarbage\ncommand 0\nteardown x\n");
+        assert_eq!(s, Some(StageExit::Code(0)));
+        assert_eq!(c, Some(StageExit::Signal(9)));
+        assert_eq!(t, None);
+        assert_eq!(parse_report(b"command 99999\nsetup -1 2\n"), [None; 3]);
+    }
+}
