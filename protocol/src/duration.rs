@@ -69,7 +69,7 @@ fn nonzero(d: Duration) -> Result<Duration, DurationError> {
 /// Formats a duration the way [`parse`] reads it back (`"1m30s"`, `"250ms"`).
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1_000 != 0 {
+    if !ms.is_multiple_of(1_000) {
         return format!("{ms}ms");
     }
     let secs = ms / 1_000;

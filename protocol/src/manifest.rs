@@ -666,8 +666,7 @@ fn locate_toml_field(text: &str, field: &str) -> Option<usize> {
             }
             continue;
         }
-        if table.is_some() && current.map(|(c, i)| (c, i)) == table.map(|t| (t, index.unwrap_or(0)))
-        {
+        if table.is_some() && current == table.map(|t| (t, index.unwrap_or(0))) {
             table_line = Some(n + 1);
             if key.is_none() {
                 return table_line;

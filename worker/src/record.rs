@@ -164,14 +164,21 @@ impl Recorder {
 #[derive(Debug)]
 struct BlobCache {
     max_bytes: usize,
-    entries: Mutex<(usize, HashMap<String, Arc<[u8]>>)>,
+    entries: Mutex<Cached>,
+}
+
+/// Total bytes held, and the blobs by digest.
+#[derive(Debug, Default)]
+struct Cached {
+    bytes: usize,
+    blobs: HashMap<String, Arc<[u8]>>,
 }
 
 impl BlobCache {
     fn new(max_bytes: usize) -> BlobCache {
         BlobCache {
             max_bytes,
-            entries: Mutex::new((0, HashMap::new())),
+            entries: Mutex::new(Cached::default()),
         }
     }
 
@@ -180,7 +187,7 @@ impl BlobCache {
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.1.get(hex).cloned()
+        entries.blobs.get(hex).cloned()
     }
 
     fn put(&self, hex: &str, bytes: Arc<[u8]>) {
@@ -191,11 +198,11 @@ impl BlobCache {
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.0 + bytes.len() > self.max_bytes {
-            entries.1.clear();
-            entries.0 = 0;
+        if entries.bytes + bytes.len() > self.max_bytes {
+            entries.blobs.clear();
+            entries.bytes = 0;
         }
-        entries.0 += bytes.len();
-        entries.1.insert(hex.to_owned(), bytes);
+        entries.bytes += bytes.len();
+        entries.blobs.insert(hex.to_owned(), bytes);
     }
 }

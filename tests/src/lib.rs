@@ -1,1 +1,0 @@
-//! End-to-end tests of isotest against real RabbitMQ and Redis.
