@@ -41,6 +41,8 @@ pub struct AggregatorConfig {
     pub claim_interval: Duration,
     /// How often to close suites past their deadline.
     pub sweep_interval: Duration,
+    /// How often to trim handled entries off the results stream.
+    pub trim_interval: Duration,
     /// How long to wait before trying again after Redis failed.
     pub retry_backoff: Duration,
 }
@@ -61,6 +63,7 @@ impl AggregatorConfig {
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(1),
+            trim_interval: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(500),
         }
     }
@@ -226,6 +229,11 @@ impl Aggregator {
                 next_claim = tokio::time::Instant::now() + self.config.claim_interval;
                 match self.claim(&mut conn, &claim_cursor).await {
                     Ok((next, entries)) => {
+                        // More may be idle past the cursor: go on at once rather
+                        // than one page per interval.
+                        if next != "0-0" {
+                            next_claim = tokio::time::Instant::now();
+                        }
                         claim_cursor = next;
                         if !entries.is_empty() {
                             tracing::info!(
@@ -408,6 +416,7 @@ impl Aggregator {
         let mut conn = self.sweeper.clone();
         let mut interval = tokio::time::interval(self.config.sweep_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_trim = tokio::time::Instant::now() + self.config.trim_interval;
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -415,6 +424,12 @@ impl Aggregator {
             }
             if let Err(error) = self.sweep(&mut conn, &token).await {
                 tracing::warn!(%error, "Could not sweep suites past their deadline.");
+            }
+            if tokio::time::Instant::now() >= next_trim {
+                next_trim = tokio::time::Instant::now() + self.config.trim_interval;
+                if let Err(error) = self.trim(&mut conn).await {
+                    tracing::warn!(%error, "Could not trim the results stream.");
+                }
             }
         }
     }
@@ -442,6 +457,43 @@ impl Aggregator {
                 return Ok(());
             }
         }
+    }
+
+    /// Removes the entries every aggregator is done with, which would otherwise pile up
+    /// in Redis forever: those before both the group's oldest pending entry and the last
+    /// one it delivered. Nothing else reads the stream through a group, and the
+    /// notifications are worthless once handled (the results hash keeps the data).
+    async fn trim(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let ns = &self.config.namespace;
+        let stream = ns.results_stream();
+        let groups: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&stream).await?;
+        let Some(group) = groups
+            .groups
+            .iter()
+            .find(|g| g.name == ns.aggregator_group())
+        else {
+            return Ok(());
+        };
+        // XPENDING's summary: [count, smallest id, largest id, consumers].
+        let summary: (usize, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(ns.aggregator_group())
+            .query_async(conn)
+            .await?;
+        let keep_from = match summary.1 {
+            Some(oldest_pending) if summary.0 > 0 => oldest_pending,
+            _ => group.last_delivered_id.clone(),
+        };
+        let removed: usize = redis::cmd("XTRIM")
+            .arg(&stream)
+            .arg("MINID")
+            .arg(&keep_from)
+            .query_async(conn)
+            .await?;
+        if removed > 0 {
+            tracing::debug!(removed, "Trimmed handled entries off the results stream.");
+        }
+        Ok(())
     }
 
     /// Stores the report of a suite whose deadline passed, with its missing tests lost.

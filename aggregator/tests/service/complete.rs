@@ -70,6 +70,11 @@ async fn complete_suite_gets_one_report_with_every_test_once() {
         (env.pending().await == 0).then_some(())
     })
     .await;
+    // Handled entries are trimmed; the last delivered one marks where the group is.
+    poll("the stream trimmed", || async {
+        (env.stream_len().await <= 1).then_some(())
+    })
+    .await;
 
     running.stop().await;
     env.cleanup().await;

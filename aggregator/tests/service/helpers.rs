@@ -61,6 +61,7 @@ impl TestEnv {
         config.sweep_interval = Duration::from_millis(100);
         config.claim_interval = Duration::from_millis(200);
         config.retry_backoff = Duration::from_millis(100);
+        config.trim_interval = Duration::from_millis(200);
         config
     }
 
@@ -187,6 +188,15 @@ impl TestEnv {
             .groups
             .iter()
             .any(|g| g.name == self.ns.aggregator_group() && g.last_delivered_id == last.id)
+    }
+
+    /// The length of the results stream.
+    pub async fn stream_len(&self) -> usize {
+        self.redis
+            .clone()
+            .xlen(self.ns.results_stream())
+            .await
+            .expect("xlen")
     }
 
     pub async fn is_open(&self, suite_id: &str) -> bool {
