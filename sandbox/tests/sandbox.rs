@@ -1,0 +1,477 @@
+//! End-to-end tests that create real sandboxes (they need root, user namespaces and cgroups,
+//! as on the CI machine).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use isotest_sandbox::{
+    CollectError, Limits, RunOutcome, RunSpec, SandboxConfig, SandboxError, Sandboxer, StageExit,
+    Termination,
+};
+
+fn sandboxer() -> &'static Sandboxer {
+    static SANDBOXER: OnceLock<Sandboxer> = OnceLock::new();
+    SANDBOXER.get_or_init(|| {
+        let config = SandboxConfig {
+            state_dir: format!("/run/isotest-sandbox-test-{}", std::process::id()).into(),
+            ..SandboxConfig::default()
+        };
+        Sandboxer::new(config).expect("this host supports full isolation")
+    })
+}
+
+fn sh(script: &str) -> RunSpec {
+    RunSpec {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        limits: Limits {
+            timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        ..RunSpec::default()
+    }
+}
+
+async fn run(spec: RunSpec) -> RunOutcome {
+    sandboxer().run(spec).await.expect("sandbox runs")
+}
+
+fn stdout(o: &RunOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout.data).into_owned()
+}
+
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Host pids whose command line contains `needle`.
+fn host_processes_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn poll_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn stages_report_their_exits() {
+    let mut spec = sh("echo command; exit 3");
+    spec.setup = Some("echo setup > /workspace/setup-ran".into());
+    spec.teardown = Some("echo teardown; cat setup-ran".into());
+    let o = run(spec).await;
+    assert_eq!(o.setup, Some(StageExit::Code(0)));
+    assert_eq!(o.command, Some(StageExit::Code(3)));
+    assert_eq!(o.teardown, Some(StageExit::Code(0)));
+    assert_eq!(o.termination, Termination::Exited);
+    assert_eq!(stdout(&o), "command\nteardown\nsetup\n");
+    assert!(o.startup > Duration::ZERO && o.usage.wall > Duration::ZERO);
+}
+
+#[tokio::test]
+async fn failed_setup_skips_command_and_teardown() {
+    let mut spec = sh("echo should-not-run");
+    spec.setup = Some("exit 5".into());
+    spec.teardown = Some("echo nor-this".into());
+    let o = run(spec).await;
+    assert_eq!(o.setup, Some(StageExit::Code(5)));
+    assert_eq!((o.command, o.teardown), (None, None));
+    assert_eq!(stdout(&o), "");
+}
+
+#[tokio::test]
+async fn signals_and_missing_commands_are_reported() {
+    let o = run(sh("kill -9 $$")).await;
+    assert_eq!(o.command, Some(StageExit::Signal(9)));
+    let mut spec = sh("");
+    spec.command = vec!["no-such-program-anywhere".into()];
+    let o = run(spec).await;
+    assert_eq!(o.command, Some(StageExit::Code(127)));
+    let mut spec = sh("");
+    spec.command = vec!["exit".into(), "4".into()];
+    spec.teardown = Some("echo teardown still runs".into());
+    let o = run(spec).await;
+    assert_eq!(
+        o.command,
+        Some(StageExit::Code(127)),
+        "builtins cannot act on the init"
+    );
+    assert_eq!(o.teardown, Some(StageExit::Code(0)));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_sandbox_and_its_daemons() {
+    let tag = nonce();
+    // A double-forked setsid daemon that outlives the command, then a long sleep.
+    let script = format!(
+        "setsid sh -c 'exec sleep 1000.{tag}' </dev/null >/dev/null 2>&1 & \
+         while ! pgrep -f 1000.{tag} >/dev/null; do :; done; exec sleep 1001.{tag}"
+    );
+    let mut spec = sh(&script);
+    spec.limits.timeout = Duration::from_secs(1);
+    spec.limits.kill_grace = Duration::from_millis(200);
+    let started = Instant::now();
+    let o = run(spec).await;
+    assert_eq!(o.termination, Termination::TimedOut);
+    // The SIGTERM of the stop may let the init report the command before the SIGKILL.
+    assert!(
+        matches!(o.command, None | Some(StageExit::Signal(15))),
+        "{:?}",
+        o.command
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        host_processes_with(&format!("1000.{tag}")).is_empty(),
+        "daemon survived"
+    );
+    assert!(
+        host_processes_with(&format!("1001.{tag}")).is_empty(),
+        "command survived"
+    );
+}
+
+#[tokio::test]
+async fn daemon_left_by_a_finished_command_dies_with_the_sandbox() {
+    let tag = nonce();
+    let script = format!(
+        "setsid sh -c 'echo $$ > /workspace/daemon.pid; exec sleep 1000.{tag}' \
+         </dev/null >/dev/null 2>&1 & \
+         while [ ! -s /workspace/daemon.pid ]; do :; done; exit 0"
+    );
+    let mut spec = sh(&script);
+    spec.collect = vec!["daemon.pid".into()];
+    let o = run(spec).await;
+    assert_eq!(o.command, Some(StageExit::Code(0)));
+    assert!(matches!(o.collected.get("daemon.pid"), Some(Ok(pid)) if !pid.is_empty()));
+    assert!(
+        host_processes_with(&format!("1000.{tag}")).is_empty(),
+        "daemon survived"
+    );
+}
+
+#[tokio::test]
+async fn cpu_time_limit_kills_a_busy_loop() {
+    let mut spec = sh("while :; do :; done");
+    spec.limits.cpu_time = Some(Duration::from_millis(300));
+    spec.limits.kill_grace = Duration::from_millis(100);
+    let o = run(spec).await;
+    assert_eq!(o.termination, Termination::CpuTimeExceeded);
+    assert!(o.usage.cpu >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn memory_bomb_is_oom_killed() {
+    let mut spec = sh("python3 -c \"s = 'x' * (512 << 20); print(len(s))\"");
+    spec.limits.memory_bytes = 64 << 20;
+    let o = run(spec).await;
+    assert_eq!(o.termination, Termination::OutOfMemory);
+    assert_eq!(o.command, Some(StageExit::Signal(9)));
+    assert!(o.usage.max_rss_bytes <= 64 << 20);
+}
+
+#[tokio::test]
+async fn fork_bomb_fails_alone_and_the_next_run_works() {
+    let mut spec = sh("f() { f | f & }; f; sleep 5");
+    spec.limits.pids = 64;
+    spec.limits.timeout = Duration::from_secs(2);
+    spec.limits.kill_grace = Duration::from_millis(100);
+    let bomb = tokio::spawn(sandboxer().run(spec));
+    // A sandbox running beside the bomb is unaffected.
+    let beside = run(sh("echo fine")).await;
+    assert_eq!(beside.command, Some(StageExit::Code(0)));
+    let bomb = bomb.await.expect("join").expect("bomb sandbox runs");
+    assert_eq!(bomb.termination, Termination::TimedOut);
+    let after = run(sh("echo fine")).await;
+    assert_eq!(stdout(&after), "fine\n");
+}
+
+#[tokio::test]
+async fn huge_output_is_capped_and_drained() {
+    let o = run(sh("head -c 1000000000 /dev/zero; echo done >&2")).await;
+    assert_eq!(o.command, Some(StageExit::Code(0)));
+    assert_eq!(o.stdout.data.len(), 1 << 20);
+    assert_eq!(o.stdout.dropped_bytes, 1_000_000_000 - (1 << 20));
+    assert_eq!(o.stderr.data, b"done\n");
+    assert!(o.stdout.render("stdout").ends_with(&format!(
+        "[isotest: {} bytes of stdout dropped]\n",
+        1_000_000_000 - (1 << 20)
+    )));
+}
+
+#[tokio::test]
+async fn environment_holds_only_declared_variables() {
+    // SAFETY: no other thread of this test binary reads or writes this variable.
+    unsafe { std::env::set_var("ISOTEST_WORKER_SECRET", "hunter2") };
+    let mut spec = sh("env; echo ---; tr '\\0' '\\n' < /proc/1/environ");
+    spec.env = BTreeMap::from([("MY_VAR".to_owned(), "1".to_owned())]);
+    let o = run(spec).await;
+    let out = stdout(&o);
+    assert!(!out.contains("hunter2"), "{out}");
+    let (env, init_env) = out.split_once("---\n").expect("separator");
+    let allowed = [
+        "MY_VAR=1",
+        "PATH=",
+        "HOME=/workspace",
+        "LANG=C.UTF-8",
+        "TMPDIR=/tmp",
+    ];
+    for line in env.lines() {
+        // PWD is exported by the shell running the command itself.
+        let ok = allowed.iter().any(|a| line.starts_with(a)) || line == "PWD=/workspace";
+        assert!(ok, "unexpected variable {line:?}");
+    }
+    let mut init: Vec<&str> = init_env.lines().collect();
+    init.sort_unstable();
+    assert_eq!(
+        init,
+        [
+            "HOME=/workspace",
+            "LANG=C.UTF-8",
+            "MY_VAR=1",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "TMPDIR=/tmp"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn no_network_but_own_loopback() {
+    let script = r#"python3 - <<'EOF'
+import socket
+try:
+    socket.create_connection(("127.0.0.1", 6379), timeout=2)
+    print("host redis reachable")
+except OSError as e:
+    print("no host redis", e.errno)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+c = socket.create_connection(s.getsockname(), timeout=2)
+print("loopback up")
+EOF"#;
+    let o = run(sh(script)).await;
+    let out = stdout(&o);
+    assert!(out.contains("no host redis"), "{out}");
+    assert!(out.contains("loopback up"), "{out}");
+}
+
+#[tokio::test]
+async fn host_secrets_are_unreadable_and_only_workspace_and_tmp_are_writable() {
+    let script = "cat /etc/shadow && echo read-shadow; ls /root && echo saw-root; \
+        for p in /x /usr/x /etc/x /dev/x /proc/x /var/x; do touch $p 2>/dev/null && echo wrote $p; done; \
+        touch /workspace/x /tmp/x /dev/shm/x && echo wrote-allowed; \
+        mknod /workspace/null c 1 3 2>/dev/null && echo made-device; exit 0";
+    let o = run(sh(script)).await;
+    let out = stdout(&o);
+    assert_eq!(
+        out,
+        "wrote-allowed\n",
+        "stderr: {}",
+        o.stderr.render("stderr")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_sandbox_workspace_is_invisible() {
+    let tag = nonce();
+    let mut first = sh(&format!("exec sleep 30.{tag}"));
+    first.files = vec![(format!("marker-{tag}"), b"secret".to_vec())];
+    let first = tokio::spawn(sandboxer().run(first));
+    poll_until("first sandbox", Duration::from_secs(10), || {
+        !host_processes_with(&format!("30.{tag}")).is_empty()
+    })
+    .await;
+    let o = run(sh(&format!(
+        "find / -path /proc -prune -o -name 'marker-{tag}' -print 2>/dev/null; ls /proc | grep -c '^[0-9]'"
+    )))
+    .await;
+    // Only its own init, find's shell and ls are visible: no marker and no foreign pids.
+    assert!(!stdout(&o).contains("marker"), "{}", stdout(&o));
+    let pids: u32 = stdout(&o).trim().parse().expect("count");
+    assert!(pids <= 4, "saw {pids} processes");
+    // Dropping a run kills its sandbox.
+    first.abort();
+    let _ = first.await;
+    poll_until("cancelled sandbox gone", Duration::from_secs(10), || {
+        host_processes_with(&format!("30.{tag}")).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn collect_refuses_links_and_special_files() {
+    let script = "echo '<ok/>' > report.xml; ln -s /etc/hostname link.xml; \
+        mkfifo fifo.xml; mkdir dir.xml; ln -s /etc escape; head -c 2000 /dev/zero > big";
+    let mut spec = sh(script);
+    spec.limits.collect_bytes = 1000;
+    spec.collect = [
+        "report.xml",
+        "link.xml",
+        "fifo.xml",
+        "dir.xml",
+        "escape/hostname",
+        "missing.xml",
+        "../etc/passwd",
+        "/etc/passwd",
+        "big",
+    ]
+    .map(String::from)
+    .to_vec();
+    let o = run(spec).await;
+    let got = |p: &str| {
+        o.collected
+            .get(p)
+            .cloned()
+            .expect("every path has a result")
+    };
+    assert_eq!(got("report.xml"), Ok(b"<ok/>\n".to_vec()));
+    assert_eq!(got("link.xml"), Err(CollectError::Link));
+    assert_eq!(got("fifo.xml"), Err(CollectError::NotRegularFile));
+    assert_eq!(got("dir.xml"), Err(CollectError::NotRegularFile));
+    assert_eq!(got("escape/hostname"), Err(CollectError::Link));
+    assert_eq!(got("missing.xml"), Err(CollectError::Missing));
+    assert_eq!(got("../etc/passwd"), Err(CollectError::Escapes));
+    assert_eq!(got("/etc/passwd"), Err(CollectError::Escapes));
+    assert_eq!(got("big"), Err(CollectError::TooLarge { cap: 1000 }));
+}
+
+#[tokio::test]
+async fn bundles_unpack_into_the_workspace_and_hostile_ones_are_refused() {
+    let dir = std::env::temp_dir().join(format!("isotest-bundle-src-{}", nonce()));
+    std::fs::create_dir_all(dir.join("tests")).expect("mkdir");
+    std::fs::write(dir.join("tests/run.sh"), "echo from-bundle; cat data").expect("write");
+    std::os::unix::fs::symlink("tests/run.sh", dir.join("link")).expect("symlink");
+    let bundle: Arc<[u8]> = isotest_sandbox::bundle::pack_dir(&dir)
+        .expect("pack")
+        .into();
+    let mut spec = sh("sh link; ls -l link | grep -c 'link -> tests/run.sh'");
+    spec.workspace_bundle = Some(bundle);
+    spec.files = vec![("data".into(), b"from-files\n".to_vec())];
+    let o = run(spec).await;
+    assert_eq!(stdout(&o), "from-bundle\nfrom-files\n1\n");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A bundle whose entry climbs out with "..".
+    let mut header = [0u8; 512];
+    let name = b"../../../../tmp/isotest-pwned";
+    header[..name.len()].copy_from_slice(name);
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[124..136].copy_from_slice(b"00000000001\0");
+    header[156] = b'0';
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let hostile = zstd::encode_all(tar.as_slice(), 1).expect("compress");
+    let mut spec = sh("true");
+    spec.workspace_bundle = Some(hostile.into());
+    assert!(matches!(
+        sandboxer().run(spec).await,
+        Err(SandboxError::Bundle(_))
+    ));
+    assert!(!std::path::Path::new("/tmp/isotest-pwned").exists());
+
+    // A file path that goes through a bundle symlink is refused too.
+    let dir = std::env::temp_dir().join(format!("isotest-bundle-link-{}", nonce()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::os::unix::fs::symlink("/tmp", dir.join("out")).expect("symlink");
+    let mut spec = sh("true");
+    spec.workspace_bundle = Some(
+        isotest_sandbox::bundle::pack_dir(&dir)
+            .expect("pack")
+            .into(),
+    );
+    spec.files = vec![("out/isotest-pwned-2".into(), b"x".to_vec())];
+    assert!(matches!(
+        sandboxer().run(spec).await,
+        Err(SandboxError::Bundle(_))
+    ));
+    assert!(!std::path::Path::new("/tmp/isotest-pwned-2").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn seccomp_denies_namespaces_mounts_and_ptrace() {
+    let script = r#"python3 - <<'EOF'
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def check(name, ret):
+    print(name, "denied" if ret == -1 else "ALLOWED", ctypes.get_errno())
+check("unshare", libc.unshare(0x10000000))
+check("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+check("ptrace", libc.ptrace(0, 0, None, None))
+check("setns", libc.setns(0, 0))
+check("clone3", libc.syscall(435, None, 0))
+EOF
+unshare -U true 2>/dev/null && echo unshare-cli ALLOWED; exit 0"#;
+    let o = run(sh(script)).await;
+    let out = stdout(&o);
+    assert!(!out.contains("ALLOWED"), "{out}");
+    assert!(out.contains("unshare denied 1"), "{out}");
+    assert!(out.contains("clone3 denied 38"), "{out}");
+}
+
+#[tokio::test]
+async fn hostname_is_sandbox_and_host_keeps_its_own() {
+    let before = nix::unistd::gethostname().expect("hostname");
+    let o = run(sh("hostname; hostname evil 2>/dev/null; hostname")).await;
+    assert_eq!(stdout(&o), "sandbox\nsandbox\n");
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), before);
+}
+
+#[tokio::test]
+async fn kill_all_inside_kills_only_the_sandbox() {
+    let tag = nonce();
+    let neighbour = tokio::spawn(sandboxer().run(sh(&format!("sleep 2.{tag}; echo alive"))));
+    poll_until("neighbour", Duration::from_secs(10), || {
+        !host_processes_with(&format!("2.{tag}")).is_empty()
+    })
+    .await;
+    let o = run(sh("sleep 100 & kill -9 -1; echo still-here")).await;
+    assert_eq!(o.command, Some(StageExit::Code(0)));
+    assert_eq!(stdout(&o), "still-here\n");
+    let neighbour = neighbour.await.expect("join").expect("neighbour runs");
+    assert_eq!(stdout(&neighbour), "alive\n");
+}
+
+#[tokio::test]
+async fn only_stdio_fds_are_open() {
+    let o = run(sh("ls /proc/self/fd")).await;
+    assert_eq!(stdout(&o), "0\n1\n2\n3\n");
+}
+
+#[tokio::test]
+async fn unknown_environment_is_an_error() {
+    let mut spec = sh("true");
+    spec.environment = Some("nope".into());
+    assert!(matches!(
+        sandboxer().run(spec).await,
+        Err(SandboxError::UnknownEnvironment(name)) if name == "nope"
+    ));
+}
