@@ -131,6 +131,9 @@ pub(crate) struct ChildFds {
 pub(crate) struct ChildPlan {
     pub ops: Vec<Op>,
     pub fds: ChildFds,
+    /// Make every inherited mount private first (not needed when cloned from the launcher's
+    /// already-private mount namespace).
+    pub make_private: bool,
     /// Whether `setgroups(0, NULL)` is allowed (not when the host wrote "deny").
     pub set_groups: bool,
     /// Bring `lo` up (the sandbox has its own network namespace).
@@ -196,7 +199,7 @@ fn opt_ptr(c: &Option<CString>) -> *const libc::c_char {
 ///
 /// # Safety
 /// Only async-signal-safe system calls; the CStrings are valid.
-unsafe fn run_op(op: &Op) -> bool {
+pub(crate) unsafe fn run_op(op: &Op) -> bool {
     // SAFETY: each call gets valid C strings or null where the syscall allows it.
     unsafe {
         match op {
@@ -342,13 +345,14 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs) -> ! {
             fail(fds, step(S_LOOPBACK));
         }
         // Nothing done in here may propagate back to the host's mounts.
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
+        if plan.make_private
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
         {
             fail(fds, step(S_PRIVATE));
         }

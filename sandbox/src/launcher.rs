@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 
 use seccompiler::BpfProgram;
 
-use crate::child::{ChildPlan, ExecPtrs, child_main};
+use crate::child::{ChildPlan, ExecPtrs, Op, child_main, run_op};
 use crate::sys;
 
 /// A cloned sandbox init, not yet released to run.
@@ -47,11 +47,22 @@ impl Launcher {
     ///
     /// # Errors
     /// Fails when the thread cannot be spawned.
-    pub fn start(filters: Arc<Vec<BpfProgram>>) -> io::Result<Launcher> {
+    ///
+    /// With `skeleton` ops, the thread first moves into a mount namespace of its own and runs
+    /// them there: every child's mount namespace is a copy of it, so read-only environment
+    /// roots built once are there for each sandbox at no cost, invisible to the host.
+    pub fn start(filters: Arc<Vec<BpfProgram>>, skeleton: Vec<Op>) -> io::Result<Launcher> {
         let (tx, rx) = mpsc::channel::<Request>();
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name("isotest-sandbox-launcher".to_owned())
             .spawn(move || {
+                let ready = prepare_mount_namespace(&skeleton);
+                let failed = ready.is_err();
+                let _ = ready_tx.send(ready);
+                if failed {
+                    return;
+                }
                 for request in rx {
                     match request {
                         Request::Spawn { plan, flags, reply } => {
@@ -63,6 +74,9 @@ impl Launcher {
                     }
                 }
             })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("launcher thread died while starting"))??;
         Ok(Launcher { tx })
     }
 
@@ -91,6 +105,24 @@ impl Launcher {
         rx.recv()
             .map_err(|_| io::Error::other("launcher thread gone"))?
     }
+}
+
+fn prepare_mount_namespace(ops: &[Op]) -> io::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: unshare affects only this thread (CLONE_NEWNS implies unsharing its fs struct).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for op in ops {
+        // SAFETY: the op's C strings are valid; run_op makes plain system calls.
+        if !unsafe { run_op(op) } {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", op.describe())));
+        }
+    }
+    Ok(())
 }
 
 fn clone3(flags: u64, pidfd: &mut RawFd) -> io::Result<i32> {

@@ -167,7 +167,53 @@ impl Sandboxer {
 
         let filters = seccomp::build()
             .map_err(|e| SandboxError::io("build seccomp filter", std::io::Error::other(e)))?;
-        let launcher = Launcher::start(Arc::new(filters))
+
+        let mut roots: BTreeMap<String, PathBuf> =
+            [("default".to_owned(), PathBuf::from("/"))].into();
+        roots.extend(config.environments.clone());
+        let mut environments: BTreeMap<String, EnvPlan> = roots
+            .into_iter()
+            .map(|(name, root)| {
+                EnvPlan::scan(&root)
+                    .map(|plan| (name, plan))
+                    .map_err(|e| SandboxError::io(format!("list environment root {root:?}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let devices: Vec<&'static str> = run::DEVICES
+            .iter()
+            .copied()
+            .filter(|d| Path::new("/dev").join(d).exists())
+            .collect();
+        // As root, each environment's skeleton is built once in the launcher's own mount
+        // namespace (over the state dir, so the host sees nothing) instead of in every child.
+        let mut skeleton = Vec::new();
+        if root {
+            let state = run::path_c(&config.state_dir)?;
+            skeleton.push(child::Op::Mount {
+                src: None,
+                target: c"/".to_owned(),
+                fstype: None,
+                flags: libc::MS_REC | libc::MS_PRIVATE,
+                data: None,
+            });
+            skeleton.push(child::Op::Mount {
+                src: Some(c"tmpfs".to_owned()),
+                target: state,
+                fstype: Some(c"tmpfs".to_owned()),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(c"mode=755,size=1m".to_owned()),
+            });
+            for (index, env) in environments.values_mut().enumerate() {
+                let dir = config.state_dir.join(format!("env-{index}"));
+                skeleton.push(child::Op::Mkdir {
+                    path: run::path_c(&dir)?,
+                    mode: 0o755,
+                });
+                skeleton.extend(run::skeleton_ops(env, &dir, &config.state_dir, &devices)?);
+                env.skeleton = Some(dir);
+            }
+        }
+        let launcher = Launcher::start(Arc::new(filters), skeleton)
             .map_err(|e| SandboxError::io("start launcher thread", e))?;
 
         let mut missing = Vec::new();
@@ -213,17 +259,6 @@ impl Sandboxer {
             });
         }
 
-        let mut roots: BTreeMap<String, PathBuf> =
-            [("default".to_owned(), PathBuf::from("/"))].into();
-        roots.extend(config.environments.clone());
-        let environments = roots
-            .into_iter()
-            .map(|(name, root)| {
-                EnvPlan::scan(&root)
-                    .map(|plan| (name, plan))
-                    .map_err(|e| SandboxError::io(format!("list environment root {root:?}"), e))
-            })
-            .collect::<Result<_, _>>()?;
         let dev_null = std::fs::File::open("/dev/null")
             .map_err(|e| SandboxError::io("open /dev/null", e))?
             .into();
@@ -231,11 +266,6 @@ impl Sandboxer {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
-        let devices = run::DEVICES
-            .iter()
-            .copied()
-            .filter(|d| Path::new("/dev").join(d).exists())
-            .collect();
         Ok(Sandboxer {
             inner: Arc::new(Inner {
                 config,

@@ -43,6 +43,8 @@ fi
 pub(crate) struct EnvPlan {
     pub root: PathBuf,
     pub entries: Vec<EnvEntry>,
+    /// Where its skeleton was built in the launcher's mount namespace, if it was.
+    pub skeleton: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ impl EnvPlan {
         Ok(EnvPlan {
             root: root.to_owned(),
             entries,
+            skeleton: None,
         })
     }
 }
@@ -100,7 +103,7 @@ fn cstr(bytes: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
         .map_err(|_| SandboxError::InvalidSpec("a string contains a NUL byte".to_owned()))
 }
 
-fn path_c(path: &Path) -> Result<CString, SandboxError> {
+pub(crate) fn path_c(path: &Path) -> Result<CString, SandboxError> {
     cstr(path.as_os_str().as_bytes())
 }
 
@@ -120,26 +123,33 @@ struct PlanInputs<'a> {
     spec: &'a RunSpec,
 }
 
-fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
-    let spec = input.spec;
-    let root = &inner.new_root;
+fn tmpfs_op(target: CString, data: String, flags: libc::c_ulong) -> Result<Op, SandboxError> {
+    Ok(Op::Mount {
+        src: Some(c"tmpfs".to_owned()),
+        target,
+        fstype: Some(c"tmpfs".to_owned()),
+        flags,
+        data: Some(cstr(data)?),
+    })
+}
+
+/// Ops that build an environment's read-only root skeleton at `root`: the environment's
+/// top-level directories bound read-only, its top-level symlinks, mount points for the
+/// per-sandbox mounts, and a read-only /dev with the host's harmless devices.
+pub(crate) fn skeleton_ops(
+    env: &EnvPlan,
+    root: &Path,
+    state_dir: &Path,
+    devices: &[&str],
+) -> Result<Vec<Op>, SandboxError> {
     let at = |rel: &str| path_c(&root.join(rel));
-    let tmpfs = |target: CString, data: String, flags: libc::c_ulong| -> Result<Op, SandboxError> {
-        Ok(Op::Mount {
-            src: Some(c"tmpfs".to_owned()),
-            target,
-            fstype: Some(c"tmpfs".to_owned()),
-            flags,
-            data: Some(cstr(data)?),
-        })
-    };
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    let mut ops = vec![tmpfs(
+    let mut ops = vec![tmpfs_op(
         path_c(root)?,
         "mode=755,size=1m".into(),
         nosuid_nodev,
     )?];
-    for entry in &input.env.entries {
+    for entry in &env.entries {
         match entry {
             EnvEntry::Dir(name) => {
                 let target = path_c(&root.join(name))?;
@@ -148,7 +158,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
                     mode: 0o755,
                 });
                 ops.push(Op::Mount {
-                    src: Some(path_c(&input.env.root.join(name))?),
+                    src: Some(path_c(&env.root.join(name))?),
                     target: target.clone(),
                     fstype: None,
                     flags: libc::MS_BIND | libc::MS_REC,
@@ -167,15 +177,14 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         }
     }
     // If the state directory lies inside a bound directory, cover it.
-    if let Ok(rel) = inner.config.state_dir.strip_prefix(&input.env.root) {
+    if let Ok(rel) = state_dir.strip_prefix(&env.root) {
         let first = rel.components().next().map(|c| c.as_os_str().to_owned());
-        let bound = input
-            .env
+        let bound = env
             .entries
             .iter()
             .any(|e| matches!(e, EnvEntry::Dir(n) if Some(n) == first.as_ref()));
         if bound {
-            ops.push(tmpfs(
+            ops.push(tmpfs_op(
                 path_c(&root.join(rel))?,
                 "size=4k,mode=0".into(),
                 nosuid_nodev | libc::MS_RDONLY,
@@ -193,31 +202,12 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             mode,
         });
     }
-    match input.workspace {
-        Workspace::Tmpfs { root: fd } => ops.push(Op::MoveMount {
-            fd: fd.as_raw_fd(),
-            target: at("workspace")?,
-        }),
-        Workspace::Dir { path, .. } => ops.push(Op::Mount {
-            src: Some(path_c(path)?),
-            target: at("workspace")?,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        }),
-    }
-    let size = spec.limits.workspace_bytes.max(4096);
-    ops.push(tmpfs(
-        at("tmp")?,
-        format!("mode=1777,size={size}"),
-        nosuid_nodev,
-    )?);
-    ops.push(tmpfs(
+    ops.push(tmpfs_op(
         at("dev")?,
         "mode=755,size=64k".into(),
         libc::MS_NOSUID | libc::MS_NOEXEC,
     )?);
-    for device in &inner.devices {
+    for device in devices {
         let target = at(&format!("dev/{device}"))?;
         ops.push(Op::Touch {
             path: target.clone(),
@@ -246,15 +236,49 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         path: at("dev/shm")?,
         mode: 0o1777,
     });
-    ops.push(tmpfs(
-        at("dev/shm")?,
-        format!("mode=1777,size={size}"),
-        nosuid_nodev,
-    )?);
     ops.push(Op::Mkdir {
         path: at("dev/pts")?,
         mode: 0o755,
     });
+    for path in [at("dev")?, path_c(root)?] {
+        ops.push(Op::SetAttr {
+            path,
+            set: sys::MOUNT_ATTR_RDONLY,
+            recursive: false,
+        });
+    }
+    Ok(ops)
+}
+
+/// Ops each sandbox runs on top of a skeleton at `root`: its workspace, private /tmp,
+/// /dev/shm, /dev/pts and /proc, then pivot_root into it.
+fn sandbox_ops(root: &Path, workspace: &Workspace, size: u64) -> Result<Vec<Op>, SandboxError> {
+    let at = |rel: &str| path_c(&root.join(rel));
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    let mut ops = Vec::new();
+    match workspace {
+        Workspace::Tmpfs { root: fd } => ops.push(Op::MoveMount {
+            fd: fd.as_raw_fd(),
+            target: at("workspace")?,
+        }),
+        Workspace::Dir { path, .. } => ops.push(Op::Mount {
+            src: Some(path_c(path)?),
+            target: at("workspace")?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        }),
+    }
+    ops.push(tmpfs_op(
+        at("tmp")?,
+        format!("mode=1777,size={size}"),
+        nosuid_nodev,
+    )?);
+    ops.push(tmpfs_op(
+        at("dev/shm")?,
+        format!("mode=1777,size={size}"),
+        nosuid_nodev,
+    )?);
     ops.push(Op::Mount {
         src: Some(c"devpts".to_owned()),
         target: at("dev/pts")?,
@@ -273,13 +297,39 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         path: path_c(root)?,
     });
     ops.push(Op::PivotRoot);
-    for path in [c"/dev", c"/"] {
-        ops.push(Op::SetAttr {
-            path: path.to_owned(),
-            set: sys::MOUNT_ATTR_RDONLY,
-            recursive: false,
-        });
-    }
+    Ok(ops)
+}
+
+fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
+    let spec = input.spec;
+    let size = spec.limits.workspace_bytes.max(4096);
+    let (mut ops, root) = match &input.env.skeleton {
+        // The skeleton was built once in the launcher's mount namespace, which the child's
+        // is a copy of.
+        // pivot_root refuses a locked mount, and the skeleton is locked in the child's
+        // namespace (it came from a more privileged one); a recursive bind of it onto itself
+        // is a new, unlocked top (its children stay locked).
+        Some(root) => (
+            vec![Op::Mount {
+                src: Some(path_c(root)?),
+                target: path_c(root)?,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            }],
+            root.clone(),
+        ),
+        None => (
+            skeleton_ops(
+                input.env,
+                &inner.new_root,
+                &inner.config.state_dir,
+                &inner.devices,
+            )?,
+            inner.new_root.clone(),
+        ),
+    };
+    ops.extend(sandbox_ops(&root, input.workspace, size)?);
 
     let mut argv = vec![
         c"sh".to_owned(),
@@ -319,6 +369,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     Ok(ChildPlan {
         ops,
         fds: input.fds,
+        make_private: input.env.skeleton.is_none(),
         set_groups: matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
         loopback_up: !spec.network,
         rlimits: vec![
