@@ -103,7 +103,7 @@ fn main() {
     }
 
     println!("{runs} rounds, interleaved; create -> /bin/true -> destroy");
-    let mut report = |name: &str, samples: &mut Vec<Duration>| {
+    let report = |name: &str, samples: &mut Vec<Duration>| {
         if samples.is_empty() {
             println!("{name:<44} (not installed)");
             return;
