@@ -40,9 +40,9 @@ pub(crate) struct CgroupParent {
     memory: Option<PathBuf>,
     pids: Option<PathBuf>,
     cpu: Option<PathBuf>,
-    /// v1 freezer, only used to hold a place so the v1 hierarchy set is complete; killing goes
-    /// through the pid namespace.
-    freezer: Option<PathBuf>,
+    /// v1: the `tasks` files of this process's own cgroups, which the launcher thread writes
+    /// "0" to after cloning to move itself back.
+    home: Vec<File>,
 }
 
 /// What probing found: the parent, if any, and every missing controller in words.
@@ -53,6 +53,12 @@ pub(crate) struct CgroupProbe {
 }
 
 impl CgroupParent {
+    /// v1 only: the `tasks` files of this process's own cgroups, to move the launcher thread
+    /// back after a clone.
+    pub fn home_tasks(&self) -> &[File] {
+        &self.home
+    }
+
     /// Finds the hierarchy, creates `<own cgroup>/<name>` in each usable controller and enables
     /// what is needed; never fails, only reports what is missing.
     pub fn probe(name: &str) -> CgroupProbe {
@@ -99,13 +105,11 @@ impl CgroupParent {
             memory: None,
             pids: None,
             cpu: None,
+            tasks: Vec::new(),
         };
         // Each distinct directory once: on v2 all controllers share one.
         let mut seen: Vec<PathBuf> = Vec::new();
-        for parent in [&self.memory, &self.pids, &self.cpu, &self.freezer]
-            .into_iter()
-            .flatten()
-        {
+        for parent in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
             let dir = parent.join(name);
             if seen.contains(&dir) {
                 continue;
@@ -150,6 +154,14 @@ impl CgroupParent {
                 .open(&path)
                 .map_err(io_err("open", &path))?;
             cg.procs.push(file);
+            if self.version == CgroupVersion::V1 {
+                let path = dir.join("tasks");
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                cg.tasks.push(file);
+            }
         }
         Ok(cg)
     }
@@ -157,7 +169,7 @@ impl CgroupParent {
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
-        let mut dirs = vec![&self.memory, &self.pids, &self.cpu, &self.freezer];
+        let mut dirs = vec![&self.memory, &self.pids, &self.cpu];
         dirs.dedup();
         for dir in dirs.into_iter().flatten() {
             let _ = fs::remove_dir(dir);
@@ -175,9 +187,18 @@ pub(crate) struct SandboxCgroup {
     memory: Option<PathBuf>,
     pids: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// v1: pre-opened `tasks` files; see [`CgroupParent::home_tasks`].
+    tasks: Vec<File>,
 }
 
 impl SandboxCgroup {
+    /// v1 only: the `tasks` files the launcher thread writes "0" to, moving itself (and so the
+    /// child it clones next) into this cgroup. Moving the calling thread alone skips the global
+    /// threadgroup lock whose RCU grace period makes `cgroup.procs` writes take milliseconds.
+    pub fn thread_entry(&self) -> &[File] {
+        &self.tasks
+    }
+
     /// Moves a process into every controller of this cgroup.
     ///
     /// # Errors
@@ -310,7 +331,41 @@ fn own_path<'a>(self_cgroups: &'a str, controller: &str) -> Option<&'a str> {
     })
 }
 
+/// Removes parents left by sandboxers whose process is gone (a crash or a test binary, whose
+/// static sandboxer is never dropped): `<prefix><pid>` directories with only empty children.
+fn remove_stale_parents(base: &Path, name: &str) {
+    let Some((prefix, _)) = name.rsplit_once('-') else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        if let Ok(children) = fs::read_dir(entry.path()) {
+            for child in children.flatten() {
+                if child.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir(child.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(entry.path());
+    }
+}
+
 fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
+    remove_stale_parents(&mount.join(own.trim_start_matches('/')), name);
     let dir = mount.join(own.trim_start_matches('/')).join(name);
     match fs::DirBuilder::new().mode(0o755).create(&dir) {
         Ok(()) => Ok(dir),
@@ -348,10 +403,18 @@ fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         "cpuacct.usage",
         "cgroup cpuacct controller",
     );
-    let freezer = {
-        let mount = Path::new(CGROUP_ROOT).join("freezer");
-        own_path(self_cgroups, "freezer").and_then(|own| make_parent(&mount, own, name).ok())
-    };
+    let home = [("memory", &memory), ("pids", &pids), ("cpuacct", &cpu)]
+        .into_iter()
+        .filter(|(_, dir)| dir.is_some())
+        .filter_map(|(ctrl, _)| {
+            let own = own_path(self_cgroups, ctrl)?;
+            let path = Path::new(CGROUP_ROOT)
+                .join(ctrl)
+                .join(own.trim_start_matches('/'))
+                .join("tasks");
+            fs::OpenOptions::new().write(true).open(path).ok()
+        })
+        .collect();
     if memory.is_none() && pids.is_none() && cpu.is_none() {
         return None;
     }
@@ -360,7 +423,7 @@ fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         memory,
         pids,
         cpu,
-        freezer,
+        home,
     })
 }
 
@@ -415,7 +478,7 @@ fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         memory,
         pids,
         cpu,
-        freezer: None,
+        home: Vec::new(),
     })
 }
 

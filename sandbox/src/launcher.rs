@@ -18,10 +18,29 @@ pub(crate) struct Spawned {
     pub pidfd: OwnedFd,
 }
 
+/// `tasks` files (v1) the launcher thread writes "0" to: `enter` before cloning, so the child
+/// starts in the sandbox's cgroups, and `leave` right after, to return to its own.
+#[derive(Debug, Default)]
+pub(crate) struct CgroupMove {
+    pub enter: Vec<RawFd>,
+    pub leave: Vec<RawFd>,
+}
+
+fn write_zero(fds: &[RawFd]) -> io::Result<()> {
+    for &fd in fds {
+        // SAFETY: writing two bytes from a static buffer to an fd the caller keeps open.
+        if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 enum Request {
     Spawn {
         plan: Arc<ChildPlan>,
         flags: u64,
+        cgroup: CgroupMove,
         reply: tokio::sync::oneshot::Sender<io::Result<Spawned>>,
     },
     Probe {
@@ -65,8 +84,13 @@ impl Launcher {
                 }
                 for request in rx {
                     match request {
-                        Request::Spawn { plan, flags, reply } => {
-                            let _ = reply.send(spawn(&plan, flags, &filters));
+                        Request::Spawn {
+                            plan,
+                            flags,
+                            cgroup,
+                            reply,
+                        } => {
+                            let _ = reply.send(spawn(&plan, flags, &cgroup, &filters));
                         }
                         Request::Probe { flags, reply } => {
                             let _ = reply.send(probe(flags));
@@ -84,10 +108,22 @@ impl Launcher {
     ///
     /// # Errors
     /// Fails when clone fails or the thread is gone.
-    pub async fn spawn(&self, plan: Arc<ChildPlan>, flags: u64) -> io::Result<Spawned> {
+    ///
+    /// The fds in `cgroup` must stay open until this returns.
+    pub async fn spawn(
+        &self,
+        plan: Arc<ChildPlan>,
+        flags: u64,
+        cgroup: CgroupMove,
+    ) -> io::Result<Spawned> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Request::Spawn { plan, flags, reply })
+            .send(Request::Spawn {
+                plan,
+                flags,
+                cgroup,
+                reply,
+            })
             .map_err(|_| io::Error::other("launcher thread gone"))?;
         rx.await
             .map_err(|_| io::Error::other("launcher thread gone"))?
@@ -148,14 +184,29 @@ fn clone3(flags: u64, pidfd: &mut RawFd) -> io::Result<i32> {
     }
 }
 
-fn spawn(plan: &ChildPlan, flags: u64, filters: &[BpfProgram]) -> io::Result<Spawned> {
+fn spawn(
+    plan: &ChildPlan,
+    flags: u64,
+    cgroup: &CgroupMove,
+    filters: &[BpfProgram],
+) -> io::Result<Spawned> {
     let ptrs = ExecPtrs::new(plan, filters);
     let mut pidfd: RawFd = -1;
-    let pid = clone3(flags, &mut pidfd)?;
-    if pid == 0 {
+    if let Err(e) = write_zero(&cgroup.enter) {
+        let _ = write_zero(&cgroup.leave);
+        return Err(e);
+    }
+    let cloned = clone3(flags, &mut pidfd);
+    if let Ok(0) = cloned {
         // SAFETY: we are the fresh single-threaded child; child_main never returns.
         unsafe { child_main(plan, &ptrs) }
     }
+    // Back home before anything else (in the parent only: the child stays in the sandbox's
+    // cgroups), so the sandbox's cgroup can be removed later.
+    if let Err(e) = write_zero(&cgroup.leave) {
+        tracing::error!(error = %e, "Could not move the launcher thread back to its cgroup.");
+    }
+    let pid = cloned?;
     // SAFETY: CLONE_PIDFD stored a fresh fd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Spawned { pid, pidfd })

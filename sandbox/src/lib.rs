@@ -1,15 +1,28 @@
-//! Runs one CI test per fresh Linux sandbox: user, mount, pid, network, ipc and uts namespaces,
-//! a fresh tmpfs root with the environment bind-mounted read-only, a size-limited workspace,
+//! Runs one CI test per fresh Linux sandbox: user, mount, pid, network, ipc, uts and cgroup
+//! namespaces, a fresh read-only root with the environment bound in, a size-limited workspace,
 //! cgroup limits, rlimits, no capabilities and a seccomp filter.
 //!
-//! Parts: [`Sandboxer`] (probe the host, then [`Sandboxer::run`] one [`RunSpec`] to a
-//! [`RunOutcome`]), [`bundle`] (tar + zstd workspaces).
+//! Parts: [`Sandboxer`] probes the host once and runs a [`RunSpec`] to a [`RunOutcome`];
+//! [`bundle`] packs and safely unpacks tar + zstd workspaces. Inside: `launcher` (the
+//! long-lived thread every sandbox is cloned from), `child` (the async-signal-safe steps
+//! between clone and exec), `run` (prepare, supervise, reap, collect), `workspace` (host-side
+//! files, never following links), `cgroup` (v1/v2 limits and accounting), `seccomp`, `sys`.
 //!
-//! It is built as a library on `nix`/`libc` (clone, mounts, pivot_root, rlimits) and
-//! `seccompiler` (the BPF filter) with a small cgroup module of its own, not by driving `bwrap`:
-//! the worker needs typed outcomes (per-stage exits, OOM and timeout causes, cgroup usage),
-//! control over every step for later reuse (forking pre-initialised interpreters into fresh
-//! namespaces), and no helper process per test on the startup path.
+//! It is a library on `nix`/`libc` (clone3, mounts, pivot_root, rlimits) and `seccompiler`
+//! (the BPF filter) with its own small cgroup module, not a wrapper around `bwrap`: the worker
+//! needs typed outcomes (per-stage exits, OOM and timeout causes, cgroup usage), every step
+//! callable from code (a later issue forks pre-initialised interpreters into fresh namespaces),
+//! and no helper process per test on the startup path. Two choices keep startup cheap: each
+//! environment's read-only root skeleton is built once in the launcher thread's private mount
+//! namespace (every child's mount namespace is a copy, so a child only adds its workspace,
+//! /tmp, /dev/shm, /dev/pts and /proc), and on cgroup v1 the launcher thread moves itself into
+//! the sandbox's cgroups before cloning, which avoids the global lock (and its RCU grace
+//! period) that moving another process takes.
+//!
+//! Requirements: root on the host for full isolation (per-sandbox uids from
+//! [`SANDBOX_UID_BASE`], a workspace tmpfs, cgroups); user namespaces enabled; the
+//! environment roots world-readable. Without root, `allow_weaker_isolation` runs sandboxes
+//! mapped to the caller's uid with a plain workspace directory and no cgroup limits.
 
 mod cgroup;
 mod child;

@@ -16,6 +16,7 @@ use tokio::net::unix::pipe;
 
 use crate::child::{ChildFds, ChildPlan, Op, step_name};
 use crate::error::SandboxError;
+use crate::launcher::CgroupMove;
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
 use crate::spec::RunSpec;
 use crate::sys;
@@ -566,9 +567,25 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if !spec.network {
         flags |= libc::CLONE_NEWNET as u64;
     }
+    let thread_entry = cgroup.0.as_ref().map(|c| c.thread_entry()).unwrap_or(&[]);
+    let home = inner
+        .cgroups
+        .as_ref()
+        .map(|c| c.home_tasks())
+        .unwrap_or(&[]);
+    // Enter by moving the launcher thread only when it can also move back to every cgroup.
+    let by_thread = !thread_entry.is_empty() && thread_entry.len() == home.len();
+    let cgroup_move = if by_thread {
+        CgroupMove {
+            enter: thread_entry.iter().map(AsRawFd::as_raw_fd).collect(),
+            leave: home.iter().map(AsRawFd::as_raw_fd).collect(),
+        }
+    } else {
+        CgroupMove::default()
+    };
     let spawned = inner
         .launcher
-        .spawn(Arc::clone(&plan), flags)
+        .spawn(Arc::clone(&plan), flags, cgroup_move)
         .await
         .map_err(|e| SandboxError::io("clone sandbox init", e))?;
     let mut guard = InitGuard {
@@ -577,7 +594,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     drop((stdout_w, stderr_w, report_w, error_w, go_r));
 
     write_id_maps(inner, spawned.pid, uid, gid)?;
-    if let Some(cg) = &cgroup.0 {
+    if let Some(cg) = cgroup.0.as_ref().filter(|_| !by_thread) {
         cg.add(spawned.pid)
             .map_err(|e| SandboxError::io("add sandbox to cgroup", io::Error::other(e)))?;
     }

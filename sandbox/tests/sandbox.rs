@@ -14,7 +14,7 @@ fn sandboxer() -> &'static Sandboxer {
     static SANDBOXER: OnceLock<Sandboxer> = OnceLock::new();
     SANDBOXER.get_or_init(|| {
         let config = SandboxConfig {
-            state_dir: format!("/run/isotest-sandbox-test-{}", std::process::id()).into(),
+            state_dir: "/run/isotest-sandbox-test".into(),
             ..SandboxConfig::default()
         };
         Sandboxer::new(config).expect("this host supports full isolation")
@@ -207,6 +207,12 @@ async fn fork_bomb_fails_alone_and_the_next_run_works() {
     assert_eq!(beside.command, Some(StageExit::Code(0)));
     let bomb = bomb.await.expect("join").expect("bomb sandbox runs");
     assert_eq!(bomb.termination, Termination::TimedOut);
+    let errors = bomb.stderr.render("stderr");
+    assert!(
+        errors.contains("fork"),
+        "the pids limit was not hit: {errors}"
+    );
+    assert!(bomb.usage.cpu > Duration::ZERO);
     let after = run(sh("echo fine")).await;
     assert_eq!(stdout(&after), "fine\n");
 }
