@@ -312,13 +312,18 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs) -> ! {
         if libc::read(fds.go, (&mut byte as *mut u8).cast(), 1) != 1 {
             fail(fds, step(S_WAIT));
         }
-        if libc::setresgid(0, 0, 0) != 0 {
+        // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread glibc
+        // believes exists (this copy has none of them) under a lock that another thread of
+        // the worker may have held at clone time, which would hang the child forever.
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
             fail(fds, step(S_SETRESGID));
         }
-        if plan.set_groups && libc::setgroups(0, std::ptr::null()) != 0 {
+        if plan.set_groups
+            && libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+        {
             fail(fds, step(S_SETGROUPS));
         }
-        if libc::setresuid(0, 0, 0) != 0 {
+        if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
             fail(fds, step(S_SETRESUID));
         }
         // After the uid change: changing credentials clears the parent-death signal.

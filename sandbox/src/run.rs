@@ -604,9 +604,15 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let mut error_rx = pipe::Receiver::from_owned_fd(error_r)
         .map_err(|e| SandboxError::io("watch sandbox setup", e))?;
     let mut failure = Vec::new();
-    error_rx
-        .read_to_end(&mut failure)
+    // Setup between clone and exec takes milliseconds; bound it so a wedged child can never
+    // hang the run (the guard kills it).
+    let setup_deadline = spec
+        .limits
+        .timeout
+        .clamp(Duration::from_secs(5), Duration::from_secs(30));
+    tokio::time::timeout(setup_deadline, error_rx.read_to_end(&mut failure))
         .await
+        .map_err(|_| SandboxError::io("start sandbox", io::ErrorKind::TimedOut.into()))?
         .map_err(|e| SandboxError::io("watch sandbox setup", e))?;
     let exec_at = Instant::now();
     drop(go_w);
