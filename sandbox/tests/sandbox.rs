@@ -481,3 +481,21 @@ async fn unknown_environment_is_an_error() {
         Err(SandboxError::UnknownEnvironment(name)) if name == "nope"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_runs_each_get_their_own_sandbox() {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let mut spec = sh("cat id; echo $$; touch /workspace/mine");
+        spec.files = vec![("id".into(), format!("{i}\n").into_bytes())];
+        spec.collect = vec!["mine".into()];
+        set.spawn(async move { (i, sandboxer().run(spec).await) });
+    }
+    while let Some(joined) = set.join_next().await {
+        let (i, outcome) = joined.expect("join");
+        let o = outcome.expect("sandbox runs");
+        // Each sees its own file and is the first process after its init.
+        assert_eq!(stdout(&o), format!("{i}\n2\n"));
+        assert_eq!(o.collected.get("mine"), Some(&Ok(Vec::new())));
+    }
+}
