@@ -181,7 +181,10 @@ pub mod publish {
             ShortString::from("test"),
             AMQPValue::LongString(msg.test.name.as_str().into()),
         );
-        headers.insert(ShortString::from("attempt"), AMQPValue::LongUInt(msg.attempt));
+        headers.insert(
+            ShortString::from("attempt"),
+            AMQPValue::LongUInt(msg.attempt),
+        );
         BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -195,7 +198,11 @@ pub mod publish {
     /// # Errors
     ///
     /// Returns the lapin error, or [`lapin::Error`] built from a nack or a return.
-    pub async fn publish_confirmed(channel: &Channel, ns: &Namespace, msg: &TestMessage) -> Result<(), PublishError> {
+    pub async fn publish_confirmed(
+        channel: &Channel,
+        ns: &Namespace,
+        msg: &TestMessage,
+    ) -> Result<(), PublishError> {
         let confirm = channel
             .basic_publish(
                 "".into(),

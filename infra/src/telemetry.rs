@@ -16,6 +16,7 @@ pub fn init(default_filter: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // An error here only means a subscriber is already installed (a test, or a second service in one process).
     let _ = if json {

@@ -339,14 +339,19 @@ impl TestEnv {
         Ok(())
     }
 
-    /// Every Redis key of this namespace.
-    pub async fn keys(&self) -> Result<Vec<String>> {
+    /// Every suite and blob key of this namespace (the aggregator's results stream,
+    /// created when it starts, is no trace of a submission).
+    pub async fn suite_keys(&self) -> Result<Vec<String>> {
         let client = redis::Client::open(self.servers.redis_url.as_str())?;
         let mut redis = client.get_multiplexed_async_connection().await?;
-        Ok(redis::cmd("KEYS")
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.ns))
             .query_async(&mut redis)
-            .await?)
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| k.contains(":suite") || k.contains(":blob:"))
+            .collect())
     }
 }
 
