@@ -190,7 +190,7 @@ fn spawn(
     cgroup: &CgroupMove,
     filters: &[BpfProgram],
 ) -> io::Result<Spawned> {
-    let ptrs = ExecPtrs::new(plan, filters);
+    let mut ptrs = ExecPtrs::new(plan, filters);
     let mut pidfd: RawFd = -1;
     if let Err(e) = write_zero(&cgroup.enter) {
         let _ = write_zero(&cgroup.leave);
@@ -199,7 +199,7 @@ fn spawn(
     let cloned = clone3(flags, &mut pidfd);
     if let Ok(0) = cloned {
         // SAFETY: we are the fresh single-threaded child; child_main never returns.
-        unsafe { child_main(plan, &ptrs) }
+        unsafe { child_main(plan, &mut ptrs) }
     }
     // Back home before anything else (in the parent only: the child stays in the sandbox's
     // cgroups), so the sandbox's cgroup can be removed later.

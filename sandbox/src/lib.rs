@@ -17,7 +17,12 @@
 //! namespace (every child's mount namespace is a copy, so a child only adds its workspace,
 //! /tmp, /dev/shm, /dev/pts and /proc), and on cgroup v1 the launcher thread moves itself into
 //! the sandbox's cgroups before cloning, which avoids the global lock (and its RCU grace
-//! period) that moving another process takes.
+//! period) that moving another process takes. A run with only a command (no setup, no
+//! teardown) does not exec a shell as its init: the cloned child stays pid 1 (non-dumpable, its
+//! copy of the worker's argument and environment areas blanked), starts the command as pid 2
+//! with `CLONE_VM | CLONE_VFORK`, reaps orphans and reports the command's status, which keeps
+//! the shell init's semantics (the command is not pid 1, so its signals and `$$` behave as
+//! usual) for one exec less.
 //!
 //! Requirements: root on the host for full isolation (per-sandbox uids from
 //! [`SANDBOX_UID_BASE`], a workspace tmpfs, cgroups); user namespaces enabled; the
@@ -83,6 +88,8 @@ struct Inner {
     new_root: PathBuf,
     /// Host devices present, bind-mounted into each sandbox's /dev.
     devices: Vec<&'static str>,
+    /// This process's argument and environment areas, blanked in the built-in init.
+    scrub: [(usize, usize); 2],
     counter: AtomicU64,
 }
 
@@ -291,6 +298,7 @@ impl Sandboxer {
                 cap_last,
                 new_root,
                 devices,
+                scrub: run::arg_env_areas(),
                 counter: AtomicU64::new(0),
             }),
         })

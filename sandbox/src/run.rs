@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use crate::child::{ChildFds, ChildPlan, Op, step_name};
+use crate::child::{ChildFds, ChildPlan, DirectCommand, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::CgroupMove;
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
@@ -23,8 +23,9 @@ use crate::sys;
 use crate::workspace::Workspace;
 use crate::{Inner, UidMapping};
 
-/// The init script: pid 1 of the sandbox is `/bin/sh` running this with the stages as
-/// positional arguments. It reports `stage status` lines on fd 3, which no stage inherits.
+/// The init script of a run with a setup or teardown stage: pid 1 of the sandbox is `/bin/sh`
+/// running this with the stages as positional arguments (a run with only a command uses the
+/// built-in init of `child`, which spares the shell's exec and fork). It reports `stage status` lines on fd 3, which no stage inherits.
 /// The command runs via `exec` in a subshell so a builtin name (`exit`, `exec`) cannot act on
 /// the init itself.
 const INIT_SCRIPT: &str = r#"s=$1 t=$2 hs=$3 ht=$4
@@ -362,6 +363,14 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         }
         env.insert(key, value);
     }
+    let direct = if spec.setup.is_none() && spec.teardown.is_none() {
+        Some(direct_command(
+            &spec.command,
+            env.get("PATH").copied().unwrap_or(""),
+        )?)
+    } else {
+        None
+    };
     let envp = env
         .into_iter()
         .map(|(k, v)| cstr(format!("{k}={v}")))
@@ -382,7 +391,49 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
+        direct,
+        scrub: inner.scrub,
     })
+}
+
+/// The command for the built-in init: `argv[0]` looked up on `path` the way `execvp` does
+/// (an empty entry is the working directory), or taken as it is when it names a path.
+fn direct_command(argv: &[String], path: &str) -> Result<DirectCommand, SandboxError> {
+    let program = argv.first().map(String::as_str).unwrap_or_default();
+    let candidates = if program.contains('/') {
+        vec![cstr(program)?]
+    } else {
+        path.split(':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { "." } else { dir };
+                cstr(format!("{}/{program}", dir.trim_end_matches('/')))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(DirectCommand {
+        candidates,
+        argv: argv.iter().map(cstr).collect::<Result<_, _>>()?,
+        not_found: format!("isotest: {program}: not found\n").into_bytes(),
+        cannot_execute: format!("isotest: {program}: cannot execute\n").into_bytes(),
+    })
+}
+
+/// The start and end of this process's argument and environment areas (fields 48 to 51 of
+/// `/proc/self/stat`), or zeros when they cannot be read.
+pub(crate) fn arg_env_areas() -> [(usize, usize); 2] {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces; field 3 is
+    // the first of them.
+    let fields: Vec<usize> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    [(field(48), field(49)), (field(50), field(51))]
 }
 
 /// Kills and reaps the init if the run is abandoned (error or cancelled future), so no sandbox

@@ -234,36 +234,59 @@ async fn huge_output_is_capped_and_drained() {
 async fn environment_holds_only_declared_variables() {
     // SAFETY: no other thread of this test binary reads or writes this variable.
     unsafe { std::env::set_var("ISOTEST_WORKER_SECRET", "hunter2") };
-    let mut spec = sh("env; echo ---; tr '\\0' '\\n' < /proc/1/environ");
-    spec.env = BTreeMap::from([("MY_VAR".to_owned(), "1".to_owned())]);
-    let o = run(spec).await;
-    let out = stdout(&o);
-    assert!(!out.contains("hunter2"), "{out}");
-    let (env, init_env) = out.split_once("---\n").expect("separator");
-    let allowed = [
-        "MY_VAR=1",
-        "PATH=",
-        "HOME=/workspace",
-        "LANG=C.UTF-8",
-        "TMPDIR=/tmp",
-    ];
-    for line in env.lines() {
-        // PWD is exported by the shell running the command itself.
-        let ok = allowed.iter().any(|a| line.starts_with(a)) || line == "PWD=/workspace";
-        assert!(ok, "unexpected variable {line:?}");
-    }
-    let mut init: Vec<&str> = init_env.lines().collect();
-    init.sort_unstable();
-    assert_eq!(
-        init,
-        [
+    let script = "env; echo ---; tr '\\0' '\\n' < /proc/1/environ; echo ---; \
+                  tr '\\0' '\\n' < /proc/1/cmdline; cat /proc/1/comm";
+    // Without stages the init is the sandbox's own copy of the worker: its environment is not
+    // readable at all. With a teardown it is the init script, whose environment is the test's.
+    for staged in [false, true] {
+        let mut spec = sh(script);
+        spec.env = BTreeMap::from([("MY_VAR".to_owned(), "1".to_owned())]);
+        if staged {
+            spec.teardown = Some("true".into());
+        }
+        let o = run(spec).await;
+        let out = stdout(&o);
+        assert!(!out.contains("hunter2"), "{out}");
+        let mut parts = out.split("---\n");
+        let (env, init_env, init_cmdline) = (
+            parts.next().expect("env"),
+            parts.next().expect("separator"),
+            parts.next().expect("separator"),
+        );
+        let allowed = [
+            "MY_VAR=1",
+            "PATH=",
             "HOME=/workspace",
             "LANG=C.UTF-8",
-            "MY_VAR=1",
-            "PATH=/usr/local/bin:/usr/bin:/bin",
-            "TMPDIR=/tmp"
-        ]
-    );
+            "TMPDIR=/tmp",
+        ];
+        for line in env.lines() {
+            // PWD is exported by the shell running the command itself.
+            let ok = allowed.iter().any(|a| line.starts_with(a)) || line == "PWD=/workspace";
+            assert!(ok, "unexpected variable {line:?}");
+        }
+        let mut init: Vec<&str> = init_env.lines().collect();
+        init.sort_unstable();
+        if staged {
+            assert_eq!(
+                init,
+                [
+                    "HOME=/workspace",
+                    "LANG=C.UTF-8",
+                    "MY_VAR=1",
+                    "PATH=/usr/local/bin:/usr/bin:/bin",
+                    "TMPDIR=/tmp"
+                ]
+            );
+        } else {
+            assert!(init.is_empty(), "{init:?}");
+            let errors = o.stderr.render("stderr");
+            assert!(errors.contains("Permission denied"), "{errors}");
+            // Its command line (the worker's, blanked) and its name say only what it is.
+            let shown: Vec<&str> = init_cmdline.lines().filter(|l| !l.is_empty()).collect();
+            assert_eq!(shown, ["isotest-init", "isotest-init"]);
+        }
+    }
 }
 
 #[tokio::test]
