@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Show no progress, only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Run only the test of this name (repeatable), such as a failure to rerun.
+    #[arg(long = "only", value_name = "NAME")]
+    pub only: Vec<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -127,6 +130,7 @@ impl SandboxArgs {
         match &self.python {
             Some(python) => isotest_worker::frameworks::Toolchain {
                 python: python.clone(),
+                ..isotest_worker::frameworks::Toolchain::default()
             },
             None => isotest_worker::frameworks::Toolchain::default(),
         }

@@ -337,6 +337,7 @@ mod tests {
                 teardown: None,
                 retries: 0,
                 environment: None,
+                junit_path: None,
             },
             workspace: None,
             network: false,

@@ -56,6 +56,7 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
         tests: suite.tests.iter().map(|t| t.name.clone()).collect(),
         created_at_ms: now_ms,
         deadline_at_ms: now_ms.saturating_add(deadline_ms),
+        flaky_result: suite.flaky_result,
     }
 }
 
@@ -98,7 +99,7 @@ mod tests {
             ),
             (
                 r#"{"name":"s","tests":[{"name":"a","command":["true"],"framework":"jest"}]}"#,
-                "request body: tests[0].framework: unknown framework `jest`; expected one of pytest, unittest, command",
+                "request body: tests[0].framework: unknown framework `jest`; expected one of pytest, unittest, command, junit, node, go, cargo",
             ),
             (
                 r#"{"name":"s","tests":[{"name":"a","command":["true"],"code":"x"}]}"#,

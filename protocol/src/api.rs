@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::FlakyResult;
 use crate::report::{SuiteState, Summary};
 
 /// What the producer records for a suite before publishing a single message.
@@ -15,6 +16,9 @@ pub struct SuiteRecord {
     pub created_at_ms: u64,
     /// After this instant, tests without a result are reported `lost`.
     pub deadline_at_ms: u64,
+    /// The verdict of a test that failed and then passed on a retry.
+    #[serde(default)]
+    pub flaky_result: FlakyResult,
 }
 
 /// The answer to a submitted suite (202 Accepted).

@@ -38,11 +38,28 @@ pub enum Framework {
     Unittest,
     /// Any argv (or `code` run by `/bin/sh`); the exit code is the verdict.
     Command,
+    /// Any argv (or `code` run by `/bin/sh`) that writes JUnit XML to `junit_path`;
+    /// per-case results from that report.
+    Junit,
+    /// `node --test` (Node's built-in runner), per-case results from its JUnit reporter.
+    Node,
+    /// `go test -json`, per-case results from its event stream.
+    Go,
+    /// `cargo test`, per-case results from libtest's `test NAME ... ok` lines.
+    Cargo,
 }
 
 impl Framework {
     /// Every framework, for messages that list the choices.
-    pub const ALL: [Framework; 3] = [Framework::Pytest, Framework::Unittest, Framework::Command];
+    pub const ALL: [Framework; 7] = [
+        Framework::Pytest,
+        Framework::Unittest,
+        Framework::Command,
+        Framework::Junit,
+        Framework::Node,
+        Framework::Go,
+        Framework::Cargo,
+    ];
 
     /// The name a manifest uses.
     pub fn as_str(self) -> &'static str {
@@ -50,7 +67,16 @@ impl Framework {
             Framework::Pytest => "pytest",
             Framework::Unittest => "unittest",
             Framework::Command => "command",
+            Framework::Junit => "junit",
+            Framework::Node => "node",
+            Framework::Go => "go",
+            Framework::Cargo => "cargo",
         }
+    }
+
+    /// Whether the framework names single tests (`test_id`) and can list them (`[[discover]]`).
+    pub fn names_tests(self) -> bool {
+        !matches!(self, Framework::Command | Framework::Junit)
     }
 }
 
@@ -95,6 +121,13 @@ pub struct TestFields {
     /// The named sandbox environment (root file system) the test runs in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// One test as its framework names it (a pytest node id, a unittest dotted name, a Go
+    /// `[package.]TestName`, a libtest path, a Node test file), instead of `code` or `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_id: Option<String>,
+    /// Where a `junit` test's command writes its JUnit XML, relative to the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_path: Option<String>,
 }
 
 /// One `[[tests]]` entry: a name and the per-test fields.
@@ -122,6 +155,10 @@ pub struct TestEntry {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_path: Option<String>,
 }
 
 impl TestEntry {
@@ -138,6 +175,8 @@ impl TestEntry {
             teardown: self.teardown.clone().or_else(|| d.teardown.clone()),
             retries: self.retries.or(d.retries),
             environment: self.environment.clone().or_else(|| d.environment.clone()),
+            test_id: self.test_id.clone().or_else(|| d.test_id.clone()),
+            junit_path: self.junit_path.clone().or_else(|| d.junit_path.clone()),
         }
     }
 }
@@ -171,10 +210,131 @@ pub struct Manifest {
     /// How long the whole suite may take before unfinished tests are reported lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
+    /// What a test that fails and then passes on a retry counts as (nextest's `--flaky-result`).
+    #[serde(default, skip_serializing_if = "FlakyResult::is_default")]
+    pub flaky_result: FlakyResult,
     #[serde(default)]
     pub defaults: TestFields,
     #[serde(default)]
     pub tests: Vec<TestEntry>,
+    /// Entries that expand into one test per id their framework lists. `isotest run`
+    /// expands them in a local sandbox before it runs or submits the suite, so a manifest
+    /// that reaches validation (or the producer) has none left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discover: Vec<DiscoverEntry>,
+}
+
+/// The verdict of a flaky test: one whose final attempt passed after an earlier attempt
+/// failed (infrastructure errors aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlakyResult {
+    /// The test passes, marked flaky.
+    #[default]
+    Pass,
+    /// The test fails, marked flaky, so the suite fails.
+    Fail,
+}
+
+impl FlakyResult {
+    fn is_default(&self) -> bool {
+        *self == FlakyResult::Pass
+    }
+}
+
+/// One `[[discover]]` entry: a framework lists its tests under `paths` (optionally
+/// filtered), and each id becomes a test named `prefix` + the id (`/` turned into `.`),
+/// carrying the entry's per-test fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverEntry {
+    /// `pytest`, `unittest`, `node`, `go` or `cargo`.
+    pub framework: String,
+    /// Where to look, relative to the workspace (pytest and node: files or directories;
+    /// unittest: one start directory; go: package patterns; cargo: unused). Empty: the
+    /// framework's default (the workspace, `./...` for go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// The framework's own selection: pytest `-k`, unittest `-k`, a go `-list` regexp,
+    /// a libtest name filter, a substring of node test file paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Put before every discovered test's name, to keep two entries' names apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teardown: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+impl DiscoverEntry {
+    /// The framework, checked.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ManifestError`] for `discover[index].framework` when it names no
+    /// framework that can list its tests.
+    pub fn framework(&self, index: usize) -> Result<Framework, ManifestError> {
+        Framework::ALL
+            .into_iter()
+            .find(|f| f.as_str() == self.framework && f.names_tests())
+            .ok_or_else(|| {
+                let choices: Vec<_> = Framework::ALL
+                    .iter()
+                    .filter(|f| f.names_tests())
+                    .map(|f| f.as_str())
+                    .collect();
+                ManifestError::field(
+                    format!("discover[{index}].framework"),
+                    format!(
+                        "`{}` cannot discover tests; expected one of {}",
+                        self.framework,
+                        choices.join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// The `[[tests]]` entry of one discovered id.
+    pub fn test_entry(&self, id: &str) -> TestEntry {
+        TestEntry {
+            name: discovered_name(self.prefix.as_deref().unwrap_or_default(), id),
+            framework: Some(self.framework.clone()),
+            test_id: Some(id.to_owned()),
+            timeout: self.timeout.clone(),
+            env: self.env.clone(),
+            files: self.files.clone(),
+            setup: self.setup.clone(),
+            teardown: self.teardown.clone(),
+            retries: self.retries,
+            environment: self.environment.clone(),
+            ..TestEntry::default()
+        }
+    }
+}
+
+/// A test name for a discovered id: names may not hold path separators or control
+/// characters, ids often hold `/` (`tests/test_a.py::test_b`).
+pub fn discovered_name(prefix: &str, id: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + id.len());
+    name.push_str(prefix);
+    name.extend(
+        id.chars()
+            .filter(|c| !c.is_control())
+            .map(|c| if c == '/' || c == '\\' { '.' } else { c }),
+    );
+    name
 }
 
 /// The syntax a manifest is written in.
@@ -251,6 +411,9 @@ pub enum TestBody {
     Code(String),
     /// An argv run in the workspace.
     Command(Vec<String>),
+    /// One test as its framework names it, run by the framework's own command.
+    #[serde(rename = "test_id")]
+    TestId(String),
 }
 
 /// A test after validation: every field resolved, every default applied.
@@ -272,6 +435,9 @@ pub struct TestSpec {
     pub retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// Where a `junit` test writes its JUnit XML, relative to the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_path: Option<String>,
 }
 
 impl TestSpec {
@@ -290,6 +456,8 @@ pub struct Suite {
     pub network: bool,
     pub deadline_ms: Option<u64>,
     pub tests: Vec<TestSpec>,
+    #[serde(default)]
+    pub flaky_result: FlakyResult,
 }
 
 impl Manifest {
@@ -340,8 +508,22 @@ impl Manifest {
     ///
     /// Returns the first [`ManifestError`] found.
     pub fn load(text: &str, format: Format, origin: Option<&str>) -> Result<Suite, ManifestError> {
-        let manifest = Manifest::parse(text, format, origin)?;
-        manifest.validate().map_err(|mut e| {
+        Manifest::parse(text, format, origin)?.validate_in(text, format, origin)
+    }
+
+    /// Validates a manifest parsed from `text`, locating a field's error there (entries
+    /// added since, such as discovered tests, come after the written ones).
+    ///
+    /// # Errors
+    ///
+    /// Returns the first [`ManifestError`] found.
+    pub fn validate_in(
+        &self,
+        text: &str,
+        format: Format,
+        origin: Option<&str>,
+    ) -> Result<Suite, ManifestError> {
+        self.validate().map_err(|mut e| {
             e.origin = origin.map(str::to_owned);
             if format == Format::Toml {
                 e.line = e.field.as_deref().and_then(|f| locate_toml_field(text, f));
@@ -371,6 +553,12 @@ impl Manifest {
                     .unwrap_or(u64::MAX),
             ),
         };
+        if !self.discover.is_empty() {
+            return Err(ManifestError::field(
+                "discover[0]",
+                "[[discover]] entries are expanded by `isotest run` in a local sandbox before a suite is run or submitted; submit the expanded manifest",
+            ));
+        }
         if self.tests.is_empty() {
             return Err(ManifestError::field(
                 "tests",
@@ -408,6 +596,7 @@ impl Manifest {
             network: self.network,
             deadline_ms,
             tests,
+            flaky_result: self.flaky_result,
         })
     }
 }
@@ -429,24 +618,40 @@ fn resolve(at: &str, name: &str, f: &TestFields) -> Result<TestSpec, ManifestErr
                 )
             })?,
     };
-    let body = match (&f.code, &f.command) {
-        (Some(_), Some(_)) => {
+    let body = match (&f.code, &f.command, &f.test_id) {
+        (Some(_), Some(_), _) => {
             return Err(ManifestError::field(
                 at,
                 "has both `code` and `command`; give exactly one",
             ));
         }
-        (None, None) => {
+        (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+            return Err(ManifestError::field(
+                at,
+                "has `test_id` and also `code` or `command`; give exactly one",
+            ));
+        }
+        (None, None, None) => {
             return Err(ManifestError::field(
                 at,
                 "has neither `code` nor `command`; give exactly one",
             ));
         }
-        (Some(code), None) => {
+        (None, None, Some(id)) => {
+            if !framework.names_tests() {
+                return Err(ManifestError::field(
+                    format!("{at}.test_id"),
+                    format!("framework `{framework}` runs `code` or `command`, not a `test_id`"),
+                ));
+            }
+            check_test_id(&format!("{at}.test_id"), id)?;
+            TestBody::TestId(id.clone())
+        }
+        (Some(code), None, None) => {
             check_text(&format!("{at}.code"), code)?;
             TestBody::Code(code.clone())
         }
-        (None, Some(argv)) => {
+        (None, Some(argv), None) => {
             if argv.is_empty() || argv[0].is_empty() {
                 return Err(ManifestError::field(
                     format!("{at}.command"),
@@ -526,6 +731,22 @@ fn resolve(at: &str, name: &str, f: &TestFields) -> Result<TestSpec, ManifestErr
             ));
         }
     }
+    match (&f.junit_path, framework) {
+        (Some(path), Framework::Junit) => check_relative_path(&format!("{at}.junit_path"), path)?,
+        (None, Framework::Junit) => {
+            return Err(ManifestError::field(
+                at,
+                "is a `junit` test without `junit_path`; name the file its command writes JUnit XML to",
+            ));
+        }
+        (Some(_), _) => {
+            return Err(ManifestError::field(
+                format!("{at}.junit_path"),
+                format!("is for `junit` tests; framework `{framework}` says where its report goes"),
+            ));
+        }
+        (None, _) => {}
+    }
     Ok(TestSpec {
         name: name.to_owned(),
         body,
@@ -537,7 +758,34 @@ fn resolve(at: &str, name: &str, f: &TestFields) -> Result<TestSpec, ManifestErr
         teardown: f.teardown.clone(),
         retries,
         environment: f.environment.clone(),
+        junit_path: f.junit_path.clone(),
     })
+}
+
+/// A test id goes on a command line: printable, and never mistaken for an option.
+fn check_test_id(field: &str, id: &str) -> Result<(), ManifestError> {
+    if id.trim().is_empty() {
+        return Err(ManifestError::field(field, "must not be empty"));
+    }
+    if id.len() > 4096 {
+        return Err(ManifestError::field(field, "is longer than 4096 bytes"));
+    }
+    if id.starts_with('-') {
+        return Err(ManifestError::field(
+            field,
+            format!(
+                "`{}` starts with `-` and would read as an option",
+                id.escape_default()
+            ),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ManifestError::field(
+            field,
+            format!("`{}` contains a control character", id.escape_default()),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_duration(field: &str, text: &str) -> Result<Duration, ManifestError> {

@@ -93,6 +93,9 @@ pub fn outcome_digest(test: &TestSpec, workspace: Option<&str>, network: bool) -
         setup: &'a Option<String>,
         teardown: &'a Option<String>,
         environment: &'a Option<String>,
+        // Skipped when absent, so the digests of tests that have none stay what they were.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        junit_path: &'a Option<String>,
         workspace: Option<&'a str>,
         network: bool,
     }
@@ -105,6 +108,7 @@ pub fn outcome_digest(test: &TestSpec, workspace: Option<&str>, network: bool) -
         setup: &test.setup,
         teardown: &test.teardown,
         environment: &test.environment,
+        junit_path: &test.junit_path,
         workspace,
         network,
     };
@@ -129,6 +133,7 @@ mod tests {
             teardown: None,
             retries: 1,
             environment: None,
+            junit_path: None,
         }
     }
 

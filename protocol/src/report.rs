@@ -30,7 +30,8 @@ pub struct Summary {
     pub skipped: u32,
     pub lost: u32,
     pub cancelled: u32,
-    /// Passed on a retry after failing first.
+    /// Passed on a retry after failing first (counted also as passed, or as failed under
+    /// `flaky_result = "fail"`).
     pub flaky: u32,
     /// Percentage of tests that passed or were skipped.
     pub success_rate: f64,
@@ -51,6 +52,39 @@ pub struct AttemptReport {
     pub worker: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// The infrastructure, not the test, decided this attempt (it never makes a test flaky).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infrastructure: bool,
+    /// The names of the cases that failed or errored in this attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_cases: Vec<String>,
+    /// The last lines of the attempt's stdout (at most [`EXCERPT_LINES`] lines, [`EXCERPT_BYTES`] bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout_excerpt: String,
+    /// The last lines of the attempt's stderr, as `stdout_excerpt`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr_excerpt: String,
+}
+
+/// How many lines of output an attempt's excerpt keeps.
+pub const EXCERPT_LINES: usize = 20;
+/// How many bytes of output an attempt's excerpt keeps.
+pub const EXCERPT_BYTES: usize = 4096;
+
+/// The last [`EXCERPT_LINES`] lines of `text`, cut to its last [`EXCERPT_BYTES`] bytes.
+pub fn excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n");
+    if tail.len() <= EXCERPT_BYTES {
+        return tail;
+    }
+    let mut start = tail.len() - EXCERPT_BYTES;
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_owned()
 }
 
 /// One test's entry in the report: its final attempt, and every attempt it had.
@@ -58,6 +92,8 @@ pub struct AttemptReport {
 pub struct TestReport {
     pub name: String,
     pub status: Status,
+    /// Failed (or errored, timed out, ran out of memory) and then passed on a retry. Its
+    /// status is `passed`, or `failed` when the suite's `flaky_result` is `fail`.
     #[serde(default)]
     pub flaky: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

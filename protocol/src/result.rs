@@ -142,7 +142,20 @@ pub struct TestResult {
     pub timings: Timings,
 }
 
+/// How the reason of an attempt the infrastructure failed (not the test) begins.
+pub const INFRASTRUCTURE_REASON_PREFIX: &str = "infrastructure: ";
+
 impl TestResult {
+    /// Whether the infrastructure decided this attempt's verdict, not the test: such an
+    /// attempt says nothing of the test, so it never makes the test flaky.
+    pub fn is_infrastructure_failure(&self) -> bool {
+        self.status == Status::Error
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(INFRASTRUCTURE_REASON_PREFIX))
+    }
+
     /// The field of this attempt in the suite's results hash.
     pub fn field(&self) -> String {
         result_field(&self.name, self.attempt)

@@ -9,7 +9,9 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
-use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
+use isotest_protocol::result::{
+    INFRASTRUCTURE_REASON_PREFIX, Stage, Status, TestResult, Timings, Usage,
+};
 use isotest_sandbox::{
     Limits, RunOutcome, RunSpec, SandboxError, Sandboxer, StageExit, Termination,
 };
@@ -58,7 +60,10 @@ impl Runner {
         taken_at_ms: u64,
     ) -> Result<TestResult, SandboxError> {
         let test = &msg.test;
-        let plan = frameworks::plan(test, &self.config.tools);
+        let mut plan = frameworks::plan(test, &self.config.tools);
+        // Which attempt this is, so a test (or its setup) can tell a retry from a first run.
+        plan.env
+            .insert(frameworks::ATTEMPT_VAR.into(), msg.attempt.to_string());
         let limits = Limits {
             timeout: test.timeout(),
             ..self.config.limits.clone()
@@ -95,15 +100,17 @@ impl Runner {
     fn judge(&self, msg: &TestMessage, outcome: &RunOutcome, limits: &Limits) -> TestResult {
         let stdout = outcome.stdout.render("stdout");
         let stderr = outcome.stderr.render("stderr");
-        let junit = frameworks::JUNIT_PATH;
-        let collected = outcome.collected.get(junit).map(|r| match r {
-            Ok(bytes) => Ok(bytes.as_slice()),
-            Err(e) => Err(e.to_string()),
-        });
+        let collected = frameworks::report_path(&msg.test)
+            .and_then(|path| outcome.collected.get(path))
+            .map(|r| match r {
+                Ok(bytes) => Ok(bytes.as_slice()),
+                Err(e) => Err(e.to_string()),
+            });
         let seen = Observed {
             setup: outcome.setup.map(exit),
             command: outcome.command.map(exit),
             teardown: outcome.teardown.map(exit),
+            stdout: &stdout,
             stderr: &stderr,
             junit: collected,
         };
@@ -188,7 +195,7 @@ pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> Te
         attempt: msg.attempt,
         is_final: true,
         status: Status::Error,
-        reason: Some(format!("infrastructure: {why}")),
+        reason: Some(format!("{INFRASTRUCTURE_REASON_PREFIX}{why}")),
         stage: Some(Stage::Prepare),
         exit_code: None,
         duration_ms: 0,

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::SuiteRecord;
-use isotest_protocol::report::{AttemptReport, Report, SuiteState, Summary, TestReport};
-use isotest_protocol::result::{Status, TestResult, Usage};
+use isotest_protocol::manifest::FlakyResult;
+use isotest_protocol::report::{AttemptReport, Report, SuiteState, Summary, TestReport, excerpt};
+use isotest_protocol::result::{CaseStatus, Status, TestResult, Usage};
 
 /// The reason given to a test that had no final result when the deadline passed.
 pub const LOST_REASON: &str = "no result before the suite's deadline";
@@ -18,7 +19,9 @@ pub const CANCELLED_REASON: &str = "suite was cancelled before the test finished
 ///
 /// Each name in `record.tests` gets one entry, in that order (a name listed twice gets
 /// one entry, at its first place). An entry takes its highest final attempt's verdict
-/// and output and lists every attempt seen in `attempt_history`. A test without a final
+/// and output and lists every attempt seen in `attempt_history`. A final pass after an
+/// earlier failure the test itself caused (not the infrastructure) is flaky, and fails
+/// when the record's `flaky_result` says so. A test without a final
 /// result is `cancelled` when `state` is [`SuiteState::Cancelled`], and `lost` otherwise.
 ///
 /// Results of another suite, of names the record does not list, and a second result for
@@ -65,7 +68,7 @@ pub fn assemble(
         .filter(|name| seen.insert(name.as_str()))
         .map(|name| {
             let attempts = by_name.remove(name.as_str()).unwrap_or_default();
-            test_report(name, attempts, state)
+            test_report(name, attempts, state, record.flaky_result)
         })
         .collect();
 
@@ -83,7 +86,12 @@ pub fn assemble(
 }
 
 /// One test's entry from its attempts, ordered by attempt number.
-fn test_report(name: &str, attempts: BTreeMap<u32, TestResult>, state: SuiteState) -> TestReport {
+fn test_report(
+    name: &str,
+    attempts: BTreeMap<u32, TestResult>,
+    state: SuiteState,
+    flaky_result: FlakyResult,
+) -> TestReport {
     let attempt_history: Vec<AttemptReport> = attempts
         .values()
         .map(|r| AttemptReport {
@@ -93,6 +101,21 @@ fn test_report(name: &str, attempts: BTreeMap<u32, TestResult>, state: SuiteStat
             duration_ms: r.duration_ms,
             worker: r.worker.clone(),
             exit_code: r.exit_code,
+            stage: r.stage,
+            infrastructure: r.is_infrastructure_failure(),
+            failed_cases: r
+                .cases
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.status,
+                        CaseStatus::Failed | CaseStatus::Error | CaseStatus::Xpass
+                    )
+                })
+                .map(|c| c.name.clone())
+                .collect(),
+            stdout_excerpt: excerpt(&r.stdout),
+            stderr_excerpt: excerpt(&r.stderr),
         })
         .collect();
     let count = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
@@ -100,16 +123,33 @@ fn test_report(name: &str, attempts: BTreeMap<u32, TestResult>, state: SuiteStat
 
     match final_attempt {
         Some(last) => {
-            let flaky = last.status == Status::Passed
-                && attempts
-                    .values()
-                    .any(|r| r.attempt < last.attempt && r.status != Status::Passed);
+            // Only a failure of the test's own makes it flaky: a retry after the
+            // infrastructure failed an attempt says nothing about the test.
+            let first_failure = attempts.values().find(|r| {
+                r.attempt < last.attempt
+                    && r.status.is_retryable()
+                    && !r.is_infrastructure_failure()
+            });
+            let flaky = last.status == Status::Passed && first_failure.is_some();
+            let (status, reason, stage) = match first_failure {
+                Some(first) if flaky && flaky_result == FlakyResult::Fail => (
+                    Status::Failed,
+                    Some(format!(
+                        "flaky: {} on attempt {}, passed on attempt {} (flaky_result = \"fail\")",
+                        first.status.as_str(),
+                        first.attempt,
+                        last.attempt
+                    )),
+                    first.stage,
+                ),
+                _ => (last.status, last.reason.clone(), last.stage),
+            };
             TestReport {
                 name: name.to_owned(),
-                status: last.status,
+                status,
                 flaky,
-                reason: last.reason.clone(),
-                stage: last.stage,
+                reason,
+                stage,
                 duration_ms: last.duration_ms,
                 attempts: count,
                 worker: last.worker.clone(),
@@ -295,6 +335,98 @@ mod tests {
                 case.what
             );
         }
+    }
+
+    #[test]
+    fn flaky_result_decides_the_verdict_of_a_flaky_pass() {
+        // (flaky_result, earlier attempt, want status, want flaky)
+        let infra = TestResult {
+            reason: Some("infrastructure: sandbox: no space left".into()),
+            ..result("a", 1, false, Status::Error)
+        };
+        let table = [
+            (
+                FlakyResult::Pass,
+                result("a", 1, false, Status::Failed),
+                Status::Passed,
+                true,
+            ),
+            (
+                FlakyResult::Fail,
+                result("a", 1, false, Status::Failed),
+                Status::Failed,
+                true,
+            ),
+            (
+                FlakyResult::Fail,
+                result("a", 1, false, Status::Timeout),
+                Status::Failed,
+                true,
+            ),
+            (FlakyResult::Fail, infra.clone(), Status::Passed, false),
+            (FlakyResult::Pass, infra, Status::Passed, false),
+        ];
+        for (flaky_result, first, status, flaky) in table {
+            let mut rec = record(&["a"]);
+            rec.flaky_result = flaky_result;
+            let what = format!("{flaky_result:?} after {:?}", first.status);
+            let report = assemble(
+                &rec,
+                [first, result("a", 2, true, Status::Passed)],
+                SuiteState::Complete,
+            );
+            let test = &report.tests[0];
+            assert_eq!((test.status, test.flaky), (status, flaky), "{what}");
+            assert_eq!(report.summary.flaky, u32::from(flaky), "{what}");
+            assert_eq!(report.passed(), status == Status::Passed, "{what}");
+            if status == Status::Failed {
+                assert_eq!(
+                    test.reason.as_deref(),
+                    Some(
+                        format!(
+                            "flaky: {} on attempt 1, passed on attempt 2 (flaky_result = \"fail\")",
+                            test.attempt_history[0].status.as_str()
+                        )
+                        .as_str()
+                    ),
+                    "{what}"
+                );
+                assert_eq!(report.summary.failed, 1, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_attempt_keeps_its_own_evidence() {
+        let mut first = result("a", 1, false, Status::Failed);
+        first.exit_code = Some(1);
+        first.reason = Some("1 of 2 cases failed".into());
+        first.stderr = (1..=30).map(|i| format!("line {i}\n")).collect();
+        first.cases = vec![isotest_protocol::result::CaseResult {
+            name: "test_x".into(),
+            classname: String::new(),
+            file: None,
+            status: CaseStatus::Failed,
+            duration_ms: 1,
+            message: None,
+            detail: None,
+        }];
+        let report = assemble(
+            &record(&["a"]),
+            [first, result("a", 2, true, Status::Passed)],
+            SuiteState::Complete,
+        );
+        let attempt = &report.tests[0].attempt_history[0];
+        assert_eq!(attempt.exit_code, Some(1));
+        assert_eq!(attempt.reason.as_deref(), Some("1 of 2 cases failed"));
+        assert_eq!(attempt.failed_cases, ["test_x"]);
+        assert!(
+            attempt.stderr_excerpt.starts_with("line 11\n"),
+            "{}",
+            attempt.stderr_excerpt
+        );
+        assert!(attempt.stderr_excerpt.ends_with("line 30"));
+        assert!(!attempt.infrastructure);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub(crate) fn record(tests: &[&str]) -> SuiteRecord {
         tests: tests.iter().map(|t| (*t).to_owned()).collect(),
         created_at_ms: 1_000,
         deadline_at_ms: 61_000,
+        flaky_result: Default::default(),
     }
 }
 

@@ -3,10 +3,11 @@
 //! framework reported, or per test where it reported none.
 
 use quick_junit::{
-    NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestRerun, TestSuite,
+    FlakyOrRerun, NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestRerun,
+    TestSuite,
 };
 
-use isotest_protocol::report::{Report, TestReport};
+use isotest_protocol::report::{AttemptReport, Report, TestReport};
 use isotest_protocol::result::{CaseResult, CaseStatus, Status};
 
 use super::{ms_to_duration, tail_lines};
@@ -49,14 +50,31 @@ fn test_case(report: &Report, test: &TestReport) -> TestCase {
 }
 
 /// The `<testcase>`s of a test's cases, plus one for the test itself when its verdict
-/// is worse than its cases say (a timeout or a crash after every case passed), so that
-/// no failure hides behind green cases.
+/// is worse than its cases say (a timeout or a crash after every case passed, or a flaky
+/// pass under `flaky_result = "fail"`), so that no failure hides behind green cases.
 fn case_test_cases(report: &Report, test: &TestReport) -> Vec<TestCase> {
+    let earlier = earlier_failures(test);
     let mut cases: Vec<TestCase> = test
         .cases
         .iter()
-        .map(|c| {
-            let mut case = TestCase::new(c.name.as_str(), case_status(c));
+        .enumerate()
+        .map(|(i, c)| {
+            let mut status = case_status(c);
+            // A flaky pass: each earlier failure goes on the case it failed, or on the
+            // first case when that attempt named none (it crashed before any case ran).
+            if test.status == Status::Passed {
+                for attempt in &earlier {
+                    let failed_here = attempt.failed_cases.contains(&c.name);
+                    let nowhere = !attempt
+                        .failed_cases
+                        .iter()
+                        .any(|n| test.cases.iter().any(|c| c.name == *n));
+                    if failed_here || (nowhere && i == 0) {
+                        status.add_rerun(rerun(attempt));
+                    }
+                }
+            }
+            let mut case = TestCase::new(c.name.as_str(), status);
             // A framework that names no class still needs one, or readers group the
             // case under an empty name; the test's name is where it came from.
             let classname = if c.classname.is_empty() {
@@ -93,6 +111,42 @@ fn case_test_cases(report: &Report, test: &TestReport) -> Vec<TestCase> {
     cases
 }
 
+/// The attempts before the final one that did not pass.
+fn earlier_failures(test: &TestReport) -> Vec<&AttemptReport> {
+    let Some((_, earlier)) = test.attempt_history.split_last() else {
+        return Vec::new();
+    };
+    earlier
+        .iter()
+        .filter(|a| a.status != Status::Passed)
+        .collect()
+}
+
+/// An earlier attempt as Surefire writes a rerun: `<flakyFailure>` under a pass (or a
+/// flaky failure), `<rerunFailure>` under a failure; `*Error` for verdicts other than failed.
+fn rerun(attempt: &AttemptReport) -> TestRerun {
+    let kind = if attempt.status == Status::Failed {
+        NonSuccessKind::Failure
+    } else {
+        NonSuccessKind::Error
+    };
+    let mut rerun = TestRerun::new(kind);
+    rerun.set_type(attempt.status.as_str());
+    rerun.set_time(ms_to_duration(attempt.duration_ms));
+    rerun.set_message(attempt_message(
+        attempt.status,
+        attempt.reason.as_deref(),
+        attempt.exit_code,
+    ));
+    if !attempt.stdout_excerpt.is_empty() {
+        rerun.set_system_out(attempt.stdout_excerpt.as_str());
+    }
+    if !attempt.stderr_excerpt.is_empty() {
+        rerun.set_system_err(attempt.stderr_excerpt.as_str());
+    }
+    rerun
+}
+
 fn set_output(case: &mut TestCase, test: &TestReport) {
     if !test.stdout.is_empty() {
         case.set_system_out(test.stdout.as_str());
@@ -102,32 +156,15 @@ fn set_output(case: &mut TestCase, test: &TestReport) {
     }
 }
 
-/// The verdict of a test without cases; earlier failed attempts of a passing test
-/// become `<flakyFailure>`/`<flakyError>`, as Surefire writes them.
+/// The verdict of a test without cases; earlier failed attempts become
+/// `<flakyFailure>`/`<flakyError>` under a pass or a flaky failure, and
+/// `<rerunFailure>`/`<rerunError>` under a failure, as Surefire writes them.
 fn test_status(test: &TestReport) -> TestCaseStatus {
+    let reruns = earlier_failures(test).into_iter().map(rerun);
     match test.status {
         Status::Passed => {
             let mut status = TestCaseStatus::success();
-            for attempt in test
-                .attempt_history
-                .iter()
-                .filter(|a| a.status != Status::Passed)
-            {
-                let kind = if attempt.status == Status::Failed {
-                    NonSuccessKind::Failure
-                } else {
-                    NonSuccessKind::Error
-                };
-                let mut rerun = TestRerun::new(kind);
-                rerun.set_type(attempt.status.as_str());
-                rerun.set_time(ms_to_duration(attempt.duration_ms));
-                rerun.set_message(attempt_message(
-                    attempt.status,
-                    attempt.reason.as_deref(),
-                    attempt.exit_code,
-                ));
-                status.add_rerun(rerun);
-            }
+            status.add_reruns(reruns);
             status
         }
         Status::Skipped => {
@@ -139,7 +176,7 @@ fn test_status(test: &TestReport) -> TestCaseStatus {
         }
         Status::Failed => {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            status.set_type("failed");
+            status.set_type(if test.flaky { "flaky" } else { "failed" });
             status.set_message(attempt_message(
                 test.status,
                 test.reason.as_deref(),
@@ -151,8 +188,12 @@ fn test_status(test: &TestReport) -> TestCaseStatus {
                 &test.stderr
             };
             let text = tail_lines(output, FAILURE_TEXT_LINES);
-            if !text.is_empty() {
+            if !text.is_empty() && !test.flaky {
                 status.set_description(text);
+            }
+            status.add_reruns(reruns);
+            if test.flaky {
+                status.set_rerun_kind(FlakyOrRerun::Flaky);
             }
             status
         }
@@ -164,6 +205,7 @@ fn test_status(test: &TestReport) -> TestCaseStatus {
                 test.reason.as_deref(),
                 test.exit_code,
             ));
+            status.add_reruns(reruns);
             status
         }
     }
@@ -370,6 +412,70 @@ mod tests {
             .find(|n| n.has_tag_name("failure"))
             .expect("failure");
         assert_eq!(failure.attribute("message"), Some("failed (exit code 1)"));
+    }
+
+    /// Surefire's rerun elements: which element each test gets, and how many.
+    #[test]
+    fn retries_render_as_surefire_reruns() {
+        use isotest_protocol::manifest::FlakyResult;
+        let tests = ["flaky", "exhausted", "cases"];
+        let mut cases_first = result("cases", 1, false, Status::Failed);
+        cases_first.cases = vec![
+            case("test_a", CaseStatus::Passed),
+            case("test_b", CaseStatus::Failed),
+        ];
+        let mut cases_last = result("cases", 2, true, Status::Passed);
+        cases_last.cases = vec![
+            case("test_a", CaseStatus::Passed),
+            case("test_b", CaseStatus::Passed),
+        ];
+        let results = || {
+            vec![
+                result("flaky", 1, false, Status::Failed),
+                result("flaky", 2, true, Status::Passed),
+                result("exhausted", 1, false, Status::Failed),
+                result("exhausted", 2, false, Status::Timeout),
+                result("exhausted", 3, true, Status::Failed),
+                cases_first.clone(),
+                cases_last.clone(),
+            ]
+        };
+        /// (child element, how many the test case must have)
+        type Children<'a> = &'a [(&'a str, usize)];
+        // (flaky_result, test, children)
+        let table: &[(FlakyResult, &str, Children<'_>)] = &[
+            (
+                FlakyResult::Pass,
+                "flaky",
+                &[("flakyFailure", 1), ("failure", 0)],
+            ),
+            (
+                FlakyResult::Fail,
+                "flaky",
+                &[("failure", 1), ("flakyFailure", 1)],
+            ),
+            (
+                FlakyResult::Pass,
+                "exhausted",
+                &[("failure", 1), ("rerunFailure", 1), ("rerunError", 1)],
+            ),
+            (FlakyResult::Pass, "test_b", &[("flakyFailure", 1)]),
+            (FlakyResult::Pass, "test_a", &[("flakyFailure", 0)]),
+        ];
+        for (flaky_result, name, want) in table {
+            let mut rec = record(&tests);
+            rec.flaky_result = *flaky_result;
+            let xml = junit(&assemble(&rec, results(), SuiteState::Complete));
+            let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+            let case = doc
+                .descendants()
+                .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some(name))
+                .unwrap_or_else(|| panic!("no testcase {name}"));
+            for (tag, count) in *want {
+                let got = case.children().filter(|n| n.has_tag_name(*tag)).count();
+                assert_eq!(got, *count, "{flaky_result:?} {name} <{tag}>\n{xml}");
+            }
+        }
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl TestEnv {
             tests: tests.iter().map(|t| (*t).to_owned()).collect(),
             created_at_ms: now,
             deadline_at_ms: now + u64::try_from(deadline_in.as_millis()).expect("short"),
+            flaky_result: Default::default(),
         };
         let mut redis = self.redis.clone();
         let json = serde_json::to_string(&record).expect("serializes");

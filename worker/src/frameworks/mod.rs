@@ -1,12 +1,20 @@
 //! Framework adapters: how a test of each framework is laid out in the workspace and
 //! run ([`plan`]), and how its output becomes per-case results and a verdict
-//! ([`judge`]). The sandbox knows nothing of frameworks; this module is all of it.
+//! ([`judge`]). The sandbox knows nothing of frameworks; this module is all of it, and
+//! [`discover`] lists a project's tests with the same commands.
+//!
+//! Interpreters and toolchains are called by absolute path (see [`Toolchain`]): the
+//! sandbox binds the host's `/usr` but not `/root` or `/home`, so a toolchain must live
+//! in `/usr` to be seen there.
 
+pub mod discover;
+mod gotest;
 mod junit;
+mod libtest;
 mod unittest;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use isotest_protocol::manifest::{Framework, TestBody, TestSpec};
 use isotest_protocol::result::{CaseResult, CaseStatus, Stage, Status};
@@ -15,27 +23,89 @@ pub use junit::{JunitError, parse as parse_junit};
 
 /// Where a framework that writes JUnit XML is told to write it, relative to the workspace.
 pub const JUNIT_PATH: &str = ".isotest/junit.xml";
+/// The directory of [`JUNIT_PATH`].
+const JUNIT_DIR: &str = ".isotest";
 /// The file inline `code` is written to (pytest and unittest import it by this name).
 pub const PYTHON_CODE_FILE: &str = "test_isotest.py";
 /// The file inline `code` of a `command` test is written to, and run by `/bin/sh`.
 pub const SHELL_CODE_FILE: &str = "isotest_test.sh";
+/// The file inline `code` of a `node` test is written to.
+pub const NODE_CODE_FILE: &str = "isotest.test.js";
+/// The file inline `code` of a `go` test is written to (the module is made if missing).
+pub const GO_CODE_FILE: &str = "isotest_test.go";
+/// The integration test inline `code` of a `cargo` test is written to.
+pub const CARGO_CODE_FILE: &str = "tests/isotest_code.rs";
+/// The variable that tells a test which attempt it is (1 for the first run).
+pub const ATTEMPT_VAR: &str = "ISOTEST_ATTEMPT";
 
 /// Worker-wide settings the adapters need.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
     /// The Python interpreter, by absolute path: a shim on PATH can cost 100 ms a start.
     pub python: PathBuf,
+    /// Node.js, for `node` tests.
+    pub node: PathBuf,
+    /// The `go` command, for `go` tests.
+    pub go: PathBuf,
+    /// `cargo`, for `cargo` tests; its `rustc` is the one beside it.
+    pub cargo: PathBuf,
 }
 
 impl Default for Toolchain {
     fn default() -> Self {
-        let system = PathBuf::from("/usr/bin/python3");
-        let python = if system.exists() {
-            system
-        } else {
-            PathBuf::from("python3")
+        let first = |candidates: &[&str], fallback: &str| {
+            candidates
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .unwrap_or_else(|| PathBuf::from(fallback))
         };
-        Toolchain { python }
+        Toolchain {
+            python: first(&["/usr/bin/python3"], "python3"),
+            node: first(&["/usr/bin/node", "/usr/local/bin/node"], "node"),
+            go: first(
+                &["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"],
+                "go",
+            ),
+            cargo: first(&["/usr/bin/cargo", "/usr/local/bin/cargo"], "cargo"),
+        }
+    }
+}
+
+impl Toolchain {
+    /// The variables a toolchain needs inside the sandbox, where only `/tmp` and the
+    /// workspace are writable and there is no network: caches in `/tmp`, no downloads.
+    fn env(&self, framework: Framework, env: &mut BTreeMap<String, String>) {
+        let mut set = |key: &str, value: String| {
+            env.entry(key.to_owned()).or_insert(value);
+        };
+        match framework {
+            Framework::Pytest | Framework::Unittest => {
+                // The root file system is read-only: spare Python the failed cache writes.
+                set("PYTHONDONTWRITEBYTECODE", "1".into());
+            }
+            Framework::Go => {
+                set("GOCACHE", "/tmp/go-build".into());
+                set("GOPATH", "/tmp/go".into());
+                set("GOMODCACHE", "/tmp/go/pkg/mod".into());
+                set("GOPROXY", "off".into());
+                set("GOTOOLCHAIN", "local".into());
+                set("GOFLAGS", "-mod=mod".into());
+                set("CGO_ENABLED", "0".into());
+                set("HOME", "/tmp".into());
+            }
+            Framework::Cargo => {
+                set("CARGO_HOME", "/tmp/cargo-home".into());
+                set("CARGO_TARGET_DIR", "/tmp/cargo-target".into());
+                set("CARGO_TERM_COLOR", "never".into());
+                set("CARGO_NET_OFFLINE", "true".into());
+                let rustc = self.cargo.with_file_name("rustc");
+                if rustc.is_absolute() {
+                    set("RUSTC", rustc.to_string_lossy().into_owned());
+                }
+            }
+            Framework::Node | Framework::Junit | Framework::Command => {}
+        }
     }
 }
 
@@ -48,6 +118,83 @@ pub struct Plan {
     pub collect: Vec<String>,
 }
 
+/// The JUnit report a test's framework writes, relative to the workspace, if any.
+pub fn report_path(test: &TestSpec) -> Option<&str> {
+    match test.framework {
+        Framework::Pytest | Framework::Node => Some(JUNIT_PATH),
+        Framework::Junit => Some(test.junit_path.as_deref().unwrap_or(JUNIT_PATH)),
+        Framework::Unittest | Framework::Go | Framework::Cargo | Framework::Command => None,
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The pytest options that make it write the JUnit report isotest reads.
+fn pytest_junit_opts() -> [String; 5] {
+    [
+        format!("--junitxml=/workspace/{JUNIT_PATH}"),
+        "-o".into(),
+        "junit_family=xunit1".into(),
+        "-p".into(),
+        "no:cacheprovider".into(),
+    ]
+}
+
+/// `node --test` with a JUnit report for isotest and the spec reporter for people.
+fn node_test(tools: &Toolchain) -> Vec<String> {
+    vec![
+        path_str(&tools.node),
+        "--test".into(),
+        "--test-reporter=junit".into(),
+        format!("--test-reporter-destination=/workspace/{JUNIT_PATH}"),
+        "--test-reporter=spec".into(),
+        "--test-reporter-destination=stdout".into(),
+    ]
+}
+
+/// A shell line that runs `argv` after `prelude`, every word quoted.
+fn sh(prelude: &str, argv: &[String]) -> Vec<String> {
+    let quoted: Vec<String> = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("{prelude}exec {}", quoted.join(" ")),
+    ]
+}
+
+/// Splits a Go test id, `[package.]TestName`, into the package pattern and the name.
+pub fn split_go_id(id: &str) -> (&str, &str) {
+    match id.rsplit_once('.') {
+        Some((pkg, name)) if !pkg.is_empty() && !name.is_empty() => (pkg, name),
+        _ => ("./...", id),
+    }
+}
+
+/// A regular expression matching exactly `name` (Go's `-run` splits on `/` for subtests).
+fn go_run_pattern(name: &str) -> String {
+    name.split('/')
+        .map(|part| {
+            let escaped: String = part
+                .chars()
+                .flat_map(|c| {
+                    let special = "\\.+*?()|[]{}^$".contains(c);
+                    special
+                        .then_some('\\')
+                        .into_iter()
+                        .chain(std::iter::once(c))
+                })
+                .collect();
+            format!("^{escaped}$")
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Lays out a test for its framework.
 pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
     let mut files: Vec<(String, Vec<u8>)> = test
@@ -56,37 +203,37 @@ pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
         .map(|f| (f.path.clone(), f.content.clone().into_bytes()))
         .collect();
     let mut env = test.env.clone();
-    let python = tools.python.to_string_lossy().into_owned();
-    let mut collect = Vec::new();
+    let python = path_str(&tools.python);
+    let mut code_file = |path: &str, code: &str| {
+        files.push((path.to_owned(), code.as_bytes().to_vec()));
+    };
     let command = match (test.framework, &test.body) {
-        (Framework::Pytest, body) => {
-            collect.push(JUNIT_PATH.to_owned());
-            let junit_opts = format!(
-                "--junitxml=/workspace/{JUNIT_PATH} -o junit_family=xunit1 -p no:cacheprovider"
-            );
-            match body {
-                TestBody::Code(code) => {
-                    files.push((PYTHON_CODE_FILE.to_owned(), code.clone().into_bytes()));
-                    let mut argv: Vec<String> =
-                        vec![python, "-m".into(), "pytest".into(), "-q".into()];
-                    argv.extend(junit_opts.split(' ').map(str::to_owned));
-                    argv.push(PYTHON_CODE_FILE.into());
-                    argv
-                }
-                TestBody::Command(argv) => {
-                    // The user's own pytest invocation: extend it through the variable pytest
-                    // reads, so wrappers (tox, make, scripts) still produce the report.
-                    let addopts = match env.get("PYTEST_ADDOPTS") {
-                        Some(own) => format!("{own} {junit_opts}"),
-                        None => junit_opts,
-                    };
-                    env.insert("PYTEST_ADDOPTS".into(), addopts);
-                    argv.clone()
-                }
-            }
+        (Framework::Pytest, TestBody::Code(code)) => {
+            code_file(PYTHON_CODE_FILE, code);
+            let mut argv: Vec<String> = vec![python, "-m".into(), "pytest".into(), "-q".into()];
+            argv.extend(pytest_junit_opts());
+            argv.push(PYTHON_CODE_FILE.into());
+            argv
+        }
+        (Framework::Pytest, TestBody::TestId(id)) => {
+            let mut argv: Vec<String> = vec![python, "-m".into(), "pytest".into(), "-q".into()];
+            argv.extend(pytest_junit_opts());
+            argv.push(id.clone());
+            argv
+        }
+        (Framework::Pytest, TestBody::Command(argv)) => {
+            // The user's own pytest invocation: extend it through the variable pytest
+            // reads, so wrappers (tox, make, scripts) still produce the report.
+            let junit_opts = pytest_junit_opts().join(" ");
+            let addopts = match env.get("PYTEST_ADDOPTS") {
+                Some(own) => format!("{own} {junit_opts}"),
+                None => junit_opts,
+            };
+            env.insert("PYTEST_ADDOPTS".into(), addopts);
+            argv.clone()
         }
         (Framework::Unittest, TestBody::Code(code)) => {
-            files.push((PYTHON_CODE_FILE.to_owned(), code.clone().into_bytes()));
+            code_file(PYTHON_CODE_FILE, code);
             vec![
                 python,
                 "-m".into(),
@@ -95,17 +242,92 @@ pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
                 "test_isotest".into(),
             ]
         }
-        (Framework::Command, TestBody::Code(code)) => {
-            files.push((SHELL_CODE_FILE.to_owned(), code.clone().into_bytes()));
+        (Framework::Unittest, TestBody::TestId(id)) => {
+            vec![
+                python,
+                "-m".into(),
+                "unittest".into(),
+                "-v".into(),
+                id.clone(),
+            ]
+        }
+        (Framework::Command | Framework::Junit, TestBody::Code(code)) => {
+            code_file(SHELL_CODE_FILE, code);
             vec!["/bin/sh".into(), SHELL_CODE_FILE.into()]
         }
-        (Framework::Unittest | Framework::Command, TestBody::Command(argv)) => argv.clone(),
+        (Framework::Node, TestBody::Code(code)) => {
+            code_file(NODE_CODE_FILE, code);
+            let mut argv = node_test(tools);
+            argv.push(NODE_CODE_FILE.into());
+            argv
+        }
+        (Framework::Node, TestBody::TestId(file)) => {
+            let mut argv = node_test(tools);
+            argv.push(file.clone());
+            argv
+        }
+        (Framework::Go, TestBody::Code(code)) => {
+            code_file(GO_CODE_FILE, code);
+            let go = path_str(&tools.go);
+            let prelude =
+                format!("[ -f go.mod ] || '{go}' mod init isotest.local/code >/dev/null 2>&1; ");
+            sh(
+                &prelude,
+                &[
+                    go,
+                    "test".into(),
+                    "-json".into(),
+                    "-count=1".into(),
+                    ".".into(),
+                ],
+            )
+        }
+        (Framework::Go, TestBody::TestId(id)) => {
+            let (package, name) = split_go_id(id);
+            vec![
+                path_str(&tools.go),
+                "test".into(),
+                "-json".into(),
+                "-count=1".into(),
+                "-run".into(),
+                go_run_pattern(name),
+                package.to_owned(),
+            ]
+        }
+        (Framework::Cargo, TestBody::Code(code)) => {
+            code_file(CARGO_CODE_FILE, code);
+            let cargo = path_str(&tools.cargo);
+            let prelude = "[ -f Cargo.toml ] || { printf '[package]\\nname = \"isotest-code\"\\nversion = \"0.0.0\"\\nedition = \"2021\"\\n[workspace]\\n' > Cargo.toml; mkdir -p src; : > src/lib.rs; }; ";
+            sh(prelude, &[cargo, "test".into(), "--offline".into()])
+        }
+        (Framework::Cargo, TestBody::TestId(id)) => vec![
+            path_str(&tools.cargo),
+            "test".into(),
+            "--offline".into(),
+            "--".into(),
+            "--exact".into(),
+            id.clone(),
+        ],
+        (_, TestBody::Command(argv)) => argv.clone(),
+        (Framework::Command | Framework::Junit, TestBody::TestId(_)) => {
+            // Validation refuses this pairing; a message that carries it anyway gets a
+            // verdict that says so rather than a guess.
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo 'isotest: framework `{}` cannot run a test_id' >&2; exit 2",
+                    test.framework
+                ),
+            ]
+        }
     };
-    if test.framework != Framework::Command {
-        // The root file system is read-only: spare Python the failed cache writes.
-        env.entry("PYTHONDONTWRITEBYTECODE".into())
-            .or_insert_with(|| "1".into());
+    if test.framework == Framework::Node {
+        // Node's reporter writes to its destination but does not make the directory.
+        files.push((format!("{}/.keep", JUNIT_DIR), Vec::new()));
     }
+    tools.env(test.framework, &mut env);
+    let collect = report_path(test).map(str::to_owned).into_iter().collect();
     Plan {
         files,
         command,
@@ -122,6 +344,7 @@ pub struct Observed<'a> {
     /// The test command's exit, or `None` if it never finished.
     pub command: Option<Exit>,
     pub teardown: Option<Exit>,
+    pub stdout: &'a str,
     pub stderr: &'a str,
     /// The JUnit XML the framework wrote, where it was asked to write one.
     pub junit: Option<Result<&'a [u8], String>>,
@@ -163,28 +386,37 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
             cases: Vec::new(),
         };
     };
-    let (cases, report_problem) = match framework {
-        Framework::Pytest => match &seen.junit {
-            Some(Ok(xml)) => match parse_junit(xml) {
-                Ok(cases) => (cases, None),
-                Err(e) => (
-                    Vec::new(),
-                    Some(format!("its JUnit report is unreadable: {e}")),
-                ),
-            },
-            Some(Err(why)) => (
+    let from_junit = |what: &str| match &seen.junit {
+        Some(Ok(xml)) => match parse_junit(xml) {
+            Ok(cases) => (cases, None),
+            Err(e) => (
                 Vec::new(),
-                Some(format!("it wrote no JUnit report ({why})")),
+                Some(format!("its JUnit report is unreadable: {e}")),
             ),
-            None => (Vec::new(), None),
         },
+        Some(Err(why)) => (
+            Vec::new(),
+            Some(format!("{what} wrote no JUnit report ({why})")),
+        ),
+        None => (Vec::new(), None),
+    };
+    let (cases, report_problem) = match framework {
+        Framework::Pytest => from_junit("it"),
+        Framework::Junit => from_junit("the command"),
+        Framework::Node => from_junit("node"),
         Framework::Unittest => (unittest::parse_verbose(seen.stderr), None),
+        Framework::Go => (gotest::parse(seen.stdout), None),
+        Framework::Cargo => (libtest::parse(seen.stdout), None),
         Framework::Command => (Vec::new(), None),
     };
     let mut verdict = match framework {
         Framework::Command => judge_command(exit),
         Framework::Pytest => judge_pytest(exit, &cases),
         Framework::Unittest => judge_unittest(exit, &cases),
+        Framework::Junit => judge_junit(exit, &cases, report_problem.as_deref()),
+        Framework::Node => judge_runner("node", exit, &cases, &[1]),
+        Framework::Go => judge_runner("go test", exit, &cases, &[1]),
+        Framework::Cargo => judge_runner("cargo test", exit, &cases, &[101]),
     };
     if verdict.status == Status::Passed
         && let Some(problem) = report_problem
@@ -197,6 +429,16 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
             cases: Vec::new(),
         };
     }
+    if verdict.status == Status::Error
+        && verdict
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("before running"))
+        && let Some(line) = first_error_line(framework, seen)
+    {
+        // A build or import failure: the runner's own first words say more than we can.
+        verdict.reason = Some(format!("{}: {line}", verdict.reason.unwrap_or_default()));
+    }
     verdict.cases = cases;
     if verdict.status.is_success()
         && let Some(exit) = seen.teardown
@@ -207,6 +449,88 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
         verdict.stage = Some(Stage::Teardown);
     }
     verdict
+}
+
+/// The first line of a failed run's output that reads like an error, for the reason.
+fn first_error_line(framework: Framework, seen: &Observed<'_>) -> Option<String> {
+    let text = match framework {
+        Framework::Go => seen.stdout,
+        _ => seen.stderr,
+    };
+    let go_output = gotest::package_output(text);
+    let text = if framework == Framework::Go {
+        go_output.as_str()
+    } else {
+        text
+    };
+    let mut lines = text.lines().map(str::trim);
+    if let Some(crash) = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("process didn't exit successfully"))
+    {
+        // cargo's word on a test binary that died (a signal, an exit() call).
+        return Some(crash.chars().take(300).collect());
+    }
+    lines
+        .find(|l| {
+            !l.is_empty()
+                && (l.contains("error")
+                    || l.contains("Error")
+                    || l.contains(".go:")
+                    || l.contains("process didn't exit"))
+        })
+        .map(|l| l.chars().take(300).collect())
+}
+
+/// A `junit` test: cases from the report it wrote, the verdict from its exit code.
+fn judge_junit(exit: Exit, cases: &[CaseResult], report_problem: Option<&str>) -> Verdict {
+    match (exit, report_problem) {
+        (Exit::Code(0), None) if all_skipped(cases) => verdict(Status::Skipped, None),
+        (Exit::Code(0), None) => verdict(Status::Passed, None),
+        (Exit::Code(0), Some(problem)) => errored(&format!("the command passed but {problem}")),
+        (Exit::Code(_), _) if has_failures(cases) => failed_or_errored(cases),
+        (Exit::Code(code), None) if !cases.is_empty() => verdict(
+            Status::Failed,
+            Some(format!("exited with code {code} though no case failed")),
+        ),
+        (Exit::Code(code), _) => verdict(Status::Failed, Some(format!("exited with code {code}"))),
+        (Exit::Signal(sig), _) => errored(&format!(
+            "the command crashed: killed by {}",
+            signal_name(sig)
+        )),
+    }
+}
+
+/// A test runner whose `failing` exit codes mean "a test failed": failing cases make a
+/// failure, and any other unhappy end is an error of the run (a build failure, a crash).
+fn judge_runner(runner: &str, exit: Exit, cases: &[CaseResult], failing: &[i32]) -> Verdict {
+    match exit {
+        Exit::Code(0) if all_skipped(cases) => verdict(Status::Skipped, None),
+        Exit::Code(0) => verdict(Status::Passed, None),
+        Exit::Code(code) if failing.contains(&code) && has_failures(cases) => {
+            failed_or_errored(cases)
+        }
+        Exit::Code(code) if cases.is_empty() => errored(&format!(
+            "{runner} exited with code {code} before running any test to a result"
+        )),
+        Exit::Code(code) => errored(&format!(
+            "{runner} exited with code {code} though no case failed; the test process crashed"
+        )),
+        Exit::Signal(sig) => errored(&format!(
+            "the test process crashed: killed by {}",
+            signal_name(sig)
+        )),
+    }
+}
+
+fn has_failures(cases: &[CaseResult]) -> bool {
+    cases.iter().any(|c| {
+        matches!(
+            c.status,
+            CaseStatus::Failed | CaseStatus::Error | CaseStatus::Xpass
+        )
+    })
 }
 
 fn judge_command(exit: Exit) -> Verdict {
@@ -349,12 +673,16 @@ mod tests {
             teardown: None,
             retries: 0,
             environment: None,
+            junit_path: None,
         }
     }
 
     fn tools() -> Toolchain {
         Toolchain {
             python: "/usr/bin/python3".into(),
+            node: "/usr/bin/node".into(),
+            go: "/usr/bin/go".into(),
+            cargo: "/usr/bin/cargo".into(),
         }
     }
 

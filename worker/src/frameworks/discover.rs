@@ -1,0 +1,382 @@
+//! Discovery: lists the tests of a project the way its framework does, in a sandbox over
+//! the suite's workspace, so that a `[[discover]]` entry of the manifest can become one
+//! test per id. `isotest run` calls [`discover`] before it runs or submits a suite (in
+//! embedded and in server mode alike); the producer and workers never see the entry.
+//!
+//! Each framework's listing: pytest `--collect-only -q`, a small unittest loader script,
+//! `go test -list`, `cargo test -- --list`, and for node the files `node --test` would run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use isotest_protocol::manifest::{DiscoverEntry, Framework, ManifestError};
+use isotest_sandbox::{Limits, RunSpec, SandboxError, Sandboxer, StageExit, Termination};
+
+use super::{Toolchain, path_str, signal_name};
+
+/// How many lines of the framework's output a failed discovery quotes.
+const QUOTED_LINES: usize = 40;
+
+/// A discovery that did not produce tests.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("discover[{index}]: could not make a sandbox to list the {framework} tests")]
+    Sandbox {
+        index: usize,
+        framework: Framework,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("discover[{index}]: {framework} could not list its tests ({how}):\n{output}")]
+    Failed {
+        index: usize,
+        framework: Framework,
+        how: String,
+        output: String,
+    },
+    #[error("discover[{index}]: {framework} found no tests{under}")]
+    Empty {
+        index: usize,
+        framework: Framework,
+        under: String,
+    },
+}
+
+/// Lists unittest ids with the standard loader; an import failure fails the listing.
+const UNITTEST_LISTER: &str = r#"
+import sys, unittest
+start, pattern = sys.argv[1], sys.argv[2]
+loader = unittest.TestLoader()
+if pattern:
+    glob = any(c in pattern for c in "*?[")
+    loader.testNamePatterns = [pattern if glob else "*%s*" % pattern]
+suite = loader.discover(start, top_level_dir=".")
+def walk(s):
+    for t in s:
+        if isinstance(t, unittest.TestSuite):
+            yield from walk(t)
+        else:
+            yield t
+ids = []
+for t in walk(suite):
+    if type(t).__name__ in ("_FailedTest", "ModuleImportFailure"):
+        print("cannot load %s: %s" % (t.id(), getattr(t, "_exception", "")), file=sys.stderr)
+        sys.exit(2)
+    ids.append(t.id())
+if getattr(loader, "errors", None):
+    print("\n".join(loader.errors), file=sys.stderr)
+    sys.exit(2)
+print("\n".join(ids))
+"#;
+
+/// The command that lists an entry's tests, and the variables it needs.
+pub fn command(
+    framework: Framework,
+    entry: &DiscoverEntry,
+    tools: &Toolchain,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut env = entry.env.clone().unwrap_or_default();
+    tools.env(framework, &mut env);
+    let filter = entry.filter.clone();
+    let argv = match framework {
+        Framework::Pytest => {
+            let mut argv = vec![
+                path_str(&tools.python),
+                "-m".into(),
+                "pytest".into(),
+                "--collect-only".into(),
+                "-q".into(),
+                "-p".into(),
+                "no:cacheprovider".into(),
+            ];
+            if let Some(f) = filter {
+                argv.extend(["-k".into(), f]);
+            }
+            argv.extend(entry.paths.iter().cloned());
+            argv
+        }
+        Framework::Unittest => vec![
+            path_str(&tools.python),
+            "-c".into(),
+            UNITTEST_LISTER.into(),
+            entry.paths.first().cloned().unwrap_or_else(|| ".".into()),
+            filter.unwrap_or_default(),
+        ],
+        Framework::Go => {
+            let mut argv = vec![
+                path_str(&tools.go),
+                "test".into(),
+                "-list".into(),
+                filter.unwrap_or_else(|| ".".into()),
+            ];
+            if entry.paths.is_empty() {
+                argv.push("./...".into());
+            }
+            argv.extend(entry.paths.iter().cloned());
+            argv
+        }
+        Framework::Cargo => {
+            let mut argv = vec![
+                path_str(&tools.cargo),
+                "test".into(),
+                "--offline".into(),
+                "--".into(),
+                "--list".into(),
+            ];
+            argv.extend(filter);
+            argv
+        }
+        Framework::Node => {
+            let mut argv = vec!["/usr/bin/find".into()];
+            if entry.paths.is_empty() {
+                argv.push(".".into());
+            }
+            argv.extend(entry.paths.iter().cloned());
+            argv.extend(
+                ["-type", "f", "-not", "-path", "*/node_modules/*"]
+                    .into_iter()
+                    .map(str::to_owned),
+            );
+            argv
+        }
+        Framework::Command | Framework::Junit => Vec::new(),
+    };
+    (argv, env)
+}
+
+/// The test ids in a successful listing's output, in order, without repeats.
+pub fn parse(framework: Framework, entry: &DiscoverEntry, stdout: &str) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let ids: Vec<String> = match framework {
+        // Ids first, then a blank line and the count.
+        Framework::Pytest => stdout
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter(|l| l.contains("::"))
+            .map(str::to_owned)
+            .collect(),
+        Framework::Unittest => stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains(' '))
+            .map(str::to_owned)
+            .collect(),
+        // Names, then `ok  \tPACKAGE\t0.01s` (or `?  \tPACKAGE\t[no test files]`).
+        Framework::Go => {
+            let mut ids = Vec::new();
+            let mut pending = Vec::new();
+            for line in stdout.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                match fields.as_slice() {
+                    ["ok", package, ..] => {
+                        ids.extend(pending.drain(..).map(|n: &str| format!("{package}.{n}")));
+                    }
+                    [name] if name.starts_with("Test") => pending.push(*name),
+                    _ => {}
+                }
+            }
+            ids
+        }
+        Framework::Cargo => stdout
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect(),
+        Framework::Node => {
+            let mut files: Vec<String> = stdout
+                .lines()
+                .map(|l| l.strip_prefix("./").unwrap_or(l))
+                .filter(|l| node_runs(l))
+                .filter(|l| entry.filter.as_deref().is_none_or(|f| l.contains(f)))
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            files
+        }
+        Framework::Command | Framework::Junit => Vec::new(),
+    };
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+/// Whether `node --test` (Node 20) runs this file when given a directory: a `.js`,
+/// `.cjs` or `.mjs` file named `*.test.*`, `*-test.*`, `*_test.*`, `test-*.*` or
+/// `test.*`, or any such file under a `test` directory.
+pub fn node_runs(path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let Some(file) = parts.pop() else {
+        return false;
+    };
+    let Some((stem, ext)) = file.rsplit_once('.') else {
+        return false;
+    };
+    if !matches!(ext, "js" | "cjs" | "mjs") {
+        return false;
+    }
+    parts.contains(&"test")
+        || stem == "test"
+        || stem.ends_with(".test")
+        || stem.ends_with("-test")
+        || stem.ends_with("_test")
+        || stem.starts_with("test-")
+}
+
+/// Lists the tests of `entry` (the `index`th `[[discover]]`) in a sandbox over `workspace`.
+///
+/// # Errors
+///
+/// Returns [`DiscoverError`]: a framework that cannot discover, a sandbox that could not
+/// be made, a listing that failed (with the framework's own output), or one that found
+/// nothing.
+pub async fn discover(
+    sandboxer: &Sandboxer,
+    index: usize,
+    entry: &DiscoverEntry,
+    workspace: Option<Arc<[u8]>>,
+    tools: &Toolchain,
+    limits: Limits,
+    network: bool,
+) -> Result<Vec<String>, DiscoverError> {
+    let framework = entry.framework(index)?;
+    let (command, env) = command(framework, entry, tools);
+    let spec = RunSpec {
+        environment: entry.environment.clone(),
+        workspace_bundle: workspace,
+        files: entry
+            .files
+            .iter()
+            .flatten()
+            .map(|f| (f.path.clone(), f.content.clone().into_bytes()))
+            .collect(),
+        setup: entry.setup.clone(),
+        command,
+        teardown: None,
+        env,
+        limits,
+        network,
+        collect: Vec::new(),
+    };
+    let outcome = sandboxer
+        .run(spec)
+        .await
+        .map_err(|source| DiscoverError::Sandbox {
+            index,
+            framework,
+            source,
+        })?;
+    let stdout = outcome.stdout.render("stdout");
+    let stderr = outcome.stderr.render("stderr");
+    let how = match (outcome.termination, outcome.setup, outcome.command) {
+        (Termination::TimedOut | Termination::CpuTimeExceeded, _, _) => Some("timed out".into()),
+        (Termination::OutOfMemory, _, _) => Some("ran out of memory".into()),
+        (_, Some(StageExit::Code(c)), _) if c != 0 => Some(format!("setup exited with code {c}")),
+        (_, Some(StageExit::Signal(s)), _) => {
+            Some(format!("setup was killed by {}", signal_name(s)))
+        }
+        (_, _, Some(StageExit::Code(0))) => None,
+        (_, _, Some(StageExit::Code(c))) => Some(format!("exit code {c}")),
+        (_, _, Some(StageExit::Signal(s))) => Some(format!("killed by {}", signal_name(s))),
+        (_, _, None) => Some("the listing did not run".into()),
+    };
+    if let Some(how) = how {
+        let both = format!("{stdout}{stderr}");
+        let lines: Vec<&str> = both.lines().filter(|l| !l.trim().is_empty()).collect();
+        let output = lines[lines.len().saturating_sub(QUOTED_LINES)..].join("\n");
+        return Err(DiscoverError::Failed {
+            index,
+            framework,
+            how,
+            output,
+        });
+    }
+    let ids = parse(framework, entry, &stdout);
+    if ids.is_empty() {
+        let mut under = String::new();
+        if !entry.paths.is_empty() {
+            under = format!(" in {}", entry.paths.join(", "));
+        }
+        if let Some(f) = &entry.filter {
+            under.push_str(&format!(" matching `{f}`"));
+        }
+        return Err(DiscoverError::Empty {
+            index,
+            framework,
+            under,
+        });
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(framework: &str) -> DiscoverEntry {
+        DiscoverEntry {
+            framework: framework.into(),
+            ..DiscoverEntry::default()
+        }
+    }
+
+    #[test]
+    fn listings_become_ids() {
+        let table: &[(&str, &str, &[&str])] = &[
+            (
+                "pytest",
+                "tests/test_a.py::test_x\ntests/test_a.py::T::test_y[1 2]\n\n2 tests collected in 0.01s\n",
+                &["tests/test_a.py::test_x", "tests/test_a.py::T::test_y[1 2]"],
+            ),
+            (
+                "unittest",
+                "tests.test_a.T.test_x\ntests.test_a.T.test_y\n",
+                &["tests.test_a.T.test_x", "tests.test_a.T.test_y"],
+            ),
+            (
+                "go",
+                "TestA\nTestB\nExampleC\nok  \texample.com/m\t0.002s\n?   \texample.com/m/none\t[no test files]\nTestD\nok  \texample.com/m/sub\t0.001s\n",
+                &[
+                    "example.com/m.TestA",
+                    "example.com/m.TestB",
+                    "example.com/m/sub.TestD",
+                ],
+            ),
+            (
+                "cargo",
+                "tests::a: test\ntests::b: test\nbench_x: benchmark\n\n2 tests, 1 benchmarks\ncrash: test\ntests::a: test\n",
+                &["tests::a", "tests::b", "crash"],
+            ),
+            (
+                "node",
+                "./test/b.test.js\n./lib/util.js\n./test/helpers/x.mjs\n./a_test.cjs\n./README.md\n./test-z.js\n",
+                &[
+                    "a_test.cjs",
+                    "test-z.js",
+                    "test/b.test.js",
+                    "test/helpers/x.mjs",
+                ],
+            ),
+        ];
+        for (framework, stdout, want) in table {
+            let e = entry(framework);
+            let fw = e.framework(0).expect("framework");
+            assert_eq!(parse(fw, &e, stdout), *want, "{framework}");
+        }
+    }
+
+    #[test]
+    fn commands_carry_paths_and_filters() {
+        let tools = Toolchain::default();
+        let mut e = entry("pytest");
+        e.paths = vec!["tests".into()];
+        e.filter = Some("not slow".into());
+        let (argv, _) = command(Framework::Pytest, &e, &tools);
+        assert_eq!(argv[argv.len() - 3..], ["-k", "not slow", "tests"]);
+        let (argv, env) = command(Framework::Go, &entry("go"), &tools);
+        assert_eq!(argv[1..], ["test", "-list", ".", "./..."]);
+        assert_eq!(env.get("GOPROXY").map(String::as_str), Some("off"));
+        assert!(entry("command").framework(3).is_err());
+    }
+}
