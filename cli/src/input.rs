@@ -27,22 +27,48 @@ pub struct Bundle {
     pub bytes: Arc<[u8]>,
 }
 
-/// Reads, validates and packs a suite.
+/// Reads, validates and packs a suite (one without `[[discover]]` entries; see [`read`]).
 ///
 /// # Errors
 ///
 /// Returns [`Failure::BadInput`] naming the file, field and line of the first problem.
 pub fn load(path: &Path) -> Result<LoadedSuite, Failure> {
+    read(path)?.validate()
+}
+
+/// A manifest read and its workspace packed, but not yet validated: its `[[discover]]`
+/// entries (if any) still have to become tests, which needs the packed workspace.
+#[derive(Debug)]
+pub struct Unexpanded {
+    /// The manifest as written, with `workspace` rewritten to the bundle's reference.
+    pub manifest: Manifest,
+    pub workspace: Option<Bundle>,
+    /// The manifest's path as shown in messages.
+    pub shown: String,
+    text: String,
+    format: Format,
+}
+
+/// Reads a manifest and packs its workspace. A manifest without `[[discover]]` entries is
+/// validated first, so its mistakes are reported before any packing.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] naming the file, field and line of the first problem.
+pub fn read(path: &Path) -> Result<Unexpanded, Failure> {
     let shown = path.display().to_string();
     let text = std::fs::read(path)
         .map_err(|e| Failure::BadInput(format!("{shown}: cannot read the manifest: {e}")))?;
     let text = String::from_utf8(text)
         .map_err(|_| Failure::BadInput(format!("{shown}: the manifest is not UTF-8 text")))?;
     let format = Format::from_path(&shown);
-    let suite = Manifest::load(&text, format, Some(&shown))
-        .map_err(|e| Failure::BadInput(e.to_string()))?;
     let mut manifest = Manifest::parse(&text, format, Some(&shown))
         .map_err(|e| Failure::BadInput(e.to_string()))?;
+    if manifest.discover.is_empty() {
+        manifest
+            .validate_in(&text, format, Some(&shown))
+            .map_err(|e| Failure::BadInput(e.to_string()))?;
+    }
     let workspace = match &manifest.workspace {
         None => None,
         Some(dir) => {
@@ -68,15 +94,57 @@ pub fn load(path: &Path) -> Result<LoadedSuite, Failure> {
         }
     };
     manifest.workspace = workspace.as_ref().map(|b| b.reference.clone());
-    let suite = Suite {
-        workspace: manifest.workspace.clone(),
-        ..suite
-    };
-    Ok(LoadedSuite {
+    Ok(Unexpanded {
         manifest,
-        suite,
         workspace,
+        shown,
+        text,
+        format,
     })
+}
+
+impl Unexpanded {
+    /// Validates the (expanded) manifest into the suite to run.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Failure::BadInput`] naming the file, field and line of the first problem.
+    pub fn validate(self) -> Result<LoadedSuite, Failure> {
+        let suite = self
+            .manifest
+            .validate_in(&self.text, self.format, Some(&self.shown))
+            .map_err(|e| Failure::BadInput(e.to_string()))?;
+        Ok(LoadedSuite {
+            manifest: self.manifest,
+            suite,
+            workspace: self.workspace,
+        })
+    }
+}
+
+/// Keeps only the tests named in `only` (all of them when it is empty), as
+/// `isotest run --only NAME` asks.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] for a name the suite does not have.
+pub fn only(mut loaded: LoadedSuite, only: &[String]) -> Result<LoadedSuite, Failure> {
+    if only.is_empty() {
+        return Ok(loaded);
+    }
+    if let Some(missing) = only
+        .iter()
+        .find(|name| !loaded.suite.tests.iter().any(|t| t.name == **name))
+    {
+        return Err(Failure::BadInput(format!(
+            "--only {missing}: the suite `{}` has no test of that name",
+            loaded.suite.name
+        )));
+    }
+    let keep = |name: &str| only.iter().any(|o| o == name);
+    loaded.suite.tests.retain(|t| keep(&t.name));
+    loaded.manifest.tests.retain(|t| keep(&t.name));
+    Ok(loaded)
 }
 
 fn resolve(base: &Path, dir: &str) -> PathBuf {

@@ -1,11 +1,12 @@
-//! The `isotest` command line: [`args`] parses it; [`run`] loads a suite ([`input`])
-//! and runs it embedded ([`embedded`]) or on a server ([`client`]), then writes the
+//! The `isotest` command line: [`args`] parses it; [`run`] loads a suite ([`input`]),
+//! expands its `[[discover]]` entries in local sandboxes ([`discover`]), and runs it embedded ([`embedded`]) or on a server ([`client`]), then writes the
 //! reports ([`output`]); [`services`] starts the producer, worker and aggregator;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
 pub mod args;
 pub mod bench;
 pub mod client;
+pub mod discover;
 pub mod embedded;
 pub mod exit;
 pub mod input;

@@ -2,7 +2,7 @@
 
 use crate::args::RunArgs;
 use crate::exit::Failure;
-use crate::{client, embedded, input, output};
+use crate::{client, discover, embedded, input, output};
 
 /// Runs a suite and gives the exit code its verdict maps to.
 ///
@@ -10,7 +10,9 @@ use crate::{client, embedded, input, output};
 ///
 /// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
-    let loaded = input::load(&args.manifest)?;
+    let mut unexpanded = input::read(&args.manifest)?;
+    discover::expand(&mut unexpanded, &args).await?;
+    let loaded = input::only(unexpanded.validate()?, &args.only)?;
     let report = match &args.server {
         Some(server) => client::run(server, loaded, args.quiet).await?,
         None => embedded::run(loaded, &args).await?,

@@ -1,0 +1,73 @@
+//! Expanding a manifest's `[[discover]]` entries into `[[tests]]` before the suite is run
+//! or submitted: each entry's framework lists its tests in a sandbox over the packed
+//! workspace (the same sandbox a test gets), here on the machine that runs `isotest run`.
+//! So the producer and the workers never see a `[[discover]]` entry, and `isotest run
+//! --server` needs the same sandbox capability as embedded mode when a manifest has one.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use isotest_sandbox::{Limits, Sandboxer};
+use isotest_worker::frameworks::discover::{DiscoverError, discover};
+
+use crate::args::RunArgs;
+use crate::exit::Failure;
+use crate::input::Unexpanded;
+
+/// How long one listing may take.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(600);
+/// How much of a listing's stdout is read (one id a line).
+const LISTING_BYTES: usize = 16 * 1024 * 1024;
+
+/// Replaces every `[[discover]]` entry with one `[[tests]]` entry per id it lists.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] with the framework's own message when a listing fails,
+/// finds nothing, or names a test the suite already has; [`Failure::Isolation`] when the
+/// host cannot make sandboxes.
+pub async fn expand(unexpanded: &mut Unexpanded, args: &RunArgs) -> Result<(), Failure> {
+    if unexpanded.manifest.discover.is_empty() {
+        return Ok(());
+    }
+    let sandboxer = Sandboxer::new(args.sandbox.sandbox_config())?;
+    let tools = args.sandbox.toolchain();
+    let limits = Limits {
+        timeout: LISTING_TIMEOUT,
+        stdout_bytes: LISTING_BYTES,
+        ..args.sandbox.limits()
+    };
+    let workspace = unexpanded.workspace.as_ref().map(|b| b.bytes.clone());
+    let shown = unexpanded.shown.clone();
+    let manifest = &mut unexpanded.manifest;
+    let mut names: BTreeSet<String> = manifest.tests.iter().map(|t| t.name.clone()).collect();
+    let entries = std::mem::take(&mut manifest.discover);
+    for (index, entry) in entries.iter().enumerate() {
+        let ids = discover(
+            &sandboxer,
+            index,
+            entry,
+            workspace.clone(),
+            &tools,
+            limits.clone(),
+            manifest.network,
+        )
+        .await
+        .map_err(|e| match e {
+            DiscoverError::Sandbox { source, .. } => Failure::from(source),
+            other => Failure::BadInput(format!("{shown}: {other}")),
+        })?;
+        tracing::info!(index, framework = %entry.framework, tests = ids.len(), "Tests discovered.");
+        for id in ids {
+            let test = entry.test_entry(&id);
+            if !names.insert(test.name.clone()) {
+                return Err(Failure::BadInput(format!(
+                    "{shown}: discover[{index}]: the discovered test `{}` has the name of another test; give the entry a `prefix`",
+                    test.name
+                )));
+            }
+            manifest.tests.push(test);
+        }
+    }
+    Ok(())
+}
