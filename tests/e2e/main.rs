@@ -1,6 +1,7 @@
 //! End-to-end tests of isotest: real RabbitMQ and Redis, the `isotest` binary started
 //! as separate processes, suites submitted the way a CI job submits them.
 
+mod adversarial;
 mod bad_input;
 mod modes;
 mod pipeline;

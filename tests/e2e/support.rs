@@ -105,6 +105,8 @@ pub struct TestEnv {
     pub ns: String,
     pub dir: PathBuf,
     pub producer_url: Option<String>,
+    /// Extra variables for the service processes (not for `isotest run`).
+    pub service_env: Vec<(String, String)>,
     children: Vec<(String, Child)>,
 }
 
@@ -119,6 +121,7 @@ impl TestEnv {
             ns,
             dir,
             producer_url: None,
+            service_env: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -140,6 +143,7 @@ impl TestEnv {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("create log");
         let child = self
             .command(args)
+            .envs(self.service_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -295,6 +299,14 @@ impl TestEnv {
             }
         }
         self.children.clear();
+    }
+
+    /// The pid of a running service process started by [`TestEnv::spawn`], by name.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, child)| child.id())
     }
 
     /// Lines of a service's log, for assertions and for diagnosing a failure.
