@@ -106,6 +106,8 @@ impl CgroupParent {
             pids: None,
             cpu: None,
             tasks: Vec::new(),
+            oom_base: 0,
+            limits: (memory_bytes, pids),
         };
         // Each distinct directory once: on v2 all controllers share one.
         let mut seen: Vec<PathBuf> = Vec::new();
@@ -145,8 +147,14 @@ impl CgroupParent {
             cg.pids = Some(dir);
         }
         if let Some(parent) = &self.cpu {
-            cg.cpu = Some(parent.join(name));
+            let dir = parent.join(name);
+            if self.version == CgroupVersion::V1 {
+                // A leftover with this name may have counted CPU time already.
+                let _ = write_file(&dir.join("cpuacct.usage"), 0);
+            }
+            cg.cpu = Some(dir);
         }
+        cg.oom_base = cg.oom_count();
         for dir in &cg.dirs {
             let path = dir.join("cgroup.procs");
             let file = fs::OpenOptions::new()
@@ -172,6 +180,14 @@ impl Drop for CgroupParent {
         let mut dirs = vec![&self.memory, &self.pids, &self.cpu];
         dirs.dedup();
         for dir in dirs.into_iter().flatten() {
+            // The per-slot cgroups kept for reuse first (all empty once every run ended).
+            if let Ok(children) = fs::read_dir(dir) {
+                for child in children.flatten() {
+                    if child.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = fs::remove_dir(child.path());
+                    }
+                }
+            }
             let _ = fs::remove_dir(dir);
         }
     }
@@ -189,6 +205,10 @@ pub(crate) struct SandboxCgroup {
     cpu: Option<PathBuf>,
     /// v1: pre-opened `tasks` files; see [`CgroupParent::home_tasks`].
     tasks: Vec<File>,
+    /// OOM kills counted before this run (a reused cgroup keeps its count).
+    oom_base: u64,
+    /// The limits last written, so a reused cgroup is written only what changed.
+    limits: (u64, u64),
 }
 
 impl SandboxCgroup {
@@ -246,8 +266,12 @@ impl SandboxCgroup {
         }
     }
 
-    /// How many processes the kernel OOM-killed in this cgroup.
+    /// How many processes the kernel OOM-killed in this cgroup during this run.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_count().saturating_sub(self.oom_base)
+    }
+
+    fn oom_count(&self) -> u64 {
         let Some(dir) = self.memory.as_ref() else {
             return 0;
         };
@@ -267,6 +291,68 @@ impl SandboxCgroup {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, signal) };
         }
+    }
+
+    /// Whether this cgroup can serve another run: v1 only, where the peak-memory and CPU
+    /// counters can be reset (v2's `memory.peak` cannot be reset for good before 6.12, so v2
+    /// cgroups are created per run).
+    pub fn reusable(&self) -> bool {
+        self.version == CgroupVersion::V1
+    }
+
+    /// Makes a kept cgroup ready for the next run: kills anything left, waits until it is
+    /// empty, resets its peak memory and CPU counters, rebases its OOM count and writes the
+    /// limits that changed.
+    ///
+    /// # Errors
+    /// Fails when it stays busy or a counter or limit cannot be written; the caller then
+    /// destroys it and creates a fresh one.
+    pub fn reset(&mut self, memory_bytes: u64, pids: u64) -> Result<(), CgroupError> {
+        self.wait_empty()?;
+        if let Some(dir) = &self.memory {
+            if self.limits.0 != memory_bytes {
+                let _ = write_file(&dir.join("memory.memsw.limit_in_bytes"), memory_bytes);
+                write_file(&dir.join("memory.limit_in_bytes"), memory_bytes)?;
+                let _ = write_file(&dir.join("memory.memsw.limit_in_bytes"), memory_bytes);
+            }
+            write_file(&dir.join("memory.max_usage_in_bytes"), 0)?;
+        }
+        if let Some(dir) = &self.pids
+            && self.limits.1 != pids
+        {
+            write_file(&dir.join("pids.max"), pids)?;
+        }
+        if let Some(dir) = &self.cpu {
+            write_file(&dir.join("cpuacct.usage"), 0)?;
+        }
+        self.limits = (memory_bytes, pids);
+        self.oom_base = self.oom_count();
+        Ok(())
+    }
+
+    /// Kills what is left in the cgroup and waits (5 s at most) until it is empty; exiting
+    /// tasks may still be listed for a moment after the pid namespace's init was reaped.
+    fn wait_empty(&self) -> Result<(), CgroupError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for dir in &self.dirs {
+            loop {
+                let pids = read_procs(dir);
+                if pids.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(io_err("empty cgroup", dir)(io::Error::from_raw_os_error(
+                        libc::EBUSY,
+                    )));
+                }
+                for pid in pids {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// Kills whatever is left and removes the cgroup directories.

@@ -78,6 +78,8 @@ struct Inner {
     config: SandboxConfig,
     isolation: Isolation,
     launcher: Launcher,
+    /// v1: each slot's cgroup, kept between its runs (dropped before the parent).
+    cgroup_pool: Mutex<Vec<Option<cgroup::SandboxCgroup>>>,
     cgroups: Option<CgroupParent>,
     environments: BTreeMap<String, EnvPlan>,
     slots: Slots,
@@ -291,6 +293,7 @@ impl Sandboxer {
                 config,
                 isolation,
                 launcher,
+                cgroup_pool: Mutex::new(Vec::new()),
                 cgroups,
                 environments,
                 slots: Slots::default(),

@@ -577,14 +577,20 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     };
 
     let cgroup = match &inner.cgroups {
-        Some(parent) => Some(
-            parent
-                .create(&name, spec.limits.memory_bytes, spec.limits.pids)
-                .map_err(|e| SandboxError::io("create cgroup", io::Error::other(e)))?,
-        ),
+        Some(parent) => Some(take_cgroup(
+            inner,
+            parent,
+            slot.index(),
+            &name,
+            &spec.limits,
+        )?),
         None => None,
     };
-    let cgroup = CgroupGuard(cgroup);
+    let cgroup = CgroupGuard {
+        cgroup,
+        inner,
+        slot: slot.index(),
+    };
 
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -618,7 +624,11 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if !spec.network {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    let thread_entry = cgroup.0.as_ref().map(|c| c.thread_entry()).unwrap_or(&[]);
+    let thread_entry = cgroup
+        .cgroup
+        .as_ref()
+        .map(|c| c.thread_entry())
+        .unwrap_or(&[]);
     let home = inner
         .cgroups
         .as_ref()
@@ -645,7 +655,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     drop((stdout_w, stderr_w, report_w, error_w, go_r));
 
     write_id_maps(inner, spawned.pid, uid, gid)?;
-    if let Some(cg) = cgroup.0.as_ref().filter(|_| !by_thread) {
+    if let Some(cg) = cgroup.cgroup.as_ref().filter(|_| !by_thread) {
         cg.add(spawned.pid)
             .map_err(|e| SandboxError::io("add sandbox to cgroup", io::Error::other(e)))?;
     }
@@ -693,7 +703,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let (dead_tx, dead) = tokio::sync::watch::channel(false);
     let limits = &spec.limits;
     let supervise = async {
-        let result = supervise(&pidfd, cgroup.0.as_ref(), limits).await;
+        let result = supervise(&pidfd, cgroup.cgroup.as_ref(), limits).await;
         let _ = dead_tx.send(true);
         result
     };
@@ -714,7 +724,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let wall = exec_at.elapsed();
     let [setup, command, teardown] = parse_report(&report.data);
 
-    let cg = cgroup.0.as_ref();
+    let cg = cgroup.cgroup.as_ref();
     let oom = cg.is_some_and(|c| c.oom_kills() > 0);
     let termination = reason.unwrap_or(if oom {
         Termination::OutOfMemory
@@ -769,14 +779,65 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     })
 }
 
-/// Removes the sandbox's cgroup when the run ends, however it ends.
-struct CgroupGuard(Option<crate::cgroup::SandboxCgroup>);
+/// The cgroup of a run: v1 keeps one per slot between runs (mkdir and rmdir of v1 cgroups cost
+/// more than resetting one), v2 creates one per run.
+fn take_cgroup(
+    inner: &Inner,
+    parent: &crate::cgroup::CgroupParent,
+    slot: u32,
+    name: &str,
+    limits: &crate::spec::Limits,
+) -> Result<crate::cgroup::SandboxCgroup, SandboxError> {
+    let kept = {
+        let mut pool = inner.cgroup_pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.get_mut(slot as usize).and_then(Option::take)
+    };
+    if let Some(mut cg) = kept {
+        match cg.reset(limits.memory_bytes, limits.pids) {
+            Ok(()) => return Ok(cg),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not reuse a sandbox cgroup; creating a fresh one.");
+                if let Err(e) = cg.destroy() {
+                    tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
+                }
+            }
+        }
+    }
+    let name = if parent.version() == crate::CgroupVersion::V1 {
+        format!("slot-{slot}")
+    } else {
+        name.to_owned()
+    };
+    parent
+        .create(&name, limits.memory_bytes, limits.pids)
+        .map_err(|e| SandboxError::io("create cgroup", io::Error::other(e)))
+}
 
-impl Drop for CgroupGuard {
+/// Returns the run's cgroup to its slot, or removes it, when the run ends, however it ends.
+struct CgroupGuard<'a> {
+    cgroup: Option<crate::cgroup::SandboxCgroup>,
+    inner: &'a Inner,
+    slot: u32,
+}
+
+impl Drop for CgroupGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cg) = self.0.take()
-            && let Err(e) = cg.destroy()
-        {
+        let Some(cg) = self.cgroup.take() else {
+            return;
+        };
+        if cg.reusable() {
+            // The next run of this slot kills anything left and resets it.
+            let mut pool = self
+                .inner
+                .cgroup_pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let slot = self.slot as usize;
+            if pool.len() <= slot {
+                pool.resize_with(slot + 1, || None);
+            }
+            pool[slot] = Some(cg);
+        } else if let Err(e) = cg.destroy() {
             tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
         }
     }

@@ -196,6 +196,32 @@ async fn memory_bomb_is_oom_killed() {
 }
 
 #[tokio::test]
+async fn cgroups_kept_for_the_next_run_start_clean() {
+    // An OOM kill, a busy CPU and a high peak must not carry over to the slot's next run.
+    let mut spec = sh("python3 -c \"s = 'x' * (512 << 20)\"");
+    spec.limits.memory_bytes = 64 << 20;
+    let bomb = run(spec).await;
+    assert_eq!(bomb.termination, Termination::OutOfMemory);
+    let mut spec = sh("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done");
+    spec.limits.memory_bytes = 64 << 20;
+    let busy = run(spec).await;
+    assert_eq!(busy.termination, Termination::Exited);
+    for _ in 0..4 {
+        let mut spec = sh("true");
+        spec.limits.memory_bytes = 64 << 20;
+        let o = run(spec).await;
+        assert_eq!(o.termination, Termination::Exited);
+        assert!(
+            o.usage.cpu < busy.usage.cpu,
+            "{:?} {:?}",
+            o.usage,
+            busy.usage
+        );
+        assert!(o.usage.max_rss_bytes < 32 << 20, "{:?}", o.usage);
+    }
+}
+
+#[tokio::test]
 async fn fork_bomb_fails_alone_and_the_next_run_works() {
     let mut spec = sh("f() { f | f & }; f; sleep 5");
     spec.limits.pids = 64;
