@@ -1,5 +1,6 @@
 //! The `isotest` command line: [`args`] parses it; [`run`] loads a suite ([`input`]),
-//! expands its `[[discover]]` entries in local sandboxes ([`discover`]), and runs it embedded ([`embedded`]) or on a server ([`client`]), then writes the
+//! expands its `[[discover]]` entries in local sandboxes ([`discover`]), and runs it
+//! embedded ([`embedded`]) or on a server ([`client`]), then writes the
 //! reports ([`output`]); [`services`] starts the producer, worker and aggregator;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 

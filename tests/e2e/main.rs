@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod bad_input;
+mod frameworks;
 mod modes;
 mod pipeline;
 mod support;
