@@ -1,5 +1,11 @@
 //! Connecting to RabbitMQ and declaring isotest's topology: one durable quorum queue
-//! of test messages whose over-delivered messages go to a dead-letter queue.
+//! of test messages whose over-delivered messages go to a dead-letter queue. lapin does
+//! not reconnect by itself (its opt-in recovery keeps consumers and acks of the old
+//! channel in a half-alive state), so long-running consumers call [`reconnect`] in a
+//! loop of their own: a new connection, the topology declared again, a new consumer.
+
+use std::future::Future;
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -43,6 +49,77 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
             url: redact(url),
             source,
         })
+}
+
+/// Exponential backoff between reconnection attempts: 100 ms doubling up to 5 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The pause before the next attempt; each call doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+/// Connects again and again, with [`Backoff`], until RabbitMQ accepts or `stop`
+/// completes (then `None`). Every failed attempt is logged.
+pub async fn reconnect(
+    url: &str,
+    name: &str,
+    stop: impl Future<Output = ()>,
+) -> Option<Connection> {
+    let mut backoff = Backoff::default();
+    tokio::pin!(stop);
+    let mut attempt = 1u32;
+    loop {
+        let connected = tokio::select! {
+            connected = connect(url, name) => connected,
+            () = &mut stop => return None,
+        };
+        match connected {
+            Ok(conn) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "Reconnected to RabbitMQ.");
+                }
+                return Some(conn);
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(attempt, ?delay, error = %error_chain(&error), "Could not reach RabbitMQ; trying again.");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut stop => return None,
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Opens a channel and declares the topology on it (idempotent).
@@ -147,7 +224,19 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Backoff, redact};
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[5], Duration::from_millis(3200));
+        assert_eq!(delays[6], Duration::from_secs(5));
+        assert_eq!(delays[7], Duration::from_secs(5));
+    }
 
     #[test]
     fn redacts_only_the_password() {

@@ -1,9 +1,10 @@
 //! What every isotest service shares at its edges: the connection settings
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
-//! to Redis ([`store`]), logging ([`telemetry`]) and the shutdown signal
-//! ([`shutdown`]).
+//! to Redis ([`store`]), the one idempotent write of a test result ([`results`]),
+//! logging ([`telemetry`]) and the shutdown signal ([`shutdown`]).
 
 pub mod amqp;
+pub mod results;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Writing a result to Redis, and reading what a test needs from it (its workspace).
 //!
-//! The write is one Lua script, so it is atomic and idempotent: the first result of an
+//! The write is [`isotest_infra::results::record`], one Lua script shared with the
+//! aggregator's dead-letter consumer: atomic and idempotent, the first result of an
 //! attempt wins (`HSETNX`), and only that first write marks the test done and notifies
 //! the aggregators. A redelivered message whose attempt is already recorded changes
 //! nothing.
@@ -39,23 +40,11 @@ impl RecordError {
     }
 }
 
-const RECORD_SCRIPT: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
-end
-if ARGV[5] == '1' then
-  redis.call('SADD', KEYS[2], ARGV[4])
-end
-redis.call('XADD', KEYS[3], '*', 'suite', ARGV[3], 'test', ARGV[4], 'field', ARGV[1])
-return 1
-";
-
 /// Records results for one namespace.
 #[derive(Clone)]
 pub struct Recorder {
     redis: ConnectionManager,
     ns: Namespace,
-    script: Arc<redis::Script>,
     blobs: Arc<BlobCache>,
 }
 
@@ -72,7 +61,6 @@ impl Recorder {
         Recorder {
             redis,
             ns,
-            script: Arc::new(redis::Script::new(RECORD_SCRIPT)),
             blobs: Arc::new(BlobCache::new(512 * 1024 * 1024)),
         }
     }
@@ -83,24 +71,12 @@ impl Recorder {
     ///
     /// Returns [`RecordError::Write`] when Redis does not confirm the write.
     pub async fn record(&self, result: &TestResult) -> Result<bool, RecordError> {
-        let json = serde_json::to_string(result).unwrap_or_default();
-        let written: i64 = self
-            .script
-            .key(self.ns.results_key(&result.suite_id))
-            .key(self.ns.done_key(&result.suite_id))
-            .key(self.ns.results_stream())
-            .arg(result.field())
-            .arg(json)
-            .arg(&result.suite_id)
-            .arg(&result.name)
-            .arg(if result.is_final { "1" } else { "0" })
-            .invoke_async(&mut self.redis.clone())
+        isotest_infra::results::record(&mut self.redis.clone(), &self.ns, result)
             .await
             .map_err(|source| RecordError::Write {
                 test: result.name.clone(),
                 source,
-            })?;
-        Ok(written == 1)
+            })
     }
 
     /// Whether this attempt of the test already has a result (a redelivered message).
@@ -119,6 +95,38 @@ impl Recorder {
             .hexists(self.ns.results_key(suite_id), result_field(name, attempt))
             .await
             .map_err(RecordError::Read)
+    }
+
+    /// Whether this attempt already has a result, and if so whether it was final: a
+    /// redelivered message whose worker died after writing but before acking.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RecordError::Read`] when Redis does not answer.
+    pub async fn recorded_attempt(
+        &self,
+        suite_id: &str,
+        name: &str,
+        attempt: u32,
+    ) -> Result<Option<Recorded>, RecordError> {
+        let json: Option<String> = self
+            .redis
+            .clone()
+            .hget(self.ns.results_key(suite_id), result_field(name, attempt))
+            .await
+            .map_err(RecordError::Read)?;
+        Ok(json.map(|json| {
+            #[derive(serde::Deserialize)]
+            struct Finality {
+                is_final: bool,
+            }
+            // A result that does not parse was still written first and wins; taking
+            // it for final means no retry is published on its account.
+            match serde_json::from_str::<Finality>(&json) {
+                Ok(Finality { is_final: false }) => Recorded::Retryable,
+                _ => Recorded::Final,
+            }
+        }))
     }
 
     /// Whether the suite already has its report (it completed, timed out or was cancelled).
@@ -157,6 +165,15 @@ impl Recorder {
         self.blobs.put(hex, bytes.clone());
         Ok(bytes)
     }
+}
+
+/// What an attempt already recorded says about what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The test's verdict is in.
+    Final,
+    /// A retry follows this attempt.
+    Retryable,
 }
 
 /// Workspaces by digest, so the tests of one suite fetch theirs once per worker.
