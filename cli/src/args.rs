@@ -147,6 +147,9 @@ pub struct WorkerArgs {
     /// On shutdown, how long running tests may take to finish before their messages go back to the queue.
     #[arg(long, env = "ISOTEST_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
+    #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
+    pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -166,6 +169,9 @@ pub struct UpArgs {
     pub concurrency: u16,
     #[arg(long, env = "ISOTEST_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
+    #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
+    pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }

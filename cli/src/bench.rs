@@ -91,6 +91,7 @@ async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
             endpoints: endpoints.clone(),
             concurrency: args.concurrency,
             drain_timeout: Duration::from_secs(10),
+            max_test_timeout: isotest_worker::service::DEFAULT_MAX_TEST_TIMEOUT,
         };
         let worker = Worker::build(config, runner)
             .await

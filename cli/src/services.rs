@@ -41,6 +41,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         &args.endpoints,
         args.concurrency,
         args.drain_timeout,
+        args.max_test_timeout,
         &args.sandbox,
     )
     .await?;
@@ -71,6 +72,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         &endpoints,
         args.concurrency,
         args.drain_timeout,
+        args.max_test_timeout,
         &args.sandbox,
     )
     .await?;
@@ -105,6 +107,7 @@ async fn build_worker(
     endpoints: &Endpoints,
     concurrency: u16,
     drain_timeout: std::time::Duration,
+    max_test_timeout: std::time::Duration,
     sandbox: &SandboxArgs,
 ) -> Result<Worker, Failure> {
     let sandboxer = Sandboxer::new(sandbox.sandbox_config())?;
@@ -125,6 +128,7 @@ async fn build_worker(
         endpoints: endpoints.clone(),
         concurrency,
         drain_timeout,
+        max_test_timeout,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }

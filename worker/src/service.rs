@@ -1,5 +1,8 @@
 //! The distributed worker: consumes test messages with a prefetch of N, runs each in
-//! its own sandbox, writes the result to Redis and only then acks.
+//! its own sandbox, writes the result to Redis and only then acks. When RabbitMQ goes
+//! away it reconnects with backoff, declares the topology again and carries on; the
+//! messages it held are redelivered by the broker, and the idempotent write makes a
+//! second run of the same attempt harmless.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,19 +16,34 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use isotest_infra::Endpoints;
-use isotest_infra::amqp::{self, AmqpError, DELIVERY_LIMIT, publish};
+use isotest_infra::amqp::{self, AmqpError, Backoff, DELIVERY_LIMIT, publish};
 use isotest_infra::store::{self, StoreError};
+use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 use isotest_protocol::now_ms;
 use isotest_protocol::result::TestResult;
+use isotest_sandbox::SandboxError;
 
-use crate::record::{RecordError, Recorder};
+use crate::record::{RecordError, Recorded, Recorder};
 use crate::run::{Runner, infrastructure_error};
+
+/// RabbitMQ's default `consumer_timeout` (30 minutes) closes the channel of a consumer
+/// that holds a message unacked for longer; a test must finish well before that.
+pub const DEFAULT_MAX_TEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
+/// How often a running test checks whether its suite was cancelled (or otherwise closed).
+const CLOSED_POLL: Duration = Duration::from_secs(1);
+
+/// The pause before returning a message after an infrastructure failure, so that a short
+/// Redis outage does not use up the message's deliveries in a few milliseconds.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -36,9 +54,13 @@ pub struct WorkerConfig {
     /// On shutdown, how long running tests may take to finish before they are
     /// killed and their messages returned to the queue.
     pub drain_timeout: Duration,
+    /// The longest test timeout this worker accepts: a longer test gets an `error`
+    /// verdict instead of running past RabbitMQ's `consumer_timeout`, which would close
+    /// the channel and redeliver the message forever.
+    pub max_test_timeout: Duration,
 }
 
-/// A worker that failed to start or lost its broker.
+/// A worker that failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -49,33 +71,59 @@ pub enum WorkerError {
     Consume(#[source] lapin::Error),
 }
 
-/// Why one message could not be handled.
+/// Why one message could not be handled. The variant decides what happens to it.
 #[derive(Debug, thiserror::Error)]
 enum HandleError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("create the sandbox")]
-    Sandbox(#[from] isotest_sandbox::SandboxError),
+    Sandbox(#[source] SandboxError),
     #[error("publish the next attempt")]
     Publish(#[from] publish::PublishError),
+    /// The test itself cannot run as given (a bundle that escapes its directory, an
+    /// unknown environment, a timeout too long): its verdict, not a retry.
+    #[error("{0}")]
+    Input(String),
 }
 
 impl HandleError {
+    /// Input errors of the sandbox are the test's; the rest are the host's.
+    fn from_sandbox(e: SandboxError) -> HandleError {
+        match e {
+            SandboxError::Bundle(_) => {
+                HandleError::Input(format!("workspace refused: {}", error_chain(&e)))
+            }
+            SandboxError::UnknownEnvironment(_) | SandboxError::InvalidSpec(_) => {
+                HandleError::Input(error_chain(&e))
+            }
+            e => HandleError::Sandbox(e),
+        }
+    }
+
     /// Retry (requeue, another worker may succeed) or give the test an infrastructure error now.
     fn is_transient(&self) -> bool {
         match self {
             HandleError::Record(e) => e.is_transient(),
             HandleError::Sandbox(_) | HandleError::Publish(_) => true,
+            HandleError::Input(_) => false,
         }
     }
+}
+
+/// A connection with its consuming channel and its confirm-mode publishing channel.
+#[derive(Debug)]
+struct Session {
+    conn: Connection,
+    consume: Channel,
+    publish: Channel,
 }
 
 /// A connected worker, ready to [`Worker::run`].
 #[derive(Debug)]
 pub struct Worker {
-    conn: Connection,
-    consume: Channel,
+    session: Option<Session>,
     shared: Arc<Shared>,
+    amqp_url: String,
     concurrency: u16,
     drain_timeout: Duration,
 }
@@ -83,9 +131,18 @@ pub struct Worker {
 #[derive(Debug)]
 struct Shared {
     ns: Namespace,
-    publish: Channel,
     recorder: Recorder,
     runner: Runner,
+    /// Tests running at once, across sessions: after a reconnection, the new
+    /// consumer's deliveries wait while the old session's tests finish.
+    permits: Semaphore,
+    max_test_timeout: Duration,
+}
+
+/// Why a session stopped consuming.
+enum Ended {
+    Shutdown,
+    Lost(String),
 }
 
 impl Worker {
@@ -93,74 +150,58 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// Returns [`WorkerError`] when either server cannot be reached.
+    /// Returns [`WorkerError`] when either server cannot be reached: a worker that
+    /// never started should say so, while one that ran reconnects.
     pub async fn build(config: WorkerConfig, runner: Runner) -> Result<Worker, WorkerError> {
         let ns = config.endpoints.namespace.clone();
+        let concurrency = config.concurrency.max(1);
         let redis = store::connect(&config.endpoints.redis_url).await?;
         let conn = amqp::connect(&config.endpoints.amqp_url, runner.worker_id()).await?;
-        let consume = amqp::channel_with_topology(&conn, &ns).await?;
-        consume
-            .basic_qos(config.concurrency.max(1), BasicQosOptions::default())
-            .await
-            .map_err(WorkerError::Consume)?;
-        let publish = conn.create_channel().await.map_err(AmqpError::Channel)?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(WorkerError::Consume)?;
+        let session = open_session(conn, &ns, concurrency).await?;
         Ok(Worker {
-            conn,
-            consume,
+            session: Some(session),
             shared: Arc::new(Shared {
                 recorder: Recorder::new(redis, ns.clone()),
                 ns,
-                publish,
                 runner,
+                permits: Semaphore::new(usize::from(concurrency)),
+                max_test_timeout: config.max_test_timeout,
             }),
-            concurrency: config.concurrency.max(1),
+            amqp_url: config.endpoints.amqp_url,
+            concurrency,
             drain_timeout: config.drain_timeout,
         })
     }
 
     /// Consumes until `shutdown` completes, then stops taking work, lets running tests
-    /// finish for up to the drain timeout, and returns what is left to the queue.
+    /// finish for up to the drain timeout, and returns what is left to the queue. A lost
+    /// connection is not an error: the worker reconnects with backoff until shutdown.
     ///
     /// # Errors
     ///
-    /// Returns [`WorkerError::Consume`] when consuming cannot start or the broker goes away.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        let tag = self.shared.runner.worker_id().to_owned();
-        let mut consumer = self
-            .consume
-            .basic_consume(
-                self.shared.ns.tests_queue().as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(WorkerError::Consume)?;
-        info!(worker = %tag, concurrency = self.concurrency, queue = %self.shared.ns.tests_queue(), "Worker is consuming.");
+    /// None at present; the `Result` leaves room for failures retrying cannot mend.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tokio::pin!(shutdown);
-        let outcome = loop {
+        let session = {
+            let sessions = self.sessions(&token, &tracker);
+            tokio::pin!(sessions);
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let shared = self.shared.clone();
-                        tracker.spawn(async move { shared.handle(delivery).await });
-                    }
-                    Some(Err(e)) => break Err(WorkerError::Consume(e)),
-                    None => break Ok(()),
-                },
+                session = &mut sessions => session,
+                () = shutdown => {
+                    token.cancel();
+                    sessions.await
+                }
             }
         };
+        let tag = self.shared.runner.worker_id().to_owned();
         // Stop taking work first, so nothing new arrives while the running tests finish.
-        let _ = self
-            .consume
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        if let Some(session) = &session {
+            let _ = session
+                .consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
         tracker.close();
         if tokio::time::timeout(self.drain_timeout, tracker.wait())
             .await
@@ -170,49 +211,174 @@ impl Worker {
         }
         // Closing the connection returns every unacked message to the queue; tests still
         // running are killed when their tasks are dropped with the runtime.
-        let _ = self.conn.close(200, "worker shutting down".into()).await;
+        if let Some(session) = session {
+            let _ = session.conn.close(200, "worker shutting down".into()).await;
+        }
         info!(worker = %tag, "Worker stopped.");
-        outcome
+        Ok(())
+    }
+
+    /// Consumes session after session until `token` is cancelled; returns the session
+    /// alive at that point, whose channel the draining tests still ack on.
+    async fn sessions(
+        &mut self,
+        token: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Option<Session> {
+        let mut current = self.session.take();
+        loop {
+            let session = match current.take() {
+                Some(session) => session,
+                None => self.reconnect(token).await?,
+            };
+            match self.consume(&session, token, tracker).await {
+                Ended::Shutdown => return Some(session),
+                Ended::Lost(why) => {
+                    warn!(reason = %why, "Lost RabbitMQ; reconnecting. Unacked messages go back to the queue.");
+                    let _ = session.conn.close(200, "reconnecting".into()).await;
+                }
+            }
+        }
+    }
+
+    /// A new session, after as many attempts as it takes; `None` on shutdown.
+    async fn reconnect(&self, token: &CancellationToken) -> Option<Session> {
+        let mut backoff = Backoff::default();
+        loop {
+            let conn = amqp::reconnect(
+                &self.amqp_url,
+                self.shared.runner.worker_id(),
+                token.cancelled(),
+            )
+            .await?;
+            match open_session(conn, &self.shared.ns, self.concurrency).await {
+                Ok(session) => return Some(session),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %error_chain(&e), ?delay, "Could not set up consuming; trying again.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = token.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes on one session until shutdown or until the session dies.
+    async fn consume(
+        &self,
+        session: &Session,
+        token: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Ended {
+        let tag = self.shared.runner.worker_id();
+        let consumer = session
+            .consume
+            .basic_consume(
+                self.shared.ns.tests_queue().as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let mut consumer = match consumer {
+            Ok(consumer) => consumer,
+            Err(e) => return Ended::Lost(format!("start consuming: {}", error_chain(&e))),
+        };
+        info!(worker = %tag, concurrency = self.concurrency, queue = %self.shared.ns.tests_queue(), "Worker is consuming.");
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ended::Shutdown,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let shared = Arc::clone(&self.shared);
+                        let publish = session.publish.clone();
+                        tracker.spawn(async move { shared.handle(delivery, &publish).await });
+                    }
+                    Some(Err(e)) => return Ended::Lost(error_chain(&e)),
+                    None => return Ended::Lost("the broker cancelled the consumer".to_owned()),
+                },
+            }
+        }
     }
 }
 
+/// Declares the topology and opens the two channels on a new connection.
+async fn open_session(
+    conn: Connection,
+    ns: &Namespace,
+    concurrency: u16,
+) -> Result<Session, WorkerError> {
+    let consume = amqp::channel_with_topology(&conn, ns).await?;
+    consume
+        .basic_qos(concurrency, BasicQosOptions::default())
+        .await
+        .map_err(WorkerError::Consume)?;
+    let publish = conn.create_channel().await.map_err(AmqpError::Channel)?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(WorkerError::Consume)?;
+    Ok(Session {
+        conn,
+        consume,
+        publish,
+    })
+}
+
 impl Shared {
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, publish: &Channel) {
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
         let taken_at_ms = now_ms();
         let msg = match TestMessage::from_bytes(&delivery.data) {
             Ok(msg) => msg,
             Err(e) => {
-                // Not something any worker can run: straight to the dead-letter queue.
-                error!(error = %e, bytes = delivery.data.len(), "Rejecting a message that is not a test message.");
+                // Not something any worker can run: straight to the dead-letter queue,
+                // where the aggregator logs it.
+                error!(error = %error_chain(&e), bytes = delivery.data.len(), "Rejecting a message that is not a test message.");
                 let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
                 return;
             }
         };
         let span = info_span!("test", suite_id = %msg.suite_id, test = %msg.test.name, attempt = msg.attempt);
         async {
-            match self.process(&msg, taken_at_ms).await {
+            let verdict = match self.process(&msg, taken_at_ms, publish).await {
                 Ok(()) => {
                     let _ = delivery.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+                Err(HandleError::Input(why)) => {
+                    warn!(reason = %why, "The test cannot run as given; recording an error.");
+                    input_error(&msg, self.runner.worker_id(), &why)
                 }
                 Err(e) if e.is_transient() && deliveries(&delivery) + 1 < DELIVERY_LIMIT as u64 => {
                     warn!(error = %error_chain(&e), "Returning the test to the queue after an infrastructure failure.");
+                    tokio::time::sleep(RETRY_PAUSE).await;
                     let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    return;
                 }
                 Err(e) => {
                     // Permanent, or the last delivery RabbitMQ would make: give the test a
                     // verdict that names the infrastructure instead of losing it.
                     let why = error_chain(&e);
                     error!(error = %why, "Recording an infrastructure error for the test.");
-                    let result = infrastructure_error(&msg, self.runner.worker_id(), &why);
-                    match self.recorder.record(&result).await {
-                        Ok(_) => {
-                            let _ = delivery.ack(BasicAckOptions::default()).await;
-                        }
-                        Err(e) => {
-                            warn!(error = %error_chain(&e), "Could not record the error either; returning the message.");
-                            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        }
-                    }
+                    infrastructure_error(&msg, self.runner.worker_id(), &why)
+                }
+            };
+            match self.recorder.record(&verdict).await {
+                Ok(_) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(e) => {
+                    // On its last delivery the message goes to the dead-letter queue,
+                    // whose consumer records the error once Redis is back.
+                    warn!(error = %error_chain(&e), "Could not record the error either; returning the message.");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 }
             }
         }
@@ -220,39 +386,91 @@ impl Shared {
         .await;
     }
 
-    async fn process(&self, msg: &TestMessage, taken_at_ms: u64) -> Result<(), HandleError> {
+    async fn process(
+        &self,
+        msg: &TestMessage,
+        taken_at_ms: u64,
+        publish: &Channel,
+    ) -> Result<(), HandleError> {
         if self.recorder.is_closed(&msg.suite_id).await? {
             debug!("Suite already closed; dropping the message.");
             return Ok(());
         }
-        if self
+        match self
             .recorder
-            .is_recorded(&msg.suite_id, &msg.test.name, msg.attempt)
+            .recorded_attempt(&msg.suite_id, &msg.test.name, msg.attempt)
             .await?
         {
-            // A redelivery of an attempt whose result is already in Redis (its worker died
-            // before acking). The result stands; make sure its retry, if any, exists.
-            info!("Attempt already recorded; not running it again.");
-            return Ok(());
+            // A redelivery of an attempt whose result is already in Redis (its worker
+            // died, or lost RabbitMQ, before acking). The result stands; make sure its
+            // retry exists (a duplicate retry is harmless: first writer wins).
+            Some(Recorded::Final) => {
+                info!("Attempt already recorded; not running it again.");
+                return Ok(());
+            }
+            Some(Recorded::Retryable) => {
+                info!("Attempt already recorded; publishing its retry again.");
+                if let Some(next) = msg.next_attempt(now_ms()) {
+                    publish::publish_confirmed(publish, &self.ns, &next).await?;
+                }
+                return Ok(());
+            }
+            None => {}
+        }
+        if msg.test.timeout() > self.max_test_timeout {
+            return Err(HandleError::Input(format!(
+                "timeout of {} is longer than this worker's maximum of {} (--max-test-timeout, kept below RabbitMQ's consumer_timeout)",
+                duration::format(msg.test.timeout()),
+                duration::format(self.max_test_timeout)
+            )));
         }
         let workspace = match &msg.workspace {
             Some(reference) => Some(self.recorder.workspace(reference).await?),
             None => None,
         };
-        let result: TestResult = self.runner.run(msg, workspace, taken_at_ms).await?;
+        // Dropping the run kills its sandbox: a cancelled suite's test stops within
+        // about a poll interval.
+        let result: TestResult = tokio::select! {
+            result = self.runner.run(msg, workspace, taken_at_ms) => result.map_err(HandleError::from_sandbox)?,
+            () = self.closed(&msg.suite_id) => {
+                info!("Suite closed while the test ran (cancelled or past its deadline); killed the test.");
+                return Ok(());
+            }
+        };
         info!(
             status = result.status.as_str(),
             duration_ms = result.duration_ms,
             "Test finished."
         );
-        self.recorder.record(&result).await?;
-        if !result.is_final
+        let written = self.recorder.record(&result).await?;
+        // Only the attempt's first writer publishes its retry; a concurrent duplicate
+        // run (a redelivery while this one ran) must not fork the retries.
+        if written
+            && !result.is_final
             && let Some(next) = msg.next_attempt(now_ms())
         {
-            publish::publish_confirmed(&self.publish, &self.ns, &next).await?;
+            publish::publish_confirmed(publish, &self.ns, &next).await?;
         }
         Ok(())
     }
+
+    /// Completes once the suite has a report; Redis failures only delay the check.
+    async fn closed(&self, suite_id: &str) {
+        loop {
+            tokio::time::sleep(CLOSED_POLL).await;
+            if let Ok(true) = self.recorder.is_closed(suite_id).await {
+                return;
+            }
+        }
+    }
+}
+
+/// The `error` result of a test that cannot run as given: its reason is the test's
+/// problem, not the infrastructure's.
+fn input_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
+    let mut result = infrastructure_error(msg, worker_id, why);
+    result.reason = Some(why.to_owned());
+    result
 }
 
 /// How many times RabbitMQ delivered this message before (quorum queues count).
@@ -281,4 +499,40 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isotest_sandbox::bundle::BundleError;
+
+    #[test]
+    fn input_errors_of_the_sandbox_are_verdicts_not_retries() {
+        let cases: Vec<(SandboxError, bool)> = vec![
+            (
+                SandboxError::Bundle(BundleError::BadPath("../etc/passwd".into())),
+                false,
+            ),
+            (SandboxError::UnknownEnvironment("py99".into()), false),
+            (SandboxError::InvalidSpec("empty command".into()), false),
+            (SandboxError::LauncherGone, true),
+        ];
+        for (error, transient) in cases {
+            let text = error.to_string();
+            let handled = HandleError::from_sandbox(error);
+            assert_eq!(handled.is_transient(), transient, "{text}");
+            assert_eq!(
+                matches!(handled, HandleError::Input(_)),
+                !transient,
+                "{text}"
+            );
+        }
+        let bundle = HandleError::from_sandbox(SandboxError::Bundle(BundleError::BadPath(
+            "../etc/passwd".into(),
+        )));
+        assert_eq!(
+            bundle.to_string(),
+            "workspace refused: unpack workspace bundle: accept entry path \"../etc/passwd\""
+        );
+    }
 }
