@@ -2,12 +2,21 @@
 //! stores a suite's report once its every test has a final result, and sweeps suites
 //! past their deadline. Any number of replicas may run: `SET NX` on the report key and
 //! a deterministic [`assemble`] mean they never store two different reports.
+//!
+//! It also empties the dead-letter queue: a test message no worker could handle is
+//! recorded as an `error` whose reason starts with `infrastructure`, through the same
+//! idempotent write workers use, so the suite still completes. And [`cancel`] closes a
+//! suite on request, with the same `SET NX` as completion, so exactly one of the two wins.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, ExistenceCheck, SetOptions};
@@ -15,11 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use isotest_infra::amqp;
 use isotest_infra::store::{self, StoreError};
+use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::SuiteRecord;
+use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 use isotest_protocol::report::{Report, SuiteState};
-use isotest_protocol::result::TestResult;
+use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
 
 use crate::report::assemble;
 
@@ -45,6 +57,8 @@ pub struct AggregatorConfig {
     pub trim_interval: Duration,
     /// How long to wait before trying again after Redis failed.
     pub retry_backoff: Duration,
+    /// RabbitMQ, to empty the namespace's dead-letter queue; `None` leaves it alone.
+    pub amqp_url: Option<String>,
 }
 
 impl AggregatorConfig {
@@ -65,6 +79,7 @@ impl AggregatorConfig {
             sweep_interval: Duration::from_secs(1),
             trim_interval: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(500),
+            amqp_url: None,
         }
     }
 }
@@ -174,6 +189,11 @@ impl Aggregator {
             let token = token.clone();
             async move { this.sweep_loop(token).await }
         });
+        if let Some(url) = this.config.amqp_url.clone() {
+            let this = Arc::clone(&this);
+            let token = token.clone();
+            tracker.spawn(async move { this.dead_letter_loop(url, token).await });
+        }
         tracing::info!(
             namespace = %this.config.namespace,
             consumer = %this.config.consumer,
@@ -534,6 +554,237 @@ impl Aggregator {
         }
         Ok(())
     }
+}
+
+/// How many dead letters are handled at once.
+const DEAD_LETTER_PREFETCH: u16 = 16;
+
+impl Aggregator {
+    /// Consumes the dead-letter queue until shutdown, reconnecting whenever RabbitMQ
+    /// goes away.
+    async fn dead_letter_loop(&self, url: String, token: CancellationToken) {
+        let name = format!("{}-dead-letters", self.config.consumer);
+        loop {
+            let Some(conn) = amqp::reconnect(&url, &name, token.cancelled()).await else {
+                return;
+            };
+            let why = self.consume_dead_letters(&conn, &name, &token).await;
+            let _ = conn
+                .close(200, "aggregator dead-letter consumer".into())
+                .await;
+            match why {
+                None => return,
+                Some(why) => {
+                    tracing::warn!(reason = %why, "Lost the dead-letter queue; reconnecting.");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.retry_backoff) => {}
+                        () = token.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles dead letters on one connection; `None` on shutdown, else why it stopped.
+    async fn consume_dead_letters(
+        &self,
+        conn: &lapin::Connection,
+        tag: &str,
+        token: &CancellationToken,
+    ) -> Option<String> {
+        let ns = &self.config.namespace;
+        let channel = match amqp::channel_with_topology(conn, ns).await {
+            Ok(channel) => channel,
+            Err(e) => return Some(error_chain(&e)),
+        };
+        if let Err(e) = channel
+            .basic_qos(DEAD_LETTER_PREFETCH, BasicQosOptions::default())
+            .await
+        {
+            return Some(error_chain(&e));
+        }
+        let consumer = channel
+            .basic_consume(
+                ns.dead_letter_queue().as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let mut consumer = match consumer {
+            Ok(consumer) => consumer,
+            Err(e) => return Some(error_chain(&e)),
+        };
+        tracing::info!(queue = %ns.dead_letter_queue(), "Consuming dead letters.");
+        let mut redis = self.sweeper.clone();
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return None,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => self.handle_dead_letter(&mut redis, delivery).await,
+                    Some(Err(e)) => return Some(error_chain(&e)),
+                    None => return Some("the broker cancelled the consumer".to_owned()),
+                },
+            }
+        }
+    }
+
+    /// Records a dead test message as an infrastructure error, then acks; a body that
+    /// is no test message belongs to no suite and is only logged.
+    async fn handle_dead_letter(&self, redis: &mut ConnectionManager, delivery: Delivery) {
+        let reason = death_reason(&delivery);
+        let msg = match TestMessage::from_bytes(&delivery.data) {
+            Ok(msg) => msg,
+            Err(error) => {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    bytes = delivery.data.len(),
+                    death = %reason,
+                    "Dropping a dead letter that is not a test message this aggregator reads."
+                );
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("dead_letter", suite_id = %msg.suite_id, test = %msg.test.name, attempt = msg.attempt);
+        async {
+            let result = dead_letter_result(&msg, &self.config.consumer, &reason);
+            match isotest_infra::results::record(redis, &self.config.namespace, &result).await {
+                Ok(written) => {
+                    tracing::warn!(written, death = %reason, "Recorded an infrastructure error for a dead test message.");
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Could not record a dead test message; returning it.");
+                    tokio::time::sleep(self.config.retry_backoff).await;
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Why RabbitMQ dead-lettered a message, from its `x-first-death-reason` header:
+/// `delivery_limit` (its workers kept failing or dying), `rejected`, or `expired`.
+fn death_reason(delivery: &Delivery) -> String {
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    match header {
+        Some(AMQPValue::LongString(text)) => text.to_string(),
+        Some(AMQPValue::ShortString(text)) => text.to_string(),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// The final `error` result of a test whose message was dead-lettered.
+fn dead_letter_result(msg: &TestMessage, consumer: &str, death: &str) -> TestResult {
+    let now = isotest_protocol::now_ms();
+    let why = match death {
+        "delivery_limit" => format!(
+            "infrastructure: no worker could handle the test in {} deliveries (dead-lettered)",
+            amqp::DELIVERY_LIMIT
+        ),
+        other => format!("infrastructure: the test message was dead-lettered ({other})"),
+    };
+    TestResult {
+        schema_version: SCHEMA_VERSION,
+        suite_id: msg.suite_id.clone(),
+        name: msg.test.name.clone(),
+        index: msg.index,
+        attempt: msg.attempt,
+        is_final: true,
+        status: Status::Error,
+        reason: Some(why),
+        stage: Some(Stage::Prepare),
+        exit_code: None,
+        duration_ms: 0,
+        started_at_ms: now,
+        finished_at_ms: now,
+        worker: consumer.to_owned(),
+        stdout: String::new(),
+        stderr: String::new(),
+        cases: Vec::new(),
+        usage: Usage::default(),
+        timings: Timings::default(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// This call stored the cancelled report.
+    Now(Box<Report>),
+    /// The suite had already ended; its report says how.
+    AlreadyEnded(SuiteState),
+    /// No such suite.
+    UnknownSuite,
+}
+
+/// Cancels a suite: stores its report as [`SuiteState::Cancelled`] (tests without a
+/// final result become `cancelled`) unless it already has one. Workers then drop its
+/// queued messages and kill its running tests, as for any closed suite.
+///
+/// # Errors
+///
+/// Returns the [`redis::RedisError`] when Redis fails.
+pub async fn cancel(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    suite_id: &str,
+) -> redis::RedisResult<Cancelled> {
+    if let Some(state) = stored_state(conn, ns, suite_id).await? {
+        return Ok(Cancelled::AlreadyEnded(state));
+    }
+    let Some(record) = load_record(conn, ns, suite_id).await? else {
+        return Ok(Cancelled::UnknownSuite);
+    };
+    let results = load_results(conn, ns, suite_id).await?;
+    let report = assemble(&record, results, SuiteState::Cancelled);
+    match store_report(conn, ns, &report).await? {
+        Outcome::Stored => Ok(Cancelled::Now(Box::new(report))),
+        // Completed (or swept) between the check and the write: that report stands.
+        _ => Ok(Cancelled::AlreadyEnded(
+            stored_state(conn, ns, suite_id)
+                .await?
+                .unwrap_or(SuiteState::Complete),
+        )),
+    }
+}
+
+/// The state of a stored report, if there is one.
+async fn stored_state(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    suite_id: &str,
+) -> redis::RedisResult<Option<SuiteState>> {
+    #[derive(serde::Deserialize)]
+    struct State {
+        state: SuiteState,
+    }
+    let json: Option<String> = conn.get(ns.report_key(suite_id)).await?;
+    Ok(json
+        .map(|json| serde_json::from_str::<State>(&json).map_or(SuiteState::Complete, |s| s.state)))
 }
 
 /// Stores the report unless one exists, then takes the suite off the open set.

@@ -15,13 +15,16 @@ use crate::output::Progress;
 
 /// How often the suite's status is asked for.
 const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How long Ctrl-C waits for the server to confirm the cancellation.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Submits the suite to `server` and waits for its report.
 ///
 /// # Errors
 ///
 /// Returns [`Failure::Unreachable`] when the server does not answer, [`Failure::BadInput`]
-/// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C.
+/// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C
+/// (after cancelling the suite on the server, if it was submitted).
 pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Report, Failure> {
     let api = Api {
         base: server.trim_end_matches('/').to_owned(),
@@ -31,20 +34,27 @@ pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Repor
             .build()
             .map_err(|e| Failure::Service(e.into()))?,
     };
-    let follow = async {
+    let submit = async {
         if let Some(bundle) = &loaded.workspace {
             api.upload(bundle).await?;
         }
         let body = serde_json::to_vec(&loaded.manifest).map_err(|e| Failure::Service(e.into()))?;
-        let submitted: Submitted = api
-            .json(
-                api.http
-                    .post(api.url("/v1/suites"))
-                    .header("content-type", "application/json")
-                    .body(body),
-            )
-            .await?;
-        tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
+        api.json::<Submitted>(
+            api.http
+                .post(api.url("/v1/suites"))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    };
+    let interrupted = isotest_infra::shutdown::signal();
+    tokio::pin!(interrupted);
+    let submitted = tokio::select! {
+        submitted = submit => submitted?,
+        () = &mut interrupted => return Err(Failure::Interrupted),
+    };
+    tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
+    let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
         let status = loop {
             let status: SuiteStatus = api
@@ -63,7 +73,11 @@ pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Repor
     };
     tokio::select! {
         report = follow => report,
-        () = isotest_infra::shutdown::signal() => Err(Failure::Interrupted),
+        () = &mut interrupted => {
+            // The suite would otherwise keep every worker busy until its deadline.
+            api.cancel(&submitted).await;
+            Err(Failure::Interrupted)
+        }
     }
 }
 
@@ -78,6 +92,37 @@ impl Api {
             path.to_owned()
         } else {
             format!("{}{path}", self.base)
+        }
+    }
+
+    /// Cancels a submitted suite, within a few seconds or not at all (logged): the
+    /// user asked to stop, and waiting long on a dead server would not be stopping.
+    async fn cancel(&self, submitted: &Submitted) {
+        let request = self
+            .http
+            .delete(self.url(&submitted.status_url))
+            .timeout(CANCEL_TIMEOUT)
+            .send();
+        match request.await {
+            Ok(response) if response.status().is_success() => {
+                eprintln!("isotest: cancelled suite {}", submitted.id);
+            }
+            // 409: it ended on its own meanwhile, which is as good.
+            Ok(response) if response.status() == StatusCode::CONFLICT => {}
+            Ok(response) => {
+                eprintln!(
+                    "isotest: could not cancel suite {} ({}); it runs on until its deadline",
+                    submitted.id,
+                    response.status()
+                );
+            }
+            Err(e) => {
+                eprintln!(
+                    "isotest: could not cancel suite {}: {}; it runs on until its deadline",
+                    submitted.id,
+                    root_cause(&e)
+                );
+            }
         }
     }
 

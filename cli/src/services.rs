@@ -137,11 +137,12 @@ async fn run_aggregator(
     endpoints: Endpoints,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
-    let config = isotest_aggregator::service::AggregatorConfig::new(
+    let mut config = isotest_aggregator::service::AggregatorConfig::new(
         endpoints.redis_url.clone(),
         endpoints.namespace.clone(),
         isotest_infra::process_id("aggregator"),
     );
+    config.amqp_url = Some(endpoints.amqp_url.clone());
     let aggregator = isotest_aggregator::service::Aggregator::build(config)
         .await
         .map_err(unreachable)?;

@@ -62,6 +62,8 @@ pub enum ApiFailure {
     SuiteNotFound(String),
     #[error("suite {id} is still running ({done} of {total} tests done)")]
     Running { id: String, done: u32, total: u32 },
+    #[error("suite {id} has already ended ({state}); there is nothing to cancel")]
+    AlreadyEnded { id: String, state: &'static str },
     // The suite's record stays in Redis: the aggregator's deadline sweeper closes it,
     // reporting the tests that never ran as lost, so a failed submission still ends.
     #[error(
@@ -94,7 +96,7 @@ impl ApiFailure {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ApiFailure::Running { .. } => StatusCode::CONFLICT,
+            ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,7 +124,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/suites", post(submit))
-        .route("/v1/suites/{id}", get(status))
+        .route("/v1/suites/{id}", get(status).delete(cancel))
         .route("/v1/suites/{id}/report", get(report))
         .route("/v1/suites/{id}/report.xml", get(report_junit))
         .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
@@ -291,6 +293,48 @@ async fn status(
     Ok(Json(status))
 }
 
+/// `DELETE /v1/suites/{id}`: cancel a running suite. Its queued tests are skipped and
+/// its running ones killed by the workers, which see the stored report; tests without
+/// a final result are reported `cancelled`. 200 with the new status, 404 for an unknown
+/// suite, 409 for one that has already ended.
+#[tracing::instrument(skip_all, fields(suite_id = %id))]
+async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<SuiteStatus>, ApiFailure> {
+    use isotest_aggregator::Cancelled;
+    let id = parse_suite_id(&id)?;
+    match state.store.cancel(&id).await? {
+        Cancelled::Now(report) => {
+            tracing::info!(cancelled = report.summary.cancelled, "Cancelled the suite.");
+            let done = state.store.done_count(&id).await?;
+            Ok(Json(SuiteStatus {
+                id,
+                name: report.suite,
+                state: report.state,
+                total: report.summary.total,
+                done,
+                summary: Some(report.summary),
+            }))
+        }
+        Cancelled::AlreadyEnded(ended) => Err(ApiFailure::AlreadyEnded {
+            id,
+            state: state_name(ended),
+        }),
+        Cancelled::UnknownSuite => Err(ApiFailure::SuiteNotFound(id)),
+    }
+}
+
+/// A suite state as the API's JSON spells it.
+fn state_name(state: SuiteState) -> &'static str {
+    match state {
+        SuiteState::Running => "running",
+        SuiteState::Complete => "complete",
+        SuiteState::DeadlineExceeded => "deadline_exceeded",
+        SuiteState::Cancelled => "cancelled",
+    }
+}
+
 /// The report, or why there is none yet.
 async fn stored_report(state: &AppState, id: &str) -> Result<StoredReport, ApiFailure> {
     let id = parse_suite_id(id)?;
@@ -420,6 +464,14 @@ mod tests {
                 },
                 StatusCode::CONFLICT,
                 "suite s is still running (12 of 60 tests done)",
+            ),
+            (
+                ApiFailure::AlreadyEnded {
+                    id: "s".into(),
+                    state: "complete",
+                },
+                StatusCode::CONFLICT,
+                "suite s has already ended (complete); there is nothing to cancel",
             ),
             (
                 ApiFailure::SuiteNotFound("s".into()),

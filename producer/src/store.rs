@@ -126,6 +126,16 @@ impl Store {
         }
     }
 
+    /// Cancels the suite: stores its report as cancelled unless it already has one.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn cancel(&self, id: &str) -> Result<isotest_aggregator::Cancelled, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(isotest_aggregator::cancel(&mut conn, &self.ns, id).await?)
+    }
+
     /// Whether the blob with this sha256 (hex) is stored.
     ///
     /// # Errors
