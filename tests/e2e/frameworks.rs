@@ -115,7 +115,24 @@ async fn run_fixture(env: &TestEnv, framework: &str) -> Result<Report> {
             run.stderr()
         );
     }
+    check_schema(&env.dir.join(format!("{framework}.json")))?;
     Ok(run.report().clone())
+}
+
+/// A report file as `isotest run --json` wrote it follows docs/report.schema.json.
+fn check_schema(path: &Path) -> Result<()> {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/report.schema.json"))?;
+    let validator = jsonschema::validator_for(&schema).context("the schema is valid")?;
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
+    if !errors.is_empty() {
+        bail!("{} does not follow the schema: {errors:#?}", path.display());
+    }
+    Ok(())
 }
 
 /// The test of the report named `name`.
@@ -172,6 +189,7 @@ async fn a_test_that_passes_on_its_second_attempt_is_flaky() -> Result<()> {
             (Status::Passed, false, 1)
         );
         assert_eq!(report.summary.flaky, 1, "{label}");
+        check_schema(&env.dir.join(format!("{label}.json")))?;
         // Surefire's elements: a flaky pass carries its failure as <flakyFailure>, and so
         // does a flaky failure under flaky_result = "fail", beside its <failure>.
         let junit = run.junit.as_deref().context("junit written")?;

@@ -26,3 +26,53 @@ pub(crate) fn ms_to_duration(ms: u64) -> std::time::Duration {
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+
+#[cfg(test)]
+mod schema {
+    use isotest_protocol::manifest::FlakyResult;
+    use isotest_protocol::report::SuiteState;
+    use isotest_protocol::result::{CaseResult, CaseStatus, Stage, Status};
+
+    use super::assemble;
+    use super::fixtures::{record, result};
+
+    /// The schema the docs publish, checked against a report with every optional field.
+    #[test]
+    fn reports_follow_the_published_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/report.schema.json"))
+                .expect("the schema is JSON");
+        let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
+        let mut failed = result("flaky", 1, false, Status::Failed);
+        failed.exit_code = Some(1);
+        failed.reason = Some("1 of 1 cases failed".into());
+        failed.stage = Some(Stage::Test);
+        failed.stderr = "boom\n".into();
+        failed.cases = vec![CaseResult {
+            name: "test_x".into(),
+            classname: "m".into(),
+            file: Some("m.py".into()),
+            status: CaseStatus::Failed,
+            duration_ms: 3,
+            message: Some("assert 1 == 2".into()),
+            detail: Some("Traceback".into()),
+        }];
+        let mut rec = record(&["flaky", "gone"]);
+        rec.flaky_result = FlakyResult::Fail;
+        let report = assemble(
+            &rec,
+            [failed, result("flaky", 2, true, Status::Passed)],
+            SuiteState::DeadlineExceeded,
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{}: {e}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+        // And the schema is strict enough to catch a field it does not list.
+        let mut extra = json.clone();
+        extra["tests"][0]["surprise"] = true.into();
+        assert!(!validator.is_valid(&extra));
+    }
+}
