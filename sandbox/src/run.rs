@@ -694,7 +694,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         pipe::Receiver::from_owned_fd(stderr_r).map_err(|e| SandboxError::io("watch stderr", e))?;
     let report_rx = pipe::Receiver::from_owned_fd(report_r)
         .map_err(|e| SandboxError::io("watch stage reports", e))?;
-    let pidfd = guard.pidfd.take().ok_or(SandboxError::LauncherGone)?;
+    // A duplicate to watch: the guard keeps the original, so a run abandoned from here on
+    // (its future dropped, as when a suite is cancelled) still kills and reaps the init.
+    let pidfd = guard
+        .pidfd
+        .as_ref()
+        .ok_or(SandboxError::LauncherGone)?
+        .try_clone()
+        .map_err(|e| SandboxError::io("watch sandbox init", e))?;
     // SAFETY: the AsyncFd owns the pidfd, which stays open and unchanged until it is dropped or
     // taken back with into_inner.
     let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
@@ -713,14 +720,10 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         capture(stderr_rx, limits.stderr_bytes, dead.clone()),
         capture(report_rx, 4096, dead),
     );
-    let (reason, reaped) = match supervised {
-        Ok(done) => done,
-        Err(e) => {
-            // Keep the guard's promise: never leave the init alive.
-            guard.pidfd = Some(pidfd.into_inner());
-            return Err(e);
-        }
-    };
+    // On an error the guard, still armed, keeps its promise: never leave the init alive.
+    let (reason, reaped) = supervised?;
+    // Reaped: nothing is left for the guard to kill.
+    guard.pidfd = None;
     let wall = exec_at.elapsed();
     let [setup, command, teardown] = parse_report(&report.data);
 
