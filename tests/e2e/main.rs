@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod bad_input;
+mod faults;
 mod frameworks;
 mod modes;
 mod pipeline;
