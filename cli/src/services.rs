@@ -88,18 +88,39 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     };
     let stopped = |token: &CancellationToken| token.clone().cancelled_owned();
-    let mut producer = tokio::spawn(producer.run(stopped(&stop)));
-    let mut worker = tokio::spawn(worker.run(stopped(&stop)));
-    let mut aggregator = tokio::spawn(run_aggregator(endpoints, stopped(&stop)));
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn({
+        let done = stopped(&stop);
+        async move {
+            producer
+                .run(done)
+                .await
+                .context("serve the producer API")
+                .map_err(Failure::from)
+        }
+    });
+    services.spawn({
+        let done = stopped(&stop);
+        async move {
+            worker
+                .run(done)
+                .await
+                .context("consume test messages")
+                .map_err(Failure::from)
+        }
+    });
+    services.spawn(run_aggregator(endpoints, stopped(&stop)));
     tokio::spawn(signal);
     // Whichever service ends first (a signal, or a failure) takes the others down with it.
-    let first: Result<(), Failure> = tokio::select! {
-        r = &mut producer => r.context("producer task")?.context("serve the producer API").map_err(Failure::from),
-        r = &mut worker => r.context("worker task")?.context("consume test messages").map_err(Failure::from),
-        r = &mut aggregator => r.context("aggregator task")?,
-    };
-    stop.cancel();
-    let _ = tokio::join!(producer, worker, aggregator);
+    let mut first: Result<(), Failure> = Ok(());
+    while let Some(ended) = services.join_next().await {
+        stop.cancel();
+        let ended =
+            ended.map_err(|e| Failure::Service(anyhow::Error::new(e).context("a service task")));
+        if first.is_ok() {
+            first = ended.and_then(|r| r);
+        }
+    }
     first
 }
 

@@ -153,3 +153,93 @@ async fn each_test_gets_a_fresh_workspace_and_tmp() -> anyhow::Result<()> {
     env.stop();
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_finishes_what_it_holds() -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let first_worker = env.pid("worker-0").expect("worker-0 started");
+    let mut toml = String::from("name = \"drain\"\n");
+    for i in 0..6 {
+        let _ = write!(
+            toml,
+            "\n[[tests]]\nname = \"slow{i}\"\ncommand = [\"sleep\", \"2\"]\n"
+        );
+    }
+    let manifest = env.write("drain.toml", &toml);
+    let url = env.producer_url.clone().expect("started");
+    let json = env.dir.join("drain.json");
+    let mut run = env
+        .command(&[
+            "run",
+            &manifest.display().to_string(),
+            "--server",
+            &url,
+            "--json",
+            &json.display().to_string(),
+            "--quiet",
+        ])
+        .spawn()?;
+    // Once the worker holds its two messages (prefetch 2), ask it to stop.
+    crate::support::poll(
+        Duration::from_secs(20),
+        "the worker to take two tests",
+        || async { Ok(env.queue_state().await?.0 == 4) },
+    )
+    .await?;
+    kill(Pid::from_raw(i32::try_from(first_worker)?), Signal::SIGTERM)?;
+    crate::support::poll(
+        Duration::from_secs(30),
+        "the stopped worker to exit",
+        || async {
+            Ok(
+                !std::path::Path::new(&format!("/proc/{first_worker}")).exists()
+                    || is_zombie(first_worker),
+            )
+        },
+    )
+    .await?;
+    assert!(
+        env.log("worker-0")
+            .iter()
+            .any(|l| l.contains("Worker stopped.")),
+        "{:?}",
+        env.log("worker-0")
+    );
+    // A second worker takes the rest.
+    env.spawn("worker-1", &["worker", "--concurrency", "2"]);
+    let status = tokio::task::spawn_blocking(move || run.wait()).await??;
+    let report: isotest_protocol::report::Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+    assert!(status.success(), "{report:?}");
+    assert_eq!(report.tests.len(), 6);
+    let by_first = report
+        .tests
+        .iter()
+        .filter(|t| t.worker.contains(&format!("-{first_worker}")))
+        .count();
+    assert_eq!(
+        by_first, 2,
+        "the stopped worker finished the two tests it held"
+    );
+    assert!(
+        report
+            .tests
+            .iter()
+            .all(|t| t.status == Status::Passed && t.attempts == 1)
+    );
+    env.stop();
+    env.cleanup().await
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
