@@ -4,6 +4,16 @@
 //! Validation is total: every field is checked, defaults are applied, and the
 //! first problem is reported with the file, the field path and, where the source
 //! is at hand, the line.
+//!
+//! Beyond `code` and `command`, a test of a framework that names its tests (pytest,
+//! unittest, node, go, cargo) may give a `test_id` (a pytest node id, a unittest dotted
+//! name, a Node test file, a Go `[package.]TestName`, a libtest path) and a `junit` test
+//! its `junit_path`. `[[discover]]` entries list a framework's ids and become one test
+//! each; `isotest run` expands them in a local sandbox before it runs or submits the
+//! suite (see `cli/src/discover.rs`), so validation refuses any left. The suite-level
+//! `flaky_result` (`pass` by default, or `fail`) decides the verdict of a test that
+//! failed and then passed on one of its `retries`; every test sees its attempt number
+//! (1, 2, ...) in the variable `ISOTEST_ATTEMPT`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -1093,6 +1103,48 @@ retries = 2
                 Some(5),
             ),
             (
+                "test_id of a command",
+                "name = \"s\"\n[[tests]]\nname = \"a\"\ntest_id = \"x\"\n",
+                "framework `command` runs `code` or `command`, not a `test_id`",
+                Some(4),
+            ),
+            (
+                "test_id beside a command",
+                "name = \"s\"\n[[tests]]\nname = \"a\"\nframework = \"go\"\ntest_id = \"TestA\"\ncommand = [\"true\"]\n",
+                "has `test_id` and also `code` or `command`",
+                Some(2),
+            ),
+            (
+                "test_id like an option",
+                "name = \"s\"\n[[tests]]\nname = \"a\"\nframework = \"pytest\"\ntest_id = \"--pdb\"\n",
+                "would read as an option",
+                Some(5),
+            ),
+            (
+                "junit without a path",
+                "name = \"s\"\n[[tests]]\nname = \"a\"\nframework = \"junit\"\ncommand = [\"true\"]\n",
+                "without `junit_path`",
+                Some(2),
+            ),
+            (
+                "junit_path elsewhere",
+                "name = \"s\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\njunit_path = \"r.xml\"\n",
+                "is for `junit` tests",
+                Some(5),
+            ),
+            (
+                "unexpanded discover",
+                "name = \"s\"\n[[discover]]\nframework = \"pytest\"\n",
+                "expanded by `isotest run`",
+                Some(2),
+            ),
+            (
+                "unknown flaky_result",
+                "name = \"s\"\nflaky_result = \"maybe\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n",
+                "unknown variant `maybe`",
+                Some(2),
+            ),
+            (
                 "too many retries",
                 "name = \"s\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\nretries = 99\n",
                 "more than the limit",
@@ -1106,6 +1158,42 @@ retries = 2
             assert_eq!(err.origin.as_deref(), Some("suite.toml"), "{what}");
             assert!(err.to_string().starts_with("suite.toml:"), "{what}: {err}");
         }
+    }
+
+    #[test]
+    fn discovered_ids_become_tests_with_the_entrys_fields() {
+        let entry = DiscoverEntry {
+            framework: "pytest".into(),
+            prefix: Some("py:".into()),
+            timeout: Some("5s".into()),
+            retries: Some(1),
+            ..DiscoverEntry::default()
+        };
+        let manifest = Manifest {
+            name: "s".into(),
+            flaky_result: FlakyResult::Fail,
+            tests: vec![entry.test_entry("tests/test_a.py::test_b[x/y]")],
+            ..Manifest::default()
+        };
+        let suite = manifest.validate().expect("valid");
+        let test = &suite.tests[0];
+        assert_eq!(test.name, "py:tests.test_a.py::test_b[x.y]");
+        assert_eq!(
+            test.body,
+            TestBody::TestId("tests/test_a.py::test_b[x/y]".into())
+        );
+        assert_eq!((test.timeout_ms, test.retries), (5_000, 1));
+        assert_eq!(suite.flaky_result, FlakyResult::Fail);
+        assert!(entry.framework(0).is_ok());
+        let json = serde_json::to_value(&manifest).expect("serializes");
+        assert_eq!(json["flaky_result"], "fail");
+        assert!(
+            serde_json::to_value(Manifest::default())
+                .expect("serializes")
+                .get("flaky_result")
+                .is_none(),
+            "the default is not written"
+        );
     }
 
     #[test]
