@@ -463,11 +463,18 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs) -> ! {
         }
         // Start every program with default signal handling and nothing blocked: the worker's
         // handlers mean nothing here, and Rust programs ignore SIGPIPE, which exec keeps.
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..libc::SIGRTMAX() {
+        // The raw call: glibc refuses to touch the signals it reserves for itself (32, 33),
+        // which the worker may have set to be ignored.
+        let default = sys::KernelSigaction::default();
+        for signal in 1..=64 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &default, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    &default as *const sys::KernelSigaction,
+                    std::ptr::null_mut::<sys::KernelSigaction>(),
+                    8usize,
+                );
             }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();

@@ -58,6 +58,17 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` (handler, flags, restorer, mask on
+/// x86-64 and arm64); the default value is `SIG_DFL` with no flags and an empty mask.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct KernelSigaction {
+    pub handler: usize,
+    pub flags: u64,
+    pub restorer: usize,
+    pub mask: u64,
+}
+
 /// `struct __user_cap_header_struct`.
 #[repr(C)]
 #[derive(Debug)]

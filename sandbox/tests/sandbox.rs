@@ -126,6 +126,91 @@ async fn signals_and_missing_commands_are_reported() {
 }
 
 #[tokio::test]
+async fn a_lone_command_is_looked_up_and_run_like_execvp() {
+    // Without setup or teardown the built-in init starts the command itself.
+    let dir = std::env::temp_dir().join(format!("isotest-execvp-{}", nonce()));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let write = |name: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(dir.join(name), text).expect("write");
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    };
+    write("bin/script", "echo from-script \"$1\" $$\n", 0o755);
+    write("plain", "echo never\n", 0o644);
+    let bundle: Arc<[u8]> = isotest_sandbox::bundle::pack_dir(&dir)
+        .expect("pack")
+        .into();
+    let _ = std::fs::remove_dir_all(&dir);
+    /// argv, the test's PATH, the exit, stdout, stderr.
+    type Case<'a> = (&'a [&'a str], Option<&'a str>, StageExit, &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
+        // No known format: run by /bin/sh, as pid 2.
+        (
+            &["./bin/script", "a b"],
+            None,
+            StageExit::Code(0),
+            "from-script a b 2\n",
+            "",
+        ),
+        // Found on the test's own PATH.
+        (
+            &["script", "x"],
+            Some("/workspace/bin:/usr/bin:/bin"),
+            StageExit::Code(0),
+            "from-script x 2\n",
+            "",
+        ),
+        (
+            &["./plain"],
+            None,
+            StageExit::Code(126),
+            "",
+            "isotest: ./plain: cannot execute\n",
+        ),
+        (
+            &["isotest-no-such-tool"],
+            None,
+            StageExit::Code(127),
+            "",
+            "isotest: isotest-no-such-tool: not found\n",
+        ),
+    ];
+    for (argv, path, exit, out, err) in cases {
+        let mut spec = sh("");
+        spec.command = argv.iter().map(|a| (*a).to_owned()).collect();
+        spec.workspace_bundle = Some(Arc::clone(&bundle));
+        if let Some(path) = path {
+            spec.env.insert("PATH".into(), (*path).into());
+        }
+        let o = run(spec).await;
+        assert_eq!(o.command, Some(*exit), "{argv:?}");
+        assert_eq!(stdout(&o), *out, "{argv:?}");
+        assert_eq!(o.stderr.render("stderr"), *err, "{argv:?}");
+    }
+}
+
+#[tokio::test]
+async fn programs_start_with_default_signal_handling() {
+    // The worker is a Rust program (SIGPIPE ignored) that may block signals on its threads;
+    // none of that reaches a test, under either init.
+    for staged in [false, true] {
+        let mut spec = sh("");
+        spec.command = vec!["grep".into(), "-E".into(), "^Sig(Ign|Blk)".into()];
+        spec.command.push("/proc/self/status".into());
+        if staged {
+            spec.teardown = Some("true".into());
+        }
+        let o = run(spec).await;
+        assert_eq!(
+            stdout(&o),
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+            "staged: {staged}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn timeout_kills_the_sandbox_and_its_daemons() {
     let tag = nonce();
     // A double-forked setsid daemon that outlives the command, then a long sleep.
