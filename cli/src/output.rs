@@ -112,6 +112,7 @@ pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
     }
     let color = std::io::stdout().is_terminal();
     print!("{}", isotest_aggregator::terminal_summary(report, color));
+    print!("{}", rerun_hint(report, args));
     Ok(if report.passed() {
         exit::PASSED
     } else {
@@ -119,7 +120,67 @@ pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
     })
 }
 
+/// How many failing tests get a rerun command in the summary.
+const RERUN_LINES: usize = 5;
+
+/// The commands that rerun failing tests on this machine, one each.
+fn rerun_hint(report: &Report, args: &RunArgs) -> String {
+    let failing: Vec<&str> = report
+        .tests
+        .iter()
+        .filter(|t| !t.status.is_success())
+        .map(|t| t.name.as_str())
+        .collect();
+    if failing.is_empty() {
+        return String::new();
+    }
+    let manifest = shell_quote(&args.manifest.display().to_string());
+    let mut out = String::from("\nRerun a test locally:\n");
+    for name in failing.iter().take(RERUN_LINES) {
+        out.push_str(&format!(
+            "  isotest run {manifest} --only {}\n",
+            shell_quote(name)
+        ));
+    }
+    if failing.len() > RERUN_LINES {
+        out.push_str(&format!("  … and {} more\n", failing.len() - RERUN_LINES));
+    }
+    out
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     std::fs::write(path, bytes)
         .map_err(|e| Failure::BadInput(format!("cannot write the report {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quotes_only_what_a_shell_would_split() {
+        let cases = [
+            ("t01", "t01"),
+            ("suite.toml", "suite.toml"),
+            ("has space", "'has space'"),
+            ("it's", "'it'\\''s'"),
+            ("", "''"),
+        ];
+        for (word, quoted) in cases {
+            assert_eq!(shell_quote(word), quoted, "{word}");
+        }
+    }
 }
