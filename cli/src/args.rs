@@ -88,6 +88,17 @@ pub struct SandboxArgs {
     /// The Python interpreter pytest and unittest tests run with.
     #[arg(long, env = "ISOTEST_PYTHON")]
     pub python: Option<PathBuf>,
+    /// CPU time each test may use in all its processes ("30s", "5m"); none by default,
+    /// the wall-clock timeout still applies.
+    #[arg(long, env = "ISOTEST_CPU_TIME", value_parser = parse_duration)]
+    pub cpu_time: Option<Duration>,
+    /// After a limit is hit: SIGTERM, this long to exit, then SIGKILL.
+    #[arg(long, env = "ISOTEST_KILL_GRACE", default_value = "1s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+    /// Let tests of suites with `network = true` share this host's network (they can
+    /// then reach its loopback services); refused with an `error` verdict otherwise.
+    #[arg(long, env = "ISOTEST_ALLOW_NETWORK")]
+    pub allow_network: bool,
 }
 
 fn parse_environment(text: &str) -> Result<(String, PathBuf), String> {
@@ -122,7 +133,19 @@ impl SandboxArgs {
             workspace_bytes: self.workspace_mib.saturating_mul(1024 * 1024),
             stdout_bytes: self.output_bytes,
             stderr_bytes: self.output_bytes,
+            cpu_time: self.cpu_time,
+            kill_grace: self.kill_grace,
             ..isotest_sandbox::Limits::default()
+        }
+    }
+
+    /// The settings of every sandbox a runner named `worker_id` makes.
+    pub fn runner_config(&self, worker_id: String) -> isotest_worker::RunnerConfig {
+        isotest_worker::RunnerConfig {
+            worker_id,
+            tools: self.toolchain(),
+            limits: self.limits(),
+            allow_network: self.allow_network,
         }
     }
 

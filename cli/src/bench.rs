@@ -15,7 +15,7 @@ use isotest_protocol::names::Namespace;
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::TestResult;
 use isotest_sandbox::Sandboxer;
-use isotest_worker::{Runner, RunnerConfig, Worker, WorkerConfig};
+use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::SandboxArgs;
 use crate::exit::Failure;
@@ -81,11 +81,7 @@ async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
     for i in 0..args.workers {
         let runner = Runner::new(
             sandboxer.clone(),
-            RunnerConfig {
-                worker_id: format!("bench-worker-{i}"),
-                tools: args.sandbox.toolchain(),
-                limits: args.sandbox.limits(),
-            },
+            args.sandbox.runner_config(format!("bench-worker-{i}")),
         );
         let config = WorkerConfig {
             endpoints: endpoints.clone(),

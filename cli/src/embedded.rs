@@ -15,9 +15,9 @@ use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 use isotest_protocol::result::TestResult;
 use isotest_sandbox::{SandboxError, Sandboxer};
+use isotest_worker::Runner;
 use isotest_worker::run::infrastructure_error;
 use isotest_worker::service::error_chain;
-use isotest_worker::{Runner, RunnerConfig};
 
 use crate::args::{RunArgs, default_concurrency};
 use crate::exit::Failure;
@@ -37,11 +37,8 @@ pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure>
     }
     let runner = Runner::new(
         Arc::new(sandboxer),
-        RunnerConfig {
-            worker_id: isotest_infra::process_id("embedded"),
-            tools: args.sandbox.toolchain(),
-            limits: args.sandbox.limits(),
-        },
+        args.sandbox
+            .runner_config(isotest_infra::process_id("embedded")),
     );
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use isotest_infra::Endpoints;
 use isotest_sandbox::Sandboxer;
-use isotest_worker::{Runner, RunnerConfig, Worker, WorkerConfig};
+use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WorkerArgs};
 use crate::exit::Failure;
@@ -139,11 +139,7 @@ async fn build_worker(
     }
     let runner = Runner::new(
         Arc::new(sandboxer),
-        RunnerConfig {
-            worker_id: isotest_infra::process_id("worker"),
-            tools: sandbox.toolchain(),
-            limits: sandbox.limits(),
-        },
+        sandbox.runner_config(isotest_infra::process_id("worker")),
     );
     let config = WorkerConfig {
         endpoints: endpoints.clone(),

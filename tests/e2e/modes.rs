@@ -66,3 +66,40 @@ async fn embedded_and_distributed_agree() -> anyhow::Result<()> {
     env.stop();
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_access_is_the_workers_decision() -> anyhow::Result<()> {
+    use isotest_protocol::result::{Stage, Status};
+
+    let env = TestEnv::new().await;
+    // With the host's network, the host's own Redis on loopback answers.
+    let manifest = env.write(
+        "network.toml",
+        "name = \"net\"\nnetwork = true\n[[tests]]\nname = \"reach-redis\"\n\
+         command = [\"/usr/bin/python3\", \"-c\", \"import socket; socket.create_connection(('127.0.0.1', 6379), 2)\"]\n",
+    );
+    let refused = env.run_suite(&manifest, "refused", false, &[]);
+    let test = &refused.report().tests[0];
+    assert_eq!(
+        (test.status, test.stage),
+        (Status::Error, Some(Stage::Prepare)),
+        "{test:?}"
+    );
+    assert!(
+        test.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("--allow-network")),
+        "{test:?}"
+    );
+    assert_eq!(refused.code(), Some(1));
+
+    let allowed = env.run_suite(&manifest, "allowed", false, &["--allow-network"]);
+    assert_eq!(
+        allowed.report().tests[0].status,
+        Status::Passed,
+        "{:?}",
+        allowed.report().tests[0]
+    );
+    assert_eq!(allowed.code(), Some(0));
+    Ok(())
+}

@@ -26,6 +26,10 @@ pub struct RunnerConfig {
     pub tools: Toolchain,
     /// The limits of every test; its own timeout replaces `limits.timeout`.
     pub limits: Limits,
+    /// Whether tests of suites with `network = true` may share the host's network. Off
+    /// by default: such a test could reach services on the worker's loopback (its Redis,
+    /// say) and forge other suites' results.
+    pub allow_network: bool,
 }
 
 /// Runs test attempts in sandboxes.
@@ -52,7 +56,9 @@ impl Runner {
     /// # Errors
     ///
     /// Returns [`SandboxError`] only when the sandbox itself could not be made: a
-    /// failure of the infrastructure, not a verdict on the test.
+    /// failure of the infrastructure, not a verdict on the test. A test that cannot run
+    /// as given (a workspace that escapes its directory, an unknown environment, network
+    /// access this worker does not give) gets an `error` verdict instead.
     pub async fn run(
         &self,
         msg: &TestMessage,
@@ -60,6 +66,15 @@ impl Runner {
         taken_at_ms: u64,
     ) -> Result<TestResult, SandboxError> {
         let test = &msg.test;
+        if msg.network && !self.config.allow_network {
+            return Ok(error_verdict(
+                msg,
+                &self.config.worker_id,
+                "the suite asks for network access (network = true), which this worker does not \
+                 give; start the worker with --allow-network to let tests share its network"
+                    .to_owned(),
+            ));
+        }
         let mut plan = frameworks::plan(test, &self.config.tools);
         // Which attempt this is, so a test (or its setup) can tell a retry from a first run.
         plan.env
@@ -82,7 +97,13 @@ impl Runner {
         };
         let started_at_ms = now_ms();
         let clock = Instant::now();
-        let outcome = self.sandboxer.run(spec).await?;
+        let outcome = match self.sandboxer.run(spec).await {
+            Ok(outcome) => outcome,
+            Err(e) => match input_problem(&e) {
+                Some(reason) => return Ok(error_verdict(msg, &self.config.worker_id, reason)),
+                None => return Err(e),
+            },
+        };
         let finished_at_ms = now_ms();
         let wall = clock.elapsed();
         let mut result = self.judge(msg, &outcome, &limits);
@@ -183,9 +204,32 @@ impl Runner {
     }
 }
 
+/// Why a sandbox refused a test as given, or `None` when the failure is the host's.
+pub fn input_problem(e: &SandboxError) -> Option<String> {
+    match e {
+        SandboxError::Bundle(_) => Some(format!(
+            "workspace refused: {}",
+            crate::service::error_chain(e)
+        )),
+        SandboxError::UnknownEnvironment(_) | SandboxError::InvalidSpec(_) => {
+            Some(crate::service::error_chain(e))
+        }
+        _ => None,
+    }
+}
+
 /// The result recorded when the worker itself fails a test over and over (a poison
 /// message): an `error` whose reason says it was the infrastructure, not the test.
 pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
+    error_verdict(
+        msg,
+        worker_id,
+        format!("{INFRASTRUCTURE_REASON_PREFIX}{why}"),
+    )
+}
+
+/// A final `error` verdict given before the test ran (stage `prepare`).
+pub fn error_verdict(msg: &TestMessage, worker_id: &str, reason: String) -> TestResult {
     let now = now_ms();
     TestResult {
         schema_version: SCHEMA_VERSION,
@@ -195,7 +239,7 @@ pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> Te
         attempt: msg.attempt,
         is_final: true,
         status: Status::Error,
-        reason: Some(format!("{INFRASTRUCTURE_REASON_PREFIX}{why}")),
+        reason: Some(reason),
         stage: Some(Stage::Prepare),
         exit_code: None,
         duration_ms: 0,

@@ -89,14 +89,9 @@ enum HandleError {
 impl HandleError {
     /// Input errors of the sandbox are the test's; the rest are the host's.
     fn from_sandbox(e: SandboxError) -> HandleError {
-        match e {
-            SandboxError::Bundle(_) => {
-                HandleError::Input(format!("workspace refused: {}", error_chain(&e)))
-            }
-            SandboxError::UnknownEnvironment(_) | SandboxError::InvalidSpec(_) => {
-                HandleError::Input(error_chain(&e))
-            }
-            e => HandleError::Sandbox(e),
+        match crate::run::input_problem(&e) {
+            Some(reason) => HandleError::Input(reason),
+            None => HandleError::Sandbox(e),
         }
     }
 
@@ -468,9 +463,7 @@ impl Shared {
 /// The `error` result of a test that cannot run as given: its reason is the test's
 /// problem, not the infrastructure's.
 fn input_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
-    let mut result = infrastructure_error(msg, worker_id, why);
-    result.reason = Some(why.to_owned());
-    result
+    crate::run::error_verdict(msg, worker_id, why.to_owned())
 }
 
 /// How many times RabbitMQ delivered this message before (quorum queues count).
