@@ -914,11 +914,7 @@ fn locate_toml_field(text: &str, field: &str) -> Option<usize> {
             };
             if in_place
                 && let Some(key) = key
-                && line
-                    .split('=')
-                    .next()
-                    .is_some_and(|k| k.trim().trim_matches('"') == key)
-                && line.contains('=')
+                && is_key_line(line, key)
             {
                 return Some(n + 1);
             }
@@ -931,7 +927,27 @@ fn locate_toml_field(text: &str, field: &str) -> Option<usize> {
             }
         }
     }
+    // A test's field the test does not set came from `[defaults]`: point at it there.
+    if table == Some("tests")
+        && let Some(key) = key
+        && let Some(line) = locate_toml_field(text, &format!("defaults.{key}"))
+        && text
+            .lines()
+            .nth(line - 1)
+            .is_some_and(|l| is_key_line(l.trim(), key))
+    {
+        return Some(line);
+    }
     table_line
+}
+
+/// Whether `line` (trimmed) is a `key = value` line of `key`.
+fn is_key_line(line: &str, key: &str) -> bool {
+    line.contains('=')
+        && line
+            .split('=')
+            .next()
+            .is_some_and(|k| k.trim().trim_matches('"') == key)
 }
 
 /// `tests[3].timeout` → (`Some("tests")`, `Some(3)`, `Some("timeout")`); `name` → (None, None, Some("name")).
@@ -1052,7 +1068,7 @@ retries = 2
                 "bad default timeout",
                 "name = \"s\"\n[defaults]\ntimeout = \"-1\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n",
                 "not a duration",
-                Some(4),
+                Some(3),
             ),
             (
                 "malformed toml",

@@ -78,18 +78,39 @@ fn pack_into(
         let rel = rel.join(&name);
         let meta = std::fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         let kind = meta.file_type();
-        if kind.is_file() || kind.is_symlink() {
+        if kind.is_file() || kind.is_symlink() || kind.is_dir() {
+            let name = header_name(builder, &rel).map_err(io_err("pack", &path))?;
             builder
-                .append_path_with_name(&path, &rel)
+                .append_path_with_name(&path, name)
                 .map_err(io_err("pack", &path))?;
-        } else if kind.is_dir() {
-            builder
-                .append_path_with_name(&path, &rel)
-                .map_err(io_err("pack", &path))?;
+        }
+        if kind.is_dir() {
             pack_into(builder, &path, &rel)?;
         }
     }
     Ok(())
+}
+
+/// The name to give the tar crate for `rel`. A long path is written in a GNU long-name entry
+/// before its header; the tar crate does that itself, but refuses a path whose first 100 bytes
+/// start with bytes that are not UTF-8 (it keeps a UTF-8 prefix in the header), so such a path
+/// gets its long-name entry here and the header a placeholder, which readers ignore.
+fn header_name<'a>(builder: &mut tar::Builder<Vec<u8>>, rel: &'a Path) -> io::Result<&'a Path> {
+    const NAME_FIELD: usize = 100;
+    let bytes = rel.as_os_str().as_bytes();
+    if bytes.len() < NAME_FIELD || std::str::from_utf8(bytes).is_ok() {
+        return Ok(rel);
+    }
+    let mut long = bytes.to_vec();
+    long.push(0);
+    let mut header = tar::Header::new_gnu();
+    header.set_path("././@LongLink")?;
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_mode(0o644);
+    header.set_size(long.len() as u64);
+    header.set_cksum();
+    builder.append(&header, long.as_slice())?;
+    Ok(Path::new("@LongName"))
 }
 
 /// What an unpack should do besides writing the entries.
