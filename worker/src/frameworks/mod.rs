@@ -418,16 +418,28 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
         Framework::Go => judge_runner("go test", exit, &cases, &[1]),
         Framework::Cargo => judge_runner("cargo test", exit, &cases, &[101]),
     };
-    if verdict.status == Status::Passed
-        && let Some(problem) = report_problem
-        && framework == Framework::Pytest
+    // A runner that was asked for a report and gave none (or an unreadable one) has
+    // not shown what its cases did: a pass is not proven, and a failure says why.
+    if let Some(problem) = report_problem.as_deref()
+        && matches!(framework, Framework::Pytest | Framework::Node)
     {
-        verdict = Verdict {
-            status: Status::Error,
-            reason: Some(format!("pytest passed but {problem}")),
-            stage: Some(Stage::Test),
-            cases: Vec::new(),
-        };
+        if verdict.status.is_success() {
+            verdict = Verdict {
+                status: Status::Error,
+                reason: Some(format!("{} passed but {problem}", framework.as_str())),
+                stage: Some(Stage::Test),
+                cases: Vec::new(),
+            };
+        } else {
+            let reason = verdict.reason.take().unwrap_or_default();
+            verdict.reason = Some(format!("{reason}; {problem}"));
+        }
+    } else if let Some(problem) = report_problem.as_deref()
+        && framework == Framework::Junit
+        && !verdict.status.is_success()
+    {
+        let reason = verdict.reason.take().unwrap_or_default();
+        verdict.reason = Some(format!("{reason}; {problem}"));
     }
     if verdict.status == Status::Error
         && verdict
@@ -935,6 +947,31 @@ mod tests {
             if !status.is_success() {
                 assert!(v.reason.is_some(), "{what} has no reason");
             }
+        }
+    }
+
+    #[test]
+    fn a_missing_report_is_named_in_every_verdict() {
+        let missing = || Some(Err("collect file: larger than 16 bytes".to_owned()));
+        for (framework, code, status) in [
+            (Framework::Pytest, 0, Status::Error),
+            (Framework::Pytest, 1, Status::Failed),
+            (Framework::Node, 0, Status::Error),
+            (Framework::Junit, 0, Status::Error),
+            (Framework::Junit, 1, Status::Failed),
+        ] {
+            let seen = Observed {
+                command: Some(Exit::Code(code)),
+                junit: missing(),
+                ..Default::default()
+            };
+            let v = judge(framework, &seen);
+            assert_eq!(v.status, status, "{framework} exit {code}: {v:?}");
+            let reason = v.reason.unwrap_or_default();
+            assert!(
+                reason.contains("larger than 16 bytes"),
+                "{framework} exit {code}: {reason}"
+            );
         }
     }
 
