@@ -467,7 +467,7 @@ async fn a_discovery_that_fails_is_bad_input_with_the_frameworks_message() -> Re
 /// ignored unless asked for, and then fails without the sdist:
 ///
 /// ```sh
-/// python3 -m pip download --no-binary :all: --no-deps --no-build-isolation six==1.16.0 -d /tmp/sdist
+/// python3 -m pip download --no-binary :all: --no-deps six==1.16.0 -d /tmp/sdist
 /// tar xzf /tmp/sdist/six-1.16.0.tar.gz -C /tmp/sdist
 /// ISOTEST_SDIST=/tmp/sdist/six-1.16.0 cargo test -p isotest --test e2e third_party -- --ignored
 /// ```
