@@ -17,9 +17,9 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, ExistenceCheck, SetOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -34,6 +34,7 @@ use isotest_protocol::report::{Report, SuiteState};
 use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
 
 use crate::report::assemble;
+use crate::webhook::{WebhookConfig, Webhooks};
 
 /// What the aggregator needs to run; [`AggregatorConfig::new`] fills in the timings.
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct AggregatorConfig {
     pub retry_backoff: Duration,
     /// RabbitMQ, to empty the namespace's dead-letter queue; `None` leaves it alone.
     pub amqp_url: Option<String>,
+    /// How `suite.finished` webhooks are signed and delivered.
+    pub webhooks: WebhookConfig,
 }
 
 impl AggregatorConfig {
@@ -80,6 +83,7 @@ impl AggregatorConfig {
             trim_interval: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(500),
             amqp_url: None,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -96,6 +100,8 @@ pub enum AggregatorError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("make the webhooks' HTTP client")]
+    WebhookClient(#[source] reqwest::Error),
 }
 
 /// A built aggregator, ready to [`run`](Aggregator::run).
@@ -105,6 +111,7 @@ pub struct Aggregator {
     /// the sweeper each have their own.
     reader: ConnectionManager,
     sweeper: ConnectionManager,
+    webhooks: Webhooks,
 }
 
 impl std::fmt::Debug for Aggregator {
@@ -141,10 +148,17 @@ impl Aggregator {
         let sweeper = store::connect(&config.redis_url)
             .await
             .map_err(AggregatorError::Connect)?;
+        let webhooks = Webhooks::new(
+            config.webhooks.clone(),
+            config.namespace.clone(),
+            sweeper.clone(),
+        )
+        .map_err(AggregatorError::WebhookClient)?;
         let aggregator = Aggregator {
             config,
             reader,
             sweeper,
+            webhooks,
         };
         aggregator
             .ensure_group(&mut aggregator.reader.clone())
@@ -199,6 +213,7 @@ impl Aggregator {
             consumer = %this.config.consumer,
             "Aggregator started."
         );
+        this.webhooks.log_start();
 
         let reader = this.read_loop(token.clone());
         tokio::pin!(reader);
@@ -214,6 +229,7 @@ impl Aggregator {
         token.cancel();
         tracker.close();
         tracker.wait().await;
+        this.webhooks.shutdown().await;
         tracing::info!("Aggregator stopped.");
         result
     }
@@ -426,7 +442,12 @@ impl Aggregator {
             );
             return Ok(Outcome::Waiting);
         }
-        let outcome = store_report(conn, ns, &report).await?;
+        let callback_url = record.record.callback_url.as_deref();
+        let due = callback_url.map(|_| self.webhooks.claimed_until_ms());
+        let outcome = store_report(conn, ns, &report, due).await?;
+        if let (Outcome::Stored, Some(url)) = (outcome, callback_url) {
+            self.webhooks.spawn(&report, url);
+        }
         records.forget(suite_id);
         Ok(outcome)
     }
@@ -444,6 +465,9 @@ impl Aggregator {
             }
             if let Err(error) = self.sweep(&mut conn, &token).await {
                 tracing::warn!(%error, "Could not sweep suites past their deadline.");
+            }
+            if let Err(error) = self.webhooks.sweep(&mut conn).await {
+                tracing::warn!(%error, "Could not sweep queued webhooks.");
             }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + self.config.trim_interval;
@@ -545,7 +569,12 @@ impl Aggregator {
         } else {
             report
         };
-        if store_report(conn, ns, &report).await? == Outcome::Stored {
+        let callback_url = record.callback_url.as_deref();
+        let due = callback_url.map(|_| self.webhooks.claimed_until_ms());
+        if store_report(conn, ns, &report, due).await? == Outcome::Stored {
+            if let Some(url) = callback_url {
+                self.webhooks.spawn(&report, url);
+            }
             tracing::info!(
                 lost = report.summary.lost,
                 state = ?report.state,
@@ -761,7 +790,13 @@ pub async fn cancel(
     };
     let results = load_results(conn, ns, suite_id).await?;
     let report = assemble(&record, results, SuiteState::Cancelled);
-    match store_report(conn, ns, &report).await? {
+    // The producer cancels, and it sends no webhooks: queue it due now, for the next
+    // aggregator sweep.
+    let due = record
+        .callback_url
+        .as_ref()
+        .map(|_| isotest_protocol::now_ms());
+    match store_report(conn, ns, &report, due).await? {
         Outcome::Stored => Ok(Cancelled::Now(Box::new(report))),
         // Completed (or swept) between the check and the write: that report stands.
         _ => Ok(Cancelled::AlreadyEnded(
@@ -787,23 +822,16 @@ async fn stored_state(
         .map(|json| serde_json::from_str::<State>(&json).map_or(SuiteState::Complete, |s| s.state)))
 }
 
-/// Stores the report unless one exists, then takes the suite off the open set.
+/// Stores the report unless one exists, then takes the suite off the open set; with
+/// `webhook_due_ms`, queues the suite's webhook in the same step (see [`crate::webhook`]).
 async fn store_report(
     conn: &mut ConnectionManager,
     ns: &Namespace,
     report: &Report,
+    webhook_due_ms: Option<u64>,
 ) -> redis::RedisResult<Outcome> {
-    // A report of strings and numbers always serializes.
-    let json = serde_json::to_string(report).unwrap_or_default();
-    let set: Option<String> = conn
-        .set_options(
-            ns.report_key(&report.suite_id),
-            json,
-            SetOptions::default().conditional_set(ExistenceCheck::NX),
-        )
-        .await?;
-    let _: usize = conn.zrem(ns.open_suites_key(), &report.suite_id).await?;
-    Ok(if set.is_some() {
+    let stored = crate::webhook::store_report(conn, ns, report, webhook_due_ms).await?;
+    Ok(if stored {
         Outcome::Stored
     } else {
         Outcome::AlreadyReported

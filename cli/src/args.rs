@@ -181,6 +181,17 @@ pub struct WorkerArgs {
 pub struct AggregatorArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// How the aggregator signs the `suite.finished` webhooks it sends.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Signs each webhook body: `X-Isotest-Signature: sha256=<hex HMAC-SHA256>`. Without
+    /// it webhooks go unsigned (a warning is logged at start).
+    #[arg(long, env = "ISOTEST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +208,8 @@ pub struct UpArgs {
     pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// The number of cores, the default concurrency.

@@ -11,7 +11,7 @@ use isotest_infra::Endpoints;
 use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
-use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WorkerArgs};
+use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WebhookArgs, WorkerArgs};
 use crate::exit::Failure;
 
 /// Serves the producer's HTTP API.
@@ -58,7 +58,12 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 ///
 /// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
-    run_aggregator(args.endpoints, isotest_infra::shutdown::signal()).await
+    run_aggregator(
+        args.endpoints,
+        args.webhooks,
+        isotest_infra::shutdown::signal(),
+    )
+    .await
 }
 
 /// Runs the producer, an aggregator and a worker in one process until a signal.
@@ -109,7 +114,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 .map_err(Failure::from)
         }
     });
-    services.spawn(run_aggregator(endpoints, stopped(&stop)));
+    services.spawn(run_aggregator(endpoints, args.webhooks, stopped(&stop)));
     tokio::spawn(signal);
     // Whichever service ends first (a signal, or a failure) takes the others down with it.
     let mut first: Result<(), Failure> = Ok(());
@@ -152,6 +157,7 @@ async fn build_worker(
 
 async fn run_aggregator(
     endpoints: Endpoints,
+    webhooks: WebhookArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let mut config = isotest_aggregator::service::AggregatorConfig::new(
@@ -160,6 +166,9 @@ async fn run_aggregator(
         isotest_infra::process_id("aggregator"),
     );
     config.amqp_url = Some(endpoints.amqp_url.clone());
+    config.webhooks.secret = webhooks
+        .webhook_secret
+        .and_then(isotest_aggregator::WebhookSecret::new);
     let aggregator = isotest_aggregator::service::Aggregator::build(config)
         .await
         .map_err(unreachable)?;

@@ -57,6 +57,7 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
         created_at_ms: now_ms,
         deadline_at_ms: now_ms.saturating_add(deadline_ms),
         flaky_result: suite.flaky_result,
+        callback_url: suite.callback_url.clone(),
     }
 }
 

@@ -19,6 +19,9 @@ pub struct SuiteRecord {
     /// The verdict of a test that failed and then passed on a retry.
     #[serde(default)]
     pub flaky_result: FlakyResult,
+    /// Where the aggregator POSTs a [`SuiteFinished`] when the suite ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The answer to a submitted suite (202 Accepted).
@@ -49,6 +52,37 @@ pub struct SuiteStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// The event of the `suite.finished` webhook, the JSON body POSTed to a suite's
+/// `callback_url` once its report is stored (complete, past its deadline, or cancelled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteFinished {
+    pub schema_version: u32,
+    /// Always [`SuiteFinished::EVENT`], also sent as the `X-Isotest-Event` header.
+    pub event: String,
+    /// The same on every attempt to deliver this event (`X-Isotest-Delivery`), so a
+    /// receiver can drop repeats.
+    pub delivery_id: String,
+    pub suite_id: String,
+    pub name: String,
+    pub state: SuiteState,
+    pub summary: Summary,
+    /// The report's path on the producer, `/v1/suites/{id}/report`.
+    pub report_url: String,
+    pub finished_at_ms: u64,
+}
+
+impl SuiteFinished {
+    /// The event's name.
+    pub const EVENT: &'static str = "suite.finished";
+
+    /// The delivery id of a suite's one `suite.finished` event: derived from the suite
+    /// id, so every aggregator that tries to deliver it (after a restart, say) sends
+    /// the same id.
+    pub fn delivery_id(suite_id: &str) -> String {
+        format!("{suite_id}.finished")
+    }
 }
 
 /// The answer to an uploaded blob.

@@ -37,6 +37,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most retries a test may ask for.
 pub const MAX_RETRIES: u32 = 10;
+/// The longest `callback_url`, in bytes.
+pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
 
 /// How a test is run and how its results are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -232,6 +234,9 @@ pub struct Manifest {
     /// that reaches validation (or the producer) has none left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discover: Vec<DiscoverEntry>,
+    /// An `http` or `https` URL the aggregator POSTs the suite's summary to when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt
@@ -468,6 +473,9 @@ pub struct Suite {
     pub tests: Vec<TestSpec>,
     #[serde(default)]
     pub flaky_result: FlakyResult,
+    /// Where the aggregator POSTs the `suite.finished` webhook, checked by [`check_callback_url`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl Manifest {
@@ -563,6 +571,9 @@ impl Manifest {
                     .unwrap_or(u64::MAX),
             ),
         };
+        if let Some(url) = &self.callback_url {
+            check_callback_url("callback_url", url)?;
+        }
         if !self.discover.is_empty() {
             return Err(ManifestError::field(
                 "discover[0]",
@@ -607,6 +618,7 @@ impl Manifest {
             deadline_ms,
             tests,
             flaky_result: self.flaky_result,
+            callback_url: self.callback_url.clone(),
         })
     }
 }
@@ -770,6 +782,67 @@ fn resolve(at: &str, name: &str, f: &TestFields) -> Result<TestSpec, ManifestErr
         environment: f.environment.clone(),
         junit_path: f.junit_path.clone(),
     })
+}
+
+/// A webhook target: `http` or `https`, with a host, printable, at most
+/// [`MAX_CALLBACK_URL_BYTES`]. The aggregator POSTs to it, so anything it could not
+/// send a request to is refused here, before the suite runs.
+///
+/// # Errors
+///
+/// Returns a [`ManifestError`] for `field` saying what is wrong.
+pub fn check_callback_url(field: &str, url: &str) -> Result<(), ManifestError> {
+    let bad = |why: &str| ManifestError::field(field, format!("`{}` {why}", url.escape_default()));
+    if url.len() > MAX_CALLBACK_URL_BYTES {
+        return Err(ManifestError::field(
+            field,
+            format!(
+                "is {} bytes, more than the limit of {MAX_CALLBACK_URL_BYTES}",
+                url.len()
+            ),
+        ));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("contains whitespace or a control character"));
+    }
+    let rest = match url.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
+        }
+        _ => return Err(bad("is not an http:// or https:// URL")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(bad(
+            "carries credentials; the aggregator signs its requests instead",
+        ));
+    }
+    // A bracketed IPv6 literal, or a name or IPv4 address with an optional port.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => return Err(bad("has an unclosed `[` in its host")),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:%".contains(c) || !c.is_ascii());
+    if !host_ok {
+        return Err(bad("has no valid host"));
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad("has a port that is not a number from 1 to 65535"));
+    }
+    Ok(())
 }
 
 /// A test id goes on a command line: printable, and never mistaken for an option.
@@ -1161,6 +1234,12 @@ retries = 2
                 Some(2),
             ),
             (
+                "ftp callback",
+                "name = \"s\"\ncallback_url = \"ftp://ci.example/hook\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n",
+                "callback_url: `ftp://ci.example/hook` is not an http:// or https:// URL",
+                Some(2),
+            ),
+            (
                 "too many retries",
                 "name = \"s\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\nretries = 99\n",
                 "more than the limit",
@@ -1209,6 +1288,58 @@ retries = 2
                 .get("flaky_result")
                 .is_none(),
             "the default is not written"
+        );
+    }
+
+    #[test]
+    fn callback_urls_are_http_with_a_host() {
+        let long = format!("https://ci.example/{}", "a".repeat(MAX_CALLBACK_URL_BYTES));
+        let cases: &[(&str, Option<&str>)] = &[
+            ("https://ci.example/hook", None),
+            ("http://127.0.0.1:8080/isotest?token=x#f", None),
+            ("HTTPS://[::1]:443/h", None),
+            ("http://ci.example", None),
+            (
+                "ftp://ci.example/hook",
+                Some("not an http:// or https:// URL"),
+            ),
+            ("ci.example/hook", Some("not an http:// or https:// URL")),
+            ("http:///hook", Some("has no valid host")),
+            ("http://:80/hook", Some("has no valid host")),
+            ("http://ci.example:0/", Some("port that is not a number")),
+            (
+                "http://ci.example:99999/",
+                Some("port that is not a number"),
+            ),
+            ("http://ci.example:x/", Some("port that is not a number")),
+            ("http://[::1/", Some("unclosed `[`")),
+            ("http://user:pw@ci.example/", Some("carries credentials")),
+            (
+                "http://ci.example/a b",
+                Some("whitespace or a control character"),
+            ),
+            (
+                "http://ci.example/\n",
+                Some("whitespace or a control character"),
+            ),
+            (&long, Some("more than the limit of 2048")),
+        ];
+        for (url, expected) in cases {
+            let result = check_callback_url("callback_url", url);
+            match (expected, result) {
+                (None, Ok(())) => {}
+                (Some(fragment), Err(e)) => {
+                    assert!(e.to_string().starts_with("callback_url: "), "{url}: {e}");
+                    assert!(e.to_string().contains(fragment), "{url}: {e}");
+                }
+                (expected, got) => panic!("{url}: expected {expected:?}, got {got:?}"),
+            }
+        }
+        let suite = load("name = \"s\"\ncallback_url = \"https://ci.example/hook\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n")
+            .expect("valid");
+        assert_eq!(
+            suite.callback_url.as_deref(),
+            Some("https://ci.example/hook")
         );
     }
 

@@ -78,6 +78,12 @@ impl Namespace {
         format!("{}:suites:open", self.0)
     }
 
+    /// Sorted set of suite ids whose `suite.finished` webhook is not delivered yet,
+    /// scored by when an aggregator may (next) try (ms since the epoch).
+    pub fn webhooks_key(&self) -> String {
+        format!("{}:webhooks", self.0)
+    }
+
     /// Stream of result notifications, read by aggregators through a consumer group.
     pub fn results_stream(&self) -> String {
         format!("{}:results", self.0)

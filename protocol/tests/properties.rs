@@ -418,6 +418,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     },
                     tests,
                     discover: Vec::new(),
+                    callback_url: None,
                 }
             },
         )

@@ -8,3 +8,4 @@ mod frameworks;
 mod modes;
 mod pipeline;
 mod support;
+mod webhooks;

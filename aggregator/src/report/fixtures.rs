@@ -14,6 +14,7 @@ pub(crate) fn record(tests: &[&str]) -> SuiteRecord {
         created_at_ms: 1_000,
         deadline_at_ms: 61_000,
         flaky_result: Default::default(),
+        callback_url: None,
     }
 }
 

@@ -8,3 +8,4 @@ mod complete;
 mod deadline;
 mod replicas;
 mod restart;
+mod webhooks;

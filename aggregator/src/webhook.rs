@@ -1,0 +1,672 @@
+//! The `suite.finished` webhook: when a suite whose manifest names a `callback_url`
+//! ends, its summary is POSTed there as JSON, signed with the aggregator's secret.
+//!
+//! Deliveries are recorded in Redis ([`Namespace::webhooks_key`], a sorted set of suite
+//! ids scored by when one may next be tried) in the same script that stores the report,
+//! so a stored report always has its delivery queued. The aggregator that stored the
+//! report claims it at once (a lease) and delivers it on its own task tracker, with
+//! retries and exponential backoff; the sweeper of any aggregator delivers the queued
+//! ones whose lease ran out (their aggregator died, or shut down mid-delivery) and
+//! those of cancelled suites, whose report the producer stores. Delivery is therefore
+//! at least once, with one delivery id, so a receiver can drop repeats.
+
+use std::fmt;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use isotest_protocol::SCHEMA_VERSION;
+use isotest_protocol::api::{SuiteFinished, SuiteRecord};
+use isotest_protocol::names::Namespace;
+use isotest_protocol::report::Report;
+
+/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Isotest-Signature";
+/// The header carrying the delivery id, the same on every attempt.
+pub const DELIVERY_HEADER: &str = "X-Isotest-Delivery";
+/// The header carrying the event's name.
+pub const EVENT_HEADER: &str = "X-Isotest-Event";
+
+/// The key that signs webhook bodies. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// A secret from its text; an empty text is no secret.
+    pub fn new(text: impl Into<String>) -> Option<WebhookSecret> {
+        let text = text.into();
+        (!text.is_empty()).then_some(WebhookSecret(text))
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+/// How webhooks are delivered; [`WebhookConfig::default`] gives the usual timings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Signs every body; without it bodies go unsigned (and a warning is logged at start).
+    pub secret: Option<WebhookSecret>,
+    /// Tries per delivery, the first included.
+    pub attempts: u32,
+    /// The wait after the first failed try, doubled after each further one.
+    pub first_backoff: Duration,
+    /// How long one try may take, connecting included.
+    pub timeout: Duration,
+    /// How long a claimed delivery is left to the aggregator that claimed it before
+    /// another may take it over; longer than every try and wait of one delivery.
+    pub lease: Duration,
+    /// On shutdown, how long deliveries in flight may take before they are abandoned
+    /// (and left queued for another aggregator).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secret: None,
+            attempts: 5,
+            first_backoff: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `sha256=<hex>`: the HMAC-SHA256 of `body` keyed by `secret`, as
+/// [`SIGNATURE_HEADER`] carries it.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length, so this never fails.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The event of a stored report.
+pub fn event(report: &Report) -> SuiteFinished {
+    SuiteFinished {
+        schema_version: SCHEMA_VERSION,
+        event: SuiteFinished::EVENT.to_owned(),
+        delivery_id: SuiteFinished::delivery_id(&report.suite_id),
+        suite_id: report.suite_id.clone(),
+        name: report.suite.clone(),
+        state: report.state,
+        summary: report.summary.clone(),
+        report_url: format!("/v1/suites/{}/report", report.suite_id),
+        finished_at_ms: report.finished_at_ms,
+    }
+}
+
+/// What one try came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Try {
+    /// A 2xx answer: done.
+    Delivered(u16),
+    /// A failure that may pass (connection refused or reset, a timeout, 429, 5xx).
+    Retry(String),
+    /// A failure that trying again will not mend (another 4xx, a redirect, a URL
+    /// this client cannot send to).
+    GiveUp(String),
+}
+
+/// The verdict of an HTTP answer's status.
+fn judge_status(status: u16) -> Try {
+    match status {
+        200..=299 => Try::Delivered(status),
+        429 | 500..=599 => Try::Retry(format!("the receiver answered {status}")),
+        300..=399 => Try::GiveUp(format!(
+            "the receiver answered {status}, a redirect, which is not followed"
+        )),
+        _ => Try::GiveUp(format!("the receiver answered {status}")),
+    }
+}
+
+/// The verdict of a request that got no answer.
+fn judge_error(error: &reqwest::Error) -> Try {
+    let text = error_chain(error);
+    if error.is_builder() || error.is_redirect() {
+        Try::GiveUp(text)
+    } else {
+        // Connecting, a timeout, a connection reset mid-request: the receiver or the
+        // network may be back in a moment.
+        Try::Retry(text)
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver answered 2xx on this try.
+    Delivered { status: u16, attempt: u32 },
+    /// Every try failed, or one failed in a way that retrying cannot mend.
+    Failed { reason: String, attempts: u32 },
+}
+
+/// The webhook sender of one aggregator: its HTTP client, its deliveries' task
+/// tracker and its Redis connection.
+pub(crate) struct Webhooks {
+    config: WebhookConfig,
+    ns: Namespace,
+    client: reqwest::Client,
+    redis: ConnectionManager,
+    tracker: TaskTracker,
+    /// Cancelled when shutdown's grace has passed: deliveries still running give up.
+    abandon: CancellationToken,
+}
+
+impl fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Claims a queued delivery that is due: moves its next try `lease` ms into the
+/// future, so no other aggregator takes it meanwhile. 1 if claimed, 0 if not due (or
+/// gone).
+const CLAIM: &str = r"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// Stores a report unless one exists and takes its suite off the open set, and in the
+/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none).
+/// KEYS: report, open suites, webhooks; ARGV: report JSON, suite id, due. 1 if stored.
+const STORE_REPORT: &str = r"
+local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+redis.call('ZREM', KEYS[2], ARGV[2])
+if not stored then
+  return 0
+end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+end
+return 1
+";
+
+/// Stores `report` unless the suite has one, then takes the suite off the open set;
+/// when `webhook_due_ms` is given, queues its webhook in the same script. `true` if
+/// this call stored the report.
+///
+/// # Errors
+///
+/// Returns the [`redis::RedisError`] when Redis fails; nothing is then written.
+pub(crate) async fn store_report(
+    conn: &mut ConnectionManager,
+    ns: &Namespace,
+    report: &Report,
+    webhook_due_ms: Option<u64>,
+) -> redis::RedisResult<bool> {
+    // A report of strings and numbers always serializes.
+    let json = serde_json::to_string(report).unwrap_or_default();
+    let stored: i64 = Script::new(STORE_REPORT)
+        .key(ns.report_key(&report.suite_id))
+        .key(ns.open_suites_key())
+        .key(ns.webhooks_key())
+        .arg(json)
+        .arg(&report.suite_id)
+        .arg(webhook_due_ms.map(|ms| ms.to_string()).unwrap_or_default())
+        .invoke_async(conn)
+        .await?;
+    Ok(stored == 1)
+}
+
+impl Webhooks {
+    /// A sender for the namespace `ns`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the [`reqwest::Error`] when the HTTP client cannot be made.
+    pub(crate) fn new(
+        config: WebhookConfig,
+        ns: Namespace,
+        redis: ConnectionManager,
+    ) -> Result<Webhooks, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // A signed POST is not re-sent to wherever a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("isotest/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Webhooks {
+            config,
+            ns,
+            client,
+            redis,
+            tracker: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+        })
+    }
+
+    /// Logs, once at start, whether bodies are signed.
+    pub(crate) fn log_start(&self) {
+        if self.config.secret.is_none() {
+            tracing::warn!(
+                "No --webhook-secret (ISOTEST_WEBHOOK_SECRET): webhooks are delivered unsigned."
+            );
+        }
+    }
+
+    /// When a delivery claimed now is next up for grabs: the score under which the
+    /// aggregator storing a report queues its webhook, claimed by itself.
+    pub(crate) fn claimed_until_ms(&self) -> u64 {
+        isotest_protocol::now_ms().saturating_add(duration_ms(self.config.lease))
+    }
+
+    /// Delivers the webhook of a report this aggregator just stored (and claimed), on
+    /// the task tracker: the caller does not wait.
+    pub(crate) fn spawn(&self, report: &Report, callback_url: &str) {
+        let event = event(report);
+        let url = callback_url.to_owned();
+        let span = tracing::info_span!("webhook", suite_id = %report.suite_id);
+        let this = self.task_handle();
+        self.tracker
+            .spawn(async move { this.deliver_and_settle(url, event).await }.instrument(span));
+    }
+
+    /// Claims and delivers queued webhooks that are due (their aggregator died or gave
+    /// them back, or the producer stored a cancelled report).
+    ///
+    /// # Errors
+    ///
+    /// Returns the [`redis::RedisError`] when Redis fails; what is queued stays queued.
+    pub(crate) async fn sweep(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        const PAGE: isize = 100;
+        let now = isotest_protocol::now_ms();
+        let due: Vec<String> = conn
+            .zrangebyscore_limit(self.ns.webhooks_key(), "-inf", now, 0, PAGE)
+            .await?;
+        for suite_id in due {
+            let claimed: i64 = Script::new(CLAIM)
+                .key(self.ns.webhooks_key())
+                .arg(&suite_id)
+                .arg(now)
+                .arg(self.claimed_until_ms())
+                .invoke_async(conn)
+                .await?;
+            if claimed != 1 {
+                continue;
+            }
+            let span = tracing::info_span!("webhook", suite_id = %suite_id);
+            let found = self.load(conn, &suite_id).instrument(span.clone()).await?;
+            match found {
+                Some((report, url)) => {
+                    span.in_scope(|| tracing::info!("Delivering a queued webhook."));
+                    self.spawn(&report, &url);
+                }
+                None => {
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            "Queued webhook has no report or no callback URL; dropping it."
+                        );
+                    });
+                    let _: usize = conn.zrem(self.ns.webhooks_key(), &suite_id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored report and callback URL of a queued delivery.
+    async fn load(
+        &self,
+        conn: &mut ConnectionManager,
+        suite_id: &str,
+    ) -> redis::RedisResult<Option<(Report, String)>> {
+        let (report, record): (Option<String>, Option<String>) = redis::pipe()
+            .get(self.ns.report_key(suite_id))
+            .get(self.ns.suite_key(suite_id))
+            .query_async(conn)
+            .await?;
+        let report = report.and_then(|json| serde_json::from_str::<Report>(&json).ok());
+        let url = record
+            .and_then(|json| serde_json::from_str::<SuiteRecord>(&json).ok())
+            .and_then(|record| record.callback_url);
+        Ok(report.zip(url))
+    }
+
+    /// Waits up to the grace period for deliveries in flight, then abandons the rest:
+    /// they stay queued in Redis, due at once, for another aggregator or the next start.
+    pub(crate) async fn shutdown(&self) {
+        self.tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tracker.len(),
+                "Abandoning webhook deliveries in flight; they stay queued."
+            );
+            self.abandon.cancel();
+            // Giving a delivery back is one Redis write; do not hang on a dead Redis.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+    }
+
+    fn task_handle(&self) -> Task {
+        Task {
+            config: self.config.clone(),
+            ns: self.ns.clone(),
+            client: self.client.clone(),
+            redis: self.redis.clone(),
+            abandon: self.abandon.clone(),
+        }
+    }
+}
+
+/// What one delivery task owns.
+struct Task {
+    config: WebhookConfig,
+    ns: Namespace,
+    client: reqwest::Client,
+    redis: ConnectionManager,
+    abandon: CancellationToken,
+}
+
+impl Task {
+    /// Delivers, then takes the delivery off the queue, or, if abandoned on shutdown,
+    /// makes it due at once for whoever sweeps next.
+    async fn deliver_and_settle(mut self, url: String, event: SuiteFinished) {
+        let suite_id = event.suite_id.clone();
+        let outcome = tokio::select! {
+            outcome = deliver(&self.client, &self.config, &url, &event) => Some(outcome),
+            () = self.abandon.cancelled() => None,
+        };
+        let key = self.ns.webhooks_key();
+        let settled: redis::RedisResult<()> = match outcome {
+            Some(Delivery::Delivered { status, attempt }) => {
+                tracing::info!(status, attempt, "Delivered the suite.finished webhook.");
+                self.redis.zrem(&key, &suite_id).await
+            }
+            Some(Delivery::Failed { reason, attempts }) => {
+                tracing::error!(%reason, attempts, "Gave up delivering the suite.finished webhook.");
+                self.redis.zrem(&key, &suite_id).await
+            }
+            None => {
+                self.redis
+                    .zadd(&key, &suite_id, isotest_protocol::now_ms())
+                    .await
+            }
+        };
+        // The lease runs out on its own: another aggregator then delivers again.
+        if let Err(error) = settled {
+            tracing::warn!(%error, "Could not settle the webhook delivery in Redis.");
+        }
+    }
+}
+
+/// POSTs `event` to `url` until a try succeeds, fails for good, or the tries run out.
+pub async fn deliver(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    url: &str,
+    event: &SuiteFinished,
+) -> Delivery {
+    // An event of strings and numbers always serializes.
+    let body = serde_json::to_vec(event).unwrap_or_default();
+    let signature = config
+        .secret
+        .as_ref()
+        .map(|secret| signature(secret.0.as_bytes(), &body));
+    let attempts = config.attempts.max(1);
+    let mut backoff = config.first_backoff;
+    let mut attempt = 1;
+    loop {
+        let mut request = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(EVENT_HEADER, SuiteFinished::EVENT)
+            .header(DELIVERY_HEADER, &event.delivery_id)
+            .body(body.clone());
+        if let Some(signature) = &signature {
+            request = request.header(SIGNATURE_HEADER, signature);
+        }
+        let verdict = match request.send().await {
+            Ok(response) => judge_status(response.status().as_u16()),
+            Err(error) => judge_error(&error),
+        };
+        match verdict {
+            Try::Delivered(status) => return Delivery::Delivered { status, attempt },
+            Try::GiveUp(reason) => {
+                return Delivery::Failed {
+                    reason,
+                    attempts: attempt,
+                };
+            }
+            Try::Retry(reason) if attempt >= attempts => {
+                return Delivery::Failed {
+                    reason,
+                    attempts: attempt,
+                };
+            }
+            Try::Retry(reason) => {
+                tracing::warn!(%reason, attempt, wait_ms = duration_ms(backoff), "Webhook delivery failed; trying again.");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4231, test case 2: the published HMAC-SHA256 of a short key and message.
+    #[test]
+    fn signatures_are_hmac_sha256_in_hex() {
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_ne!(
+            signature(b"Jefe", b"what do ya want for nothing!"),
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "a changed body changes the signature"
+        );
+    }
+
+    #[test]
+    fn statuses_decide_between_done_retry_and_give_up() {
+        let cases: &[(u16, &str)] = &[
+            (200, "delivered"),
+            (202, "delivered"),
+            (204, "delivered"),
+            (301, "give up"),
+            (307, "give up"),
+            (400, "give up"),
+            (401, "give up"),
+            (404, "give up"),
+            (410, "give up"),
+            (429, "retry"),
+            (500, "retry"),
+            (502, "retry"),
+            (503, "retry"),
+            (100, "give up"),
+        ];
+        for (status, expected) in cases {
+            let got = match judge_status(*status) {
+                Try::Delivered(_) => "delivered",
+                Try::Retry(_) => "retry",
+                Try::GiveUp(_) => "give up",
+            };
+            assert_eq!(got, *expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = WebhookConfig {
+            secret: WebhookSecret::new("hunter2"),
+            ..WebhookConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(WebhookSecret::new("").is_none(), "empty means none");
+    }
+
+    #[test]
+    fn the_event_carries_the_reports_summary_and_path() {
+        let report = crate::assemble(
+            &crate::report::fixtures::record(&["a"]),
+            [crate::report::fixtures::result(
+                "a",
+                1,
+                true,
+                isotest_protocol::result::Status::Passed,
+            )],
+            isotest_protocol::report::SuiteState::Complete,
+        );
+        let event = event(&report);
+        assert_eq!(event.event, "suite.finished");
+        assert_eq!(event.suite_id, "s1");
+        assert_eq!(event.delivery_id, "s1.finished");
+        assert_eq!(event.report_url, "/v1/suites/s1/report");
+        assert_eq!(event.summary, report.summary);
+        assert_eq!(event.finished_at_ms, report.finished_at_ms);
+    }
+
+    /// A receiver on a local port answering each try with the next status of
+    /// `statuses`; returns its URL and the requests' headers as they arrive.
+    async fn receiver(
+        statuses: Vec<u16>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(Option<String>, Option<String>)>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for status in statuses {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                // Headers and a small body arrive in the first reads.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&request).contains("\r\n\r\n{") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                let header = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                        .map(str::to_owned)
+                };
+                let _ = tx.send((header("x-isotest-delivery"), header("x-isotest-signature")));
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    fn fast(attempts: u32) -> WebhookConfig {
+        WebhookConfig {
+            secret: WebhookSecret::new("s3cret"),
+            attempts,
+            first_backoff: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+            ..WebhookConfig::default()
+        }
+    }
+
+    fn sample_event() -> SuiteFinished {
+        let report = crate::assemble(
+            &crate::report::fixtures::record(&["a"]),
+            [],
+            isotest_protocol::report::SuiteState::Cancelled,
+        );
+        event(&report)
+    }
+
+    /// Each receiver's answers and what the delivery must come to.
+    #[tokio::test]
+    async fn retries_what_may_pass_and_stops_at_what_will_not() {
+        let cases: &[(&[u16], u32, Result<u32, u32>)] = &[
+            (&[200], 5, Ok(1)),
+            (&[500, 429, 204], 5, Ok(3)),
+            (&[404], 5, Err(1)),
+            (&[503, 410], 5, Err(2)),
+            (&[500, 500, 500], 3, Err(3)),
+        ];
+        let client = reqwest::Client::new();
+        for (statuses, attempts, expected) in cases {
+            let (url, mut seen) = receiver(statuses.to_vec()).await;
+            let got = match deliver(&client, &fast(*attempts), &url, &sample_event()).await {
+                Delivery::Delivered { attempt, .. } => Ok(attempt),
+                Delivery::Failed { attempts, .. } => Err(attempts),
+            };
+            assert_eq!(got, *expected, "{statuses:?}");
+            let tries = match got {
+                Ok(n) | Err(n) => n,
+            };
+            for _ in 0..tries {
+                let (delivery, signature) = seen.recv().await.expect("a request arrived");
+                assert_eq!(delivery.as_deref(), Some("s1.finished"), "{statuses:?}");
+                assert!(
+                    signature.is_some_and(|s| s.starts_with("sha256=")),
+                    "{statuses:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retried_then_given_up() {
+        // Bind and drop: nothing listens on the port afterwards.
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let got = deliver(&reqwest::Client::new(), &fast(3), &url, &sample_event()).await;
+        assert!(
+            matches!(got, Delivery::Failed { attempts: 3, .. }),
+            "{got:?}"
+        );
+    }
+}
