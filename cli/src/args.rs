@@ -30,6 +30,8 @@ pub enum Command {
     Up(UpArgs),
     /// Measure the pipeline or the sandbox.
     Bench(crate::bench::BenchArgs),
+    /// Manage the producer's API tokens (one per CI system, each with an optional quota).
+    Token(crate::tokens::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +41,10 @@ pub struct RunArgs {
     /// An isotest server (producer) URL; without it the suite runs embedded.
     #[arg(long, env = "ISOTEST_SERVER")]
     pub server: Option<String>,
+    /// The API token the server asks for (from `isotest token add`), sent as
+    /// `Authorization: Bearer`.
+    #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Write the JUnit XML report here.
     #[arg(long)]
     pub junit: Option<PathBuf>,

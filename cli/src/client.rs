@@ -18,17 +18,24 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How long Ctrl-C waits for the server to confirm the cancellation.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Submits the suite to `server` and waits for its report.
+/// Submits the suite to `server` (with `token` as `Authorization: Bearer`, when given)
+/// and waits for its report.
 ///
 /// # Errors
 ///
 /// Returns [`Failure::Unreachable`] when the server does not answer, [`Failure::BadInput`]
 /// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C
 /// (after cancelling the suite on the server, if it was submitted).
-pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Report, Failure> {
+pub async fn run(
+    server: &str,
+    token: Option<&str>,
+    loaded: LoadedSuite,
+    quiet: bool,
+) -> Result<Report, Failure> {
     let api = Api {
         base: server.trim_end_matches('/').to_owned(),
         http: Client::builder()
+            .default_headers(authorization(token)?)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .build()
@@ -79,6 +86,26 @@ pub async fn run(server: &str, loaded: LoadedSuite, quiet: bool) -> Result<Repor
             Err(Failure::Interrupted)
         }
     }
+}
+
+/// The `Authorization` header every request carries (none without a token), marked
+/// sensitive so that it never appears in debug output.
+fn authorization(token: Option<&str>) -> Result<reqwest::header::HeaderMap, Failure> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    // An empty value is a CI secret that is not set: send none, and let the server say
+    // that it wants one.
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| {
+                Failure::BadInput(
+                    "the API token (--token or ISOTEST_TOKEN) has characters a header cannot carry"
+                        .to_owned(),
+                )
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }
 
 struct Api {

@@ -2,6 +2,7 @@
 //! expands its `[[discover]]` entries in local sandboxes ([`discover`]), and runs it
 //! embedded ([`embedded`]) or on a server ([`client`]), then writes the
 //! reports ([`output`]); [`services`] starts the producer, worker and aggregator;
+//! [`tokens`] manages the producer's API tokens;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
 pub mod args;
@@ -14,6 +15,7 @@ pub mod input;
 pub mod output;
 pub mod run;
 pub mod services;
+pub mod tokens;
 
 use std::process::ExitCode;
 
@@ -26,7 +28,7 @@ use crate::exit::Failure;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Run(_) | Command::Bench(_) => "warn",
+        Command::Run(_) | Command::Bench(_) | Command::Token(_) => "warn",
         _ => "info",
     };
     isotest_infra::telemetry::init(default_filter);
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
             Command::Aggregator(args) => services::aggregator(args).await.map(|()| exit::PASSED),
             Command::Up(args) => services::up(args).await.map(|()| exit::PASSED),
             Command::Bench(args) => bench::bench(args).await.map(|()| exit::PASSED),
+            Command::Token(args) => tokens::token(args).await.map(|()| exit::PASSED),
         }
     });
     // Sandboxes and connections of tasks still running are torn down with the runtime.

@@ -14,7 +14,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     discover::expand(&mut unexpanded, &args).await?;
     let loaded = input::only(unexpanded.validate()?, &args.only)?;
     let report = match &args.server {
-        Some(server) => client::run(server, loaded, args.quiet).await?,
+        Some(server) => client::run(server, args.token.as_deref(), loaded, args.quiet).await?,
         None => embedded::run(loaded, &args).await?,
     };
     output::finish(&report, &args)

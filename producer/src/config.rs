@@ -1,5 +1,6 @@
 //! The producer's settings: where RabbitMQ and Redis are, where to listen, how large a
-//! request may be, and the deadline of a suite that names none.
+//! request may be, the deadline of a suite that names none, and whether every request
+//! needs an API token.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +29,10 @@ pub struct Config {
     /// Deadline of a suite whose manifest sets none ("1h", "90m", ...).
     #[arg(long, env = "ISOTEST_DEFAULT_DEADLINE", default_value = "1h", value_parser = parse_duration)]
     pub default_deadline: Duration,
+    /// Refuse every /v1 request without a valid API token, even while no token exists
+    /// (without it, the API is open until the first `isotest token add`).
+    #[arg(long, env = "ISOTEST_REQUIRE_TOKEN")]
+    pub require_token: bool,
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -58,6 +63,7 @@ impl Config {
             listen,
             limits: Limits::default(),
             default_deadline: DEFAULT_DEADLINE,
+            require_token: false,
         }
     }
 }

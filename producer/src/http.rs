@@ -1,11 +1,12 @@
 //! The HTTP API: routes, handlers, and the mapping of every failure to a status code
-//! and a one-line [`ApiError`].
+//! and a one-line [`ApiError`]. Every `/v1` route passes [`auth::authenticate`] first;
+//! `docs/openapi.yaml` describes them all and is served at `GET /openapi.yaml`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -18,9 +19,10 @@ use uuid::Uuid;
 use isotest_protocol::api::{ApiError, BlobStored, Submitted, SuiteStatus, parse_blob_reference};
 use isotest_protocol::report::SuiteState;
 
+use crate::auth::{self, Caller};
 use crate::config::Limits;
 use crate::publisher::{PublishError, Publisher, chain};
-use crate::store::{Store, StoreError, StoredReport};
+use crate::store::{OverQuota, Store, StoreError, StoredReport};
 use crate::suite::{self, SubmitError};
 
 /// What every handler shares.
@@ -30,7 +32,12 @@ pub struct AppState {
     pub publisher: Publisher,
     pub limits: Limits,
     pub default_deadline: Duration,
+    /// Refuse `/v1` requests without a token even while no token exists.
+    pub require_token: bool,
 }
+
+/// The OpenAPI document of this API, served at `GET /openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
 
 /// Every answer other than success, each with its status code.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,15 @@ pub enum ApiFailure {
         #[source]
         source: Box<PublishError>,
     },
+    #[error(
+        "token {token} has {in_flight} tests in flight; this suite's {tests} would exceed its quota of {quota}"
+    )]
+    OverQuota {
+        token: String,
+        in_flight: u64,
+        tests: usize,
+        quota: u32,
+    },
     #[error("could not use Redis")]
     Store(#[from] StoreError),
     #[error("no route for {method} {path}")]
@@ -98,6 +114,7 @@ impl ApiFailure {
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiFailure::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,18 +140,30 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/suites", post(submit))
-        .route("/v1/suites/{id}", get(status).delete(cancel))
-        .route("/v1/suites/{id}/report", get(report))
-        .route("/v1/suites/{id}/report.xml", get(report_junit))
-        .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
-        .route("/v1/blobs/{reference}", put(put_blob).head(head_blob))
+        .route("/openapi.yaml", get(openapi))
+        .merge(v1_routes(Arc::clone(&state)))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by `read_body`, which enforces each route's own limit
         // with a clear 413 instead of axum's default 2 MB cut-off.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The `/v1` routes, each behind [`auth::authenticate`] (a layer of the matched
+/// routes only, so an unknown path is still a plain 404).
+fn v1_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/suites", post(submit))
+        .route("/v1/suites/{id}", get(status).delete(cancel))
+        .route("/v1/suites/{id}/report", get(report))
+        .route("/v1/suites/{id}/report.xml", get(report_junit))
+        .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
+        .route("/v1/blobs/{reference}", put(put_blob).head(head_blob))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::authenticate,
+        ))
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiFailure {
@@ -153,6 +182,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiFailure {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /openapi.yaml`: the API's description, open like the health checks.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -203,6 +237,7 @@ async fn read_body(
 /// `POST /v1/suites`: validate, record, publish, and only then accept.
 async fn submit(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiFailure> {
@@ -221,13 +256,33 @@ async fn submit(
         }
     }
     let id = Uuid::now_v7().to_string();
-    let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name);
+    let token = match &caller {
+        Caller::Anonymous => "",
+        Caller::Token(token) => token.name.as_str(),
+    };
+    let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
         let record = suite::record(&id, &suite, now, state.default_deadline);
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
-        state.store.record_suite(&record).await?;
+        match &caller {
+            Caller::Anonymous => state.store.record_suite(&record).await?,
+            Caller::Token(token) => {
+                if let Err(OverQuota { in_flight }) = state
+                    .store
+                    .record_suite_within_quota(&record, token)
+                    .await?
+                {
+                    return Err(ApiFailure::OverQuota {
+                        token: token.name.clone(),
+                        in_flight,
+                        tests: record.tests.len(),
+                        quota: token.quota.unwrap_or(u32::MAX),
+                    });
+                }
+            }
+        }
         let messages = suite::messages(&id, &suite, now);
         state
             .publisher
@@ -490,6 +545,16 @@ mod tests {
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
                 "suite s was recorded but its tests could not all be queued (it will end at its deadline); resubmit it: RabbitMQ refused test `a` (nack)",
+            ),
+            (
+                ApiFailure::OverQuota {
+                    token: "ci-gitlab".into(),
+                    in_flight: 480,
+                    tests: 60,
+                    quota: 500,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "token ci-gitlab has 480 tests in flight; this suite's 60 would exceed its quota of 500",
             ),
         ];
         for (failure, status, line) in cases {

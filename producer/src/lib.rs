@@ -4,9 +4,11 @@
 //!
 //! Its parts: [`config`] (settings), [`suite`] (a submission checked and turned into
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
-//! confirms and reconnection) and [`http`] (routes and the mapping of failures to
-//! status codes). [`Producer`] ties them together as `build → local_addr → run`.
+//! confirms and reconnection), [`auth`] (API tokens and quotas) and [`http`] (routes
+//! and the mapping of failures to status codes). [`Producer`] ties them together as
+//! `build → local_addr → run`.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod publisher;
@@ -73,6 +75,7 @@ impl Producer {
             publisher,
             limits: config.limits,
             default_deadline: config.default_deadline,
+            require_token: config.require_token,
         });
         Ok(Producer { listener, state })
     }
@@ -84,6 +87,23 @@ impl Producer {
     /// Returns the I/O error of a listener that has no local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Says at start when the API is open to anyone who can reach it: no token exists
+    /// and `--require-token` is off.
+    async fn warn_if_open(&self) {
+        if self.state.require_token {
+            return;
+        }
+        match self.state.store.any_token().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "No API token exists and --require-token is off: the API accepts requests without a token until the first `isotest token add`."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %publisher::chain(&e), "Could not check for API tokens.")
+            }
+        }
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight and
@@ -98,6 +118,7 @@ impl Producer {
     ) -> Result<(), ProducerError> {
         let addr = self.listener.local_addr().ok();
         tracing::info!(?addr, "Producer listening.");
+        self.warn_if_open().await;
         let app = http::router(Arc::clone(&self.state));
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)

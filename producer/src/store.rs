@@ -1,12 +1,14 @@
 //! What the producer reads and writes in Redis: suite records and the open-suite
-//! index, blobs, and (read-only) the workers' progress and the aggregator's report.
+//! index, blobs, API tokens and their in-flight suites, and (read-only) the workers'
+//! progress and the aggregator's report.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 
-use isotest_protocol::api::SuiteRecord;
+use isotest_protocol::api::{SuiteRecord, TokenRecord};
 use isotest_protocol::names::Namespace;
 use isotest_protocol::report::Report;
 
@@ -26,6 +28,78 @@ pub enum StoreError {
     },
     #[error("redis did not answer within {}s", PING_TIMEOUT.as_secs())]
     Timeout,
+}
+
+/// Records a suite for a token only if the token's tests in flight plus this suite's
+/// stay within its quota, in one step, so concurrent submissions cannot both slip
+/// under it. In flight means: over the token's suites that have no report yet, their
+/// tests minus those with a final result. Entries of ended suites are dropped here.
+///
+/// KEYS: suite record, open suites, the token's suites. ARGV: record JSON, suite id,
+/// deadline, test count, quota (-1: none), then the suite key prefix and the done and
+/// report key suffixes (from `Namespace`, so key names stay in one place).
+const RECORD_WITHIN_QUOTA_SCRIPT: &str = r"
+local inflight = 0
+local open = redis.call('HGETALL', KEYS[3])
+for i = 1, #open, 2 do
+  local suite = ARGV[6] .. open[i]
+  if redis.call('EXISTS', suite .. ARGV[8]) == 1 or redis.call('EXISTS', suite) == 0 then
+    redis.call('HDEL', KEYS[3], open[i])
+  else
+    local left = tonumber(open[i + 1]) - redis.call('SCARD', suite .. ARGV[7])
+    if left > 0 then
+      inflight = inflight + left
+    end
+  end
+end
+local quota = tonumber(ARGV[5])
+if quota >= 0 and inflight + tonumber(ARGV[4]) > quota then
+  return {0, inflight}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+return {1, inflight}
+";
+
+/// Adds a token unless one of that name exists. KEYS: tokens. ARGV: hash, record JSON, name.
+const ADD_TOKEN_SCRIPT: &str = r"
+for _, json in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, record = pcall(cjson.decode, json)
+  if ok and record.name == ARGV[3] then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+/// Removes the token of a name and its in-flight index. KEYS: tokens, the token's
+/// suites. ARGV: name.
+const REVOKE_TOKEN_SCRIPT: &str = r"
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local ok, record = pcall(cjson.decode, entries[i + 1])
+  if ok and record.name == ARGV[1] then
+    redis.call('HDEL', KEYS[1], entries[i])
+    redis.call('DEL', KEYS[2])
+    return 1
+  end
+end
+return 0
+";
+
+static RECORD_WITHIN_QUOTA: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(RECORD_WITHIN_QUOTA_SCRIPT));
+static ADD_TOKEN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADD_TOKEN_SCRIPT));
+static REVOKE_TOKEN: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(REVOKE_TOKEN_SCRIPT));
+
+/// A submission the token's quota does not leave room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverQuota {
+    /// The token's tests queued or running when the suite came.
+    pub in_flight: u64,
 }
 
 /// A report as stored, with the parsed form for renderings.
@@ -80,6 +154,148 @@ impl Store {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Writes a suite's record, enters it in the open set and in the token's in-flight
+    /// index, all or nothing, unless that would take the token's tests in flight over
+    /// its quota.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when the script fails.
+    pub async fn record_suite_within_quota(
+        &self,
+        record: &SuiteRecord,
+        token: &TokenRecord,
+    ) -> Result<Result<(), OverQuota>, StoreError> {
+        // A struct of strings and numbers always serializes.
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let prefix = self.ns.suite_key("");
+        let suffix = |key: String| key.strip_prefix(&prefix).unwrap_or_default().to_owned();
+        let mut conn = self.conn.clone();
+        let (recorded, in_flight): (i64, i64) = RECORD_WITHIN_QUOTA
+            .key(self.ns.suite_key(&record.id))
+            .key(self.ns.open_suites_key())
+            .key(self.ns.token_suites_key(&token.name))
+            .arg(json)
+            .arg(&record.id)
+            .arg(record.deadline_at_ms)
+            .arg(record.tests.len())
+            .arg(token.quota.map_or(-1, i64::from))
+            .arg(&prefix)
+            .arg(suffix(self.ns.done_key("")))
+            .arg(suffix(self.ns.report_key("")))
+            .invoke_async(&mut conn)
+            .await?;
+        let in_flight = u64::try_from(in_flight).unwrap_or(0);
+        Ok(if recorded == 1 {
+            Ok(())
+        } else {
+            Err(OverQuota { in_flight })
+        })
+    }
+
+    /// The token stored under this hash, if any.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when Redis fails or the record is corrupt.
+    pub async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let key = self.ns.tokens_key();
+        let mut conn = self.conn.clone();
+        match conn.hget(&key, hash).await? {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { key, source }),
+        }
+    }
+
+    /// Whether any token exists (then every `/v1` request needs one).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn any_token(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hlen(self.ns.tokens_key()).await? > 0)
+    }
+
+    /// Stores a token under its hash; false (and nothing stored) when a token of that
+    /// name exists.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when the script fails.
+    pub async fn add_token(&self, hash: &str, record: &TokenRecord) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let added: i64 = ADD_TOKEN
+            .key(self.ns.tokens_key())
+            .arg(hash)
+            .arg(json)
+            .arg(&record.name)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Every token, by name.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when Redis fails or a record is corrupt.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let key = self.ns.tokens_key();
+        let mut conn = self.conn.clone();
+        let mut tokens = conn
+            .hvals(&key)
+            .await?
+            .iter()
+            .map(|json| serde_json::from_str::<TokenRecord>(json))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Corrupt { key, source })?;
+        tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tokens)
+    }
+
+    /// How many tests of the token's suites are queued or running, as the quota
+    /// check counts them (read-only, for `isotest token list`).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn in_flight(&self, token_name: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let open = conn.hgetall(self.ns.token_suites_key(token_name)).await?;
+        let mut in_flight = 0u64;
+        for (id, total) in open {
+            if conn.exists(self.ns.report_key(&id)).await?
+                || !conn.exists(self.ns.suite_key(&id)).await?
+            {
+                continue;
+            }
+            let done = conn.scard(self.ns.done_key(&id)).await?;
+            let total = total.parse::<u64>().unwrap_or(0);
+            in_flight += total.saturating_sub(u64::try_from(done).unwrap_or(0));
+        }
+        Ok(in_flight)
+    }
+
+    /// Revokes the token of this name; false when there is none.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when the script fails.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let revoked: i64 = REVOKE_TOKEN
+            .key(self.ns.tokens_key())
+            .key(self.ns.token_suites_key(name))
+            .arg(name)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(revoked == 1)
     }
 
     /// The suite's record, if the suite exists.

@@ -24,6 +24,19 @@ pub struct SuiteRecord {
     pub callback_url: Option<String>,
 }
 
+/// An API token as stored under [`crate::names::Namespace::tokens_key`], keyed by the
+/// sha256 of the secret (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub schema_version: u32,
+    /// Who holds the token, such as `ci-gitlab`: unique in a namespace.
+    pub name: String,
+    /// The most tests of this token's suites that may be queued or running at once;
+    /// none means no limit.
+    #[serde(default)]
+    pub quota: Option<u32>,
+}
+
 /// The answer to a submitted suite (202 Accepted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submitted {

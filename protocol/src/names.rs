@@ -94,6 +94,17 @@ impl Namespace {
         "aggregators".to_owned()
     }
 
+    /// Hash sha256 hex of an API token → JSON [`crate::api::TokenRecord`].
+    pub fn tokens_key(&self) -> String {
+        format!("{}:tokens", self.0)
+    }
+
+    /// Hash suite id → test count of the suites a token submitted that may still be
+    /// open (entries of ended suites are dropped at that token's next submission).
+    pub fn token_suites_key(&self, token_name: &str) -> String {
+        format!("{}:token:{token_name}:suites", self.0)
+    }
+
     /// A content-addressed blob (a packed workspace).
     pub fn blob_key(&self, sha256_hex: &str) -> String {
         format!("{}:blob:{sha256_hex}", self.0)
@@ -138,6 +149,8 @@ mod tests {
             ns.open_suites_key(),
             ns.results_stream(),
             ns.blob_key("ab"),
+            ns.tokens_key(),
+            ns.token_suites_key("ci"),
         ] {
             assert!(name.starts_with("t1.") || name.starts_with("t1:"), "{name}");
         }

@@ -2,6 +2,7 @@
 //! as separate processes, suites submitted the way a CI job submits them.
 
 mod adversarial;
+mod auth;
 mod bad_input;
 mod faults;
 mod frameworks;

@@ -3,6 +3,7 @@
 
 mod blobs;
 mod helpers;
+mod openapi;
 mod reconnect;
 mod status;
 mod suites;

@@ -1,0 +1,262 @@
+//! API tokens: making and hashing them, reading `Authorization: Bearer`, and the
+//! middleware that lets a `/v1` request through only with a valid token (or, on a
+//! producer that is open, with none).
+//!
+//! A token belongs to one CI system (its `name`) and may carry a quota: how many of
+//! its tests may be queued or running at once, checked at submission by
+//! [`crate::store::Store::record_suite_within_quota`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use isotest_protocol::api::{ApiError, TokenRecord};
+
+use crate::http::AppState;
+use crate::publisher::chain;
+use crate::store::StoreError;
+
+/// What every token starts with, so secret scanners and people recognise one.
+pub const TOKEN_PREFIX: &str = "itk_";
+/// Random bytes in a token.
+const TOKEN_BYTES: usize = 32;
+/// The longest token name.
+const MAX_NAME_LEN: usize = 64;
+
+/// Failure to make a token or to name one.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token name `{0}` is invalid: use 1 to 64 of A-Z, a-z, 0-9, `.`, `-` and `_`")]
+    BadName(String),
+    #[error("the operating system gave no random bytes")]
+    Random(#[source] getrandom::Error),
+}
+
+/// Makes a new token: [`TOKEN_PREFIX`] and 32 random bytes in hex.
+///
+/// # Errors
+///
+/// Returns [`TokenError::Random`] when the operating system's random source fails.
+pub fn generate() -> Result<String, TokenError> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The sha256 (hex) under which a token is stored.
+///
+/// A fast hash is right here, unlike for passwords: a token is 32 random bytes, so
+/// there is no dictionary to try and 2^256 secrets to search, and a slow hash would
+/// only slow every request. A leaked Redis dump therefore gives no usable token.
+pub fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Checks a token name: it appears in keys, logs and error messages.
+///
+/// # Errors
+///
+/// Returns [`TokenError::BadName`] unless the name is 1 to 64 of `A-Z a-z 0-9 . - _`.
+pub fn validate_name(name: &str) -> Result<(), TokenError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(TokenError::BadName(name.to_owned()))
+    }
+}
+
+/// Who made a `/v1` request; the auth middleware puts it in the request's extensions.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No token was given, and the producer is open (no token exists and
+    /// `--require-token` is off).
+    Anonymous,
+    /// The holder of this token.
+    Token(TokenRecord),
+}
+
+/// Why a request is refused before its handler runs.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    #[error(
+        "this isotest server requires an API token: send `Authorization: Bearer <token>` (isotest run --token or ISOTEST_TOKEN)"
+    )]
+    Missing,
+    #[error("the Authorization header is not `Bearer <token>`")]
+    Malformed,
+    #[error("the API token is not valid (unknown or revoked)")]
+    Unknown,
+    #[error("could not check the API token")]
+    Store(#[source] StoreError),
+}
+
+impl AuthFailure {
+    /// 401 for the client's token, 503 when Redis cannot say.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            AuthFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl IntoResponse for AuthFailure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let error = chain(&self);
+        if status.is_server_error() {
+            tracing::error!(%status, error, "Request failed.");
+        } else {
+            tracing::info!(%status, error, "Request refused.");
+        }
+        let mut response = (status, Json(ApiError { error })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is a header.
+///
+/// # Errors
+///
+/// Returns [`AuthFailure::Malformed`] for any other Authorization header.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, token) = text.split_once(' ').ok_or(AuthFailure::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// The middleware of every `/v1` route: finds the [`Caller`] or refuses the request
+/// with 401 before its handler runs, so a refused request changes nothing.
+///
+/// A token that is given must be valid even on an open producer: a CI job that sends
+/// a revoked or mistyped token should hear so rather than run unaccounted.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, AuthFailure> {
+    let caller = match bearer(request.headers())? {
+        Some(token) => {
+            // Looked up by hash, so no secret is compared here (no timing to leak).
+            match state
+                .store
+                .token(&hash(token))
+                .await
+                .map_err(AuthFailure::Store)?
+            {
+                Some(record) => Caller::Token(record),
+                None => return Err(AuthFailure::Unknown),
+            }
+        }
+        None if state.require_token => return Err(AuthFailure::Missing),
+        // Open only while no token exists: adding the first one closes the API
+        // without a restart.
+        None => match state.store.any_token().await.map_err(AuthFailure::Store)? {
+            true => return Err(AuthFailure::Missing),
+            false => Caller::Anonymous,
+        },
+    };
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_prefixed_hex() {
+        let a = generate().expect("random");
+        let b = generate().expect("random");
+        assert_ne!(a, b);
+        let hex = a.strip_prefix(TOKEN_PREFIX).expect("prefix");
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(hash(&a).len(), 64);
+        assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn the_hash_is_sha256_hex() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn names_are_key_and_log_safe() {
+        for ok in [
+            "ci-gitlab",
+            "GitHub_Actions",
+            "jenkins.main",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a:b", "é", "a/b", &"x".repeat(65)] {
+            let err = validate_name(bad).expect_err(bad);
+            assert!(err.to_string().starts_with("token name `"), "{err}");
+        }
+    }
+
+    #[test]
+    fn reads_bearer_headers() {
+        // (header, the token read, or None for a refusal)
+        let cases = [
+            (None, Some(None)),
+            (Some("Bearer itk_1"), Some(Some("itk_1"))),
+            (Some("bearer itk_1"), Some(Some("itk_1"))),
+            (Some("Bearer  itk_1 "), Some(Some("itk_1"))),
+            (Some("Basic dXNlcjpwYXNz"), None),
+            (Some("Bearer "), None),
+            (Some("itk_1"), None),
+        ];
+        for (value, expected) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            }
+            assert_eq!(bearer(&headers).ok(), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_401_with_a_challenge() {
+        for failure in [
+            AuthFailure::Missing,
+            AuthFailure::Malformed,
+            AuthFailure::Unknown,
+        ] {
+            let response = failure.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                response.headers().get(header::WWW_AUTHENTICATE),
+                Some(&HeaderValue::from_static("Bearer"))
+            );
+        }
+    }
+}
