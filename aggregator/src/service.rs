@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use isotest_infra::amqp;
+use isotest_infra::metrics::{self, StateLabels, StatusLabels};
 use isotest_infra::store::{self, StoreError};
 use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::SuiteRecord;
@@ -160,6 +161,7 @@ impl Aggregator {
             sweeper,
             webhooks,
         };
+        metrics::readiness().set(READY_PART, false);
         aggregator
             .ensure_group(&mut aggregator.reader.clone())
             .await?;
@@ -326,9 +328,12 @@ impl Aggregator {
         if let Some(block) = block {
             options = options.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         }
-        let reply: Option<StreamReadReply> = conn
+        let reply: redis::RedisResult<Option<StreamReadReply>> = conn
             .xread_options(&[ns.results_stream()], &[id], &options)
-            .await?;
+            .await;
+        // Ready while Redis answers: this read runs at least every `block`.
+        metrics::readiness().set(READY_PART, reply.is_ok());
+        let reply = reply?;
         Ok(reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default())
@@ -383,7 +388,11 @@ impl Aggregator {
             match self.complete_if_done(conn, records, &suite_id).await {
                 Ok(outcome) => {
                     match outcome {
-                        Outcome::Stored => tracing::info!("Stored the suite's report."),
+                        Outcome::Stored => {
+                            tracing::info!("Stored the suite's report.");
+                            count_stored(SuiteState::Complete);
+                            observe_lag(&entry.id);
+                        }
                         Outcome::UnknownSuite => {
                             tracing::warn!("Result for an unknown suite; dropping it.");
                         }
@@ -468,6 +477,15 @@ impl Aggregator {
             }
             if let Err(error) = self.webhooks.sweep(&mut conn).await {
                 tracing::warn!(%error, "Could not sweep queued webhooks.");
+            }
+            match conn
+                .zcard::<_, i64>(self.config.namespace.open_suites_key())
+                .await
+            {
+                Ok(open) => {
+                    metrics::aggregator().suites_open.set(open);
+                }
+                Err(error) => tracing::debug!(%error, "Could not count the open suites."),
             }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + self.config.trim_interval;
@@ -575,6 +593,7 @@ impl Aggregator {
             if let Some(url) = callback_url {
                 self.webhooks.spawn(&report, url);
             }
+            count_stored(report.state);
             tracing::info!(
                 lost = report.summary.lost,
                 state = ?report.state,
@@ -583,6 +602,31 @@ impl Aggregator {
         }
         Ok(())
     }
+}
+
+/// This service's name in `/readyz`: ready while Redis answers.
+const READY_PART: &str = "aggregator";
+
+/// Counts a report this process stored.
+fn count_stored(state: SuiteState) {
+    metrics::suites_completed()
+        .get_or_create(&StateLabels::of(state))
+        .inc();
+}
+
+/// Observes the time from a result's stream entry (its id starts with Redis's clock in
+/// milliseconds) to now, when the report it completed is stored.
+fn observe_lag(entry_id: &str) {
+    let Some(written_ms) = entry_id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let lag_ms = isotest_protocol::now_ms().saturating_sub(written_ms);
+    metrics::aggregator()
+        .aggregation_lag
+        .observe(lag_ms as f64 / 1e3);
 }
 
 /// How many dead letters are handled at once.
@@ -681,6 +725,14 @@ impl Aggregator {
             match isotest_infra::results::record(redis, &self.config.namespace, &result).await {
                 Ok(written) => {
                     tracing::warn!(written, death = %reason, "Recorded an infrastructure error for a dead test message.");
+                    metrics::aggregator().dead_letters.inc();
+                    if written {
+                        metrics::results_written()
+                            .get_or_create(&StatusLabels {
+                                status: result.status.as_str(),
+                            })
+                            .inc();
+                    }
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
                 Err(error) => {
@@ -797,7 +849,10 @@ pub async fn cancel(
         .as_ref()
         .map(|_| isotest_protocol::now_ms());
     match store_report(conn, ns, &report, due).await? {
-        Outcome::Stored => Ok(Cancelled::Now(Box::new(report))),
+        Outcome::Stored => {
+            count_stored(SuiteState::Cancelled);
+            Ok(Cancelled::Now(Box::new(report)))
+        }
         // Completed (or swept) between the check and the write: that report stands.
         _ => Ok(Cancelled::AlreadyEnded(
             stored_state(conn, ns, suite_id)

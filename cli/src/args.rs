@@ -1,6 +1,7 @@
 //! The command line: one `isotest` binary for users (`run`) and for the services.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -181,12 +182,18 @@ pub struct WorkerArgs {
     pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct AggregatorArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
 }
@@ -214,8 +221,31 @@ pub struct UpArgs {
     pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// One /metrics, /healthz and /readyz for the three services (the producer's API
+    /// port serves /metrics too).
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+}
+
+/// Where a service serves its metrics and health.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (port 0: any
+    /// free port, logged at start).
+    #[arg(long, env = "ISOTEST_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// How the aggregator reads RabbitMQ's queue depths for /metrics.
+#[derive(Debug, Clone, Args)]
+pub struct QueueWatchArgs {
+    /// How often to read the depth of the tests and dead-letter queues.
+    #[arg(long, env = "ISOTEST_QUEUE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub queue_poll_interval: Duration,
 }
 
 /// The number of cores, the default concurrency.

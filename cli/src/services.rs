@@ -3,14 +3,17 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use isotest_infra::Endpoints;
+use isotest_infra::metrics::MetricsServer;
 use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
+use crate::args::MetricsArgs;
 use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WebhookArgs, WorkerArgs};
 use crate::exit::Failure;
 
@@ -37,6 +40,7 @@ pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
 /// Returns [`Failure::Isolation`] when this host cannot make sandboxes, and
 /// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
+    let _metrics = serve_metrics(&args.metrics, None).await?;
     let worker = build_worker(
         &args.endpoints,
         args.concurrency,
@@ -58,6 +62,8 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 ///
 /// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
+    let queues = (&args.endpoints, args.queues.queue_poll_interval);
+    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
     run_aggregator(
         args.endpoints,
         args.webhooks,
@@ -72,6 +78,8 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
 ///
 /// As [`producer`], [`worker`] and [`aggregator`]; the first service to fail stops the others.
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
+    let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
+    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
     let worker = build_worker(
         &endpoints,
@@ -177,6 +185,49 @@ async fn run_aggregator(
         .await
         .context("aggregate results")?;
     Ok(())
+}
+
+/// The metrics server (and queue watcher) of a service, stopped when dropped.
+struct MetricsTask {
+    stop: CancellationToken,
+}
+
+impl Drop for MetricsTask {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds the metrics server before the service starts (a taken address fails the start,
+/// as a taken API port does) and serves `/metrics`, `/healthz` and `/readyz` until the
+/// returned task is dropped. With `queues`, this process also reads the depth of the
+/// namespace's queues every interval, for every replica's /metrics to show.
+async fn serve_metrics(
+    args: &MetricsArgs,
+    queues: Option<(&Endpoints, Duration)>,
+) -> Result<MetricsTask, Failure> {
+    let server = MetricsServer::bind(args.metrics_listen)
+        .await
+        .map_err(unreachable)?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stopped = stop.clone().cancelled_owned();
+        async move {
+            if let Err(error) = server.run(stopped).await {
+                tracing::warn!(error = %isotest_worker::service::error_chain(&error), "The metrics server failed.");
+            }
+        }
+    });
+    if let Some((endpoints, interval)) = queues {
+        tokio::spawn(isotest_infra::metrics::watch_queues(
+            endpoints.amqp_url.clone(),
+            isotest_infra::process_id("queue-watcher"),
+            endpoints.namespace.clone(),
+            interval,
+            stop.clone(),
+        ));
+    }
+    Ok(MetricsTask { stop })
 }
 
 /// A service that could not reach its servers at start: one line, exit code 2.

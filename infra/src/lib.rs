@@ -1,9 +1,11 @@
 //! What every isotest service shares at its edges: the connection settings
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]),
-//! logging ([`telemetry`]) and the shutdown signal ([`shutdown`]).
+//! logging ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`])
+//! and the shutdown signal ([`shutdown`]).
 
 pub mod amqp;
+pub mod metrics;
 pub mod results;
 pub mod shutdown;
 pub mod store;

@@ -140,6 +140,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(isotest_infra::metrics::render))
         .route("/openapi.yaml", get(openapi))
         .merge(v1_routes(Arc::clone(&state)))
         .fallback(no_route)
@@ -293,6 +294,11 @@ async fn submit(
                 source: Box::new(source),
             })?;
         tracing::info!(tests = messages.len(), "Accepted suite.");
+        let producer_metrics = isotest_infra::metrics::producer();
+        producer_metrics.suites_submitted.inc();
+        producer_metrics
+            .tests_submitted
+            .inc_by(messages.len() as u64);
         let tests = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         Ok((
             StatusCode::ACCEPTED,

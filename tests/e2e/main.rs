@@ -7,6 +7,7 @@ mod bad_input;
 mod deploy_files;
 mod faults;
 mod frameworks;
+mod metrics;
 mod modes;
 mod pipeline;
 mod support;

@@ -134,6 +134,8 @@ impl TestEnv {
             .env("REDIS_URL", &self.servers.redis_url)
             .env("ISOTEST_NAMESPACE", &self.ns)
             .env("ISOTEST_LOG_FORMAT", "text")
+            // Many services run on this one host: each takes a free port for /metrics.
+            .env("ISOTEST_METRICS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info");
         cmd
     }
@@ -427,6 +429,6 @@ where
     }
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

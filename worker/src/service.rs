@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use isotest_infra::Endpoints;
 use isotest_infra::amqp::{self, AmqpError, Backoff, DELIVERY_LIMIT, publish};
+use isotest_infra::metrics::{self, GaugeGuard, StatusLabels, TestLabels};
 use isotest_infra::store::{self, StoreError};
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
@@ -40,6 +41,9 @@ pub const DEFAULT_MAX_TEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 /// How often a running test checks whether its suite was cancelled (or otherwise closed).
 const CLOSED_POLL: Duration = Duration::from_secs(1);
+
+/// This service's name in `/readyz`: ready while consuming.
+const READY_PART: &str = "worker";
 
 /// The pause before returning a message after an infrastructure failure, so that a short
 /// Redis outage does not use up the message's deliveries in a few milliseconds.
@@ -153,6 +157,7 @@ impl Worker {
         let redis = store::connect(&config.endpoints.redis_url).await?;
         let conn = amqp::connect(&config.endpoints.amqp_url, runner.worker_id()).await?;
         let session = open_session(conn, &ns, concurrency).await?;
+        metrics::readiness().set(READY_PART, false);
         Ok(Worker {
             session: Some(session),
             shared: Arc::new(Shared {
@@ -227,8 +232,12 @@ impl Worker {
                 None => self.reconnect(token).await?,
             };
             match self.consume(&session, token, tracker).await {
-                Ended::Shutdown => return Some(session),
+                Ended::Shutdown => {
+                    metrics::readiness().set(READY_PART, false);
+                    return Some(session);
+                }
                 Ended::Lost(why) => {
+                    metrics::readiness().set(READY_PART, false);
                     warn!(reason = %why, "Lost RabbitMQ; reconnecting. Unacked messages go back to the queue.");
                     let _ = session.conn.close(200, "reconnecting".into()).await;
                 }
@@ -282,6 +291,7 @@ impl Worker {
             Err(e) => return Ended::Lost(format!("start consuming: {}", error_chain(&e))),
         };
         info!(worker = %tag, concurrency = self.concurrency, queue = %self.shared.ns.tests_queue(), "Worker is consuming.");
+        metrics::readiness().set(READY_PART, true);
         loop {
             tokio::select! {
                 () = token.cancelled() => return Ended::Shutdown,
@@ -324,6 +334,11 @@ async fn open_session(
 
 impl Shared {
     async fn handle(&self, delivery: Delivery, publish: &Channel) {
+        // Held until the message is settled: unacked messages, as RabbitMQ counts them.
+        let _in_flight = GaugeGuard::inc(&metrics::worker().tests_in_flight);
+        if delivery.redelivered || deliveries(&delivery) > 0 {
+            metrics::worker().redeliveries.inc();
+        }
         // The semaphore is never closed, so acquiring only waits.
         let Ok(_permit) = self.permits.acquire().await else {
             return;
@@ -365,7 +380,8 @@ impl Shared {
                 }
             };
             match self.recorder.record(&verdict).await {
-                Ok(_) => {
+                Ok(written) => {
+                    count_written(&verdict, written);
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
                 Err(e) => {
@@ -437,7 +453,9 @@ impl Shared {
             duration_ms = result.duration_ms,
             "Test finished."
         );
+        observe_run(msg, &result);
         let written = self.recorder.record(&result).await?;
+        count_written(&result, written);
         // Only the attempt's first writer publishes its retry; a concurrent duplicate
         // run (a redelivery while this one ran) must not fork the retries.
         if written
@@ -457,6 +475,33 @@ impl Shared {
                 return;
             }
         }
+    }
+}
+
+/// The duration and sandbox start of an attempt that ran.
+fn observe_run(msg: &TestMessage, result: &TestResult) {
+    let worker = metrics::worker();
+    let labels = TestLabels {
+        framework: msg.test.framework.as_str(),
+        status: result.status.as_str(),
+    };
+    worker
+        .test_duration
+        .get_or_create(&labels)
+        .observe(result.duration_ms as f64 / 1e3);
+    worker
+        .sandbox_start
+        .observe(result.timings.sandbox_start_us as f64 / 1e6);
+}
+
+/// Counts a result this worker wrote first (a duplicate write of an attempt is not one).
+fn count_written(result: &TestResult, written: bool) {
+    if written {
+        metrics::results_written()
+            .get_or_create(&StatusLabels {
+                status: result.status.as_str(),
+            })
+            .inc();
     }
 }
 
