@@ -16,6 +16,7 @@ use crate::helpers::TestEnv;
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/openapi.yaml"),
     ("post", "/v1/suites"),
     ("get", "/v1/suites/{id}"),
