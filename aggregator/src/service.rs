@@ -636,7 +636,10 @@ impl Aggregator {
     /// Consumes the dead-letter queue until shutdown, reconnecting whenever RabbitMQ
     /// goes away.
     async fn dead_letter_loop(&self, url: String, token: CancellationToken) {
-        let name = format!("{}-dead-letters", self.config.consumer);
+        let name = amqp::connection_name(
+            &format!("{}-dead-letters", self.config.consumer),
+            &self.config.namespace,
+        );
         loop {
             let Some(conn) = amqp::reconnect(&url, &name, token.cancelled()).await else {
                 return;

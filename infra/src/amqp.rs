@@ -36,6 +36,12 @@ pub enum AmqpError {
     Channel(#[source] lapin::Error),
 }
 
+/// The name a service gives its RabbitMQ connection: who it is, then its namespace,
+/// so an operator (or a test) can find, and close, one deployment's connections.
+pub fn connection_name(who: &str, ns: &Namespace) -> String {
+    format!("{who}/{ns}")
+}
+
 /// Connects, naming the connection after the service so it shows in the management UI.
 ///
 /// # Errors

@@ -252,7 +252,7 @@ impl Link {
 
 /// The name the connection shows in RabbitMQ's management UI and `rabbitmqctl`.
 pub fn connection_name(namespace: &Namespace) -> String {
-    format!("isotest-producer/{namespace}")
+    amqp::connection_name("isotest-producer", namespace)
 }
 
 /// Persistent, and carrying the ids so a test can be followed across services.

@@ -155,7 +155,11 @@ impl Worker {
         let ns = config.endpoints.namespace.clone();
         let concurrency = config.concurrency.max(1);
         let redis = store::connect(&config.endpoints.redis_url).await?;
-        let conn = amqp::connect(&config.endpoints.amqp_url, runner.worker_id()).await?;
+        let conn = amqp::connect(
+            &config.endpoints.amqp_url,
+            &amqp::connection_name(runner.worker_id(), &config.endpoints.namespace),
+        )
+        .await?;
         let session = open_session(conn, &ns, concurrency).await?;
         metrics::readiness().set(READY_PART, false);
         Ok(Worker {
@@ -251,7 +255,7 @@ impl Worker {
         loop {
             let conn = amqp::reconnect(
                 &self.amqp_url,
-                self.shared.runner.worker_id(),
+                &amqp::connection_name(self.shared.runner.worker_id(), &self.shared.ns),
                 token.cancelled(),
             )
             .await?;
