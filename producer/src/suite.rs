@@ -99,8 +99,8 @@ mod tests {
                 "request body:4: expected `,` or `}`",
             ),
             (
-                r#"{"name":"s","tests":[{"name":"a","command":["true"],"framework":"jest"}]}"#,
-                "request body: tests[0].framework: unknown framework `jest`; expected one of pytest, unittest, command, junit, node, go, cargo",
+                r#"{"name":"s","tests":[{"name":"a","command":["true"],"framework":"mocha"}]}"#,
+                "request body: tests[0].framework: unknown framework `mocha`; expected one of pytest, unittest, command, junit, node, go, cargo, jest",
             ),
             (
                 r#"{"name":"s","tests":[{"name":"a","command":["true"],"code":"x"}]}"#,

@@ -6,14 +6,14 @@
 //! is at hand, the line.
 //!
 //! Beyond `code` and `command`, a test of a framework that names its tests (pytest,
-//! unittest, node, go, cargo) may give a `test_id` (a pytest node id, a unittest dotted
-//! name, a Node test file, a Go `[package.]TestName`, a libtest path) and a `junit` test
-//! its `junit_path`. `[[discover]]` entries list a framework's ids and become one test
-//! each; `isotest run` expands them in a local sandbox before it runs or submits the
-//! suite (see `cli/src/discover.rs`), so validation refuses any left. The suite-level
-//! `flaky_result` (`pass` by default, or `fail`) decides the verdict of a test that
-//! failed and then passed on one of its `retries`; every test sees its attempt number
-//! (1, 2, ...) in the variable `ISOTEST_ATTEMPT`.
+//! unittest, node, go, cargo, jest) may give a `test_id` (a pytest node id, a unittest
+//! dotted name, a Node or Jest test file, a Go `[package.]TestName`, a libtest path)
+//! and a `junit` test its `junit_path`. `[[discover]]` entries list a framework's ids
+//! and become one test each; `isotest run` expands them in a local sandbox before it
+//! runs or submits the suite (see `cli/src/discover.rs`), so validation refuses any
+//! left. The suite-level `flaky_result` (`pass` by default, or `fail`) decides the
+//! verdict of a test that failed and then passed on one of its `retries`; every test
+//! sees its attempt number (1, 2, ...) in the variable `ISOTEST_ATTEMPT`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -59,11 +59,14 @@ pub enum Framework {
     Go,
     /// `cargo test`, per-case results from libtest's `test NAME ... ok` lines.
     Cargo,
+    /// Jest (installed globally), one test file a test; per-case results from its
+    /// `--json` report.
+    Jest,
 }
 
 impl Framework {
     /// Every framework, for messages that list the choices.
-    pub const ALL: [Framework; 7] = [
+    pub const ALL: [Framework; 8] = [
         Framework::Pytest,
         Framework::Unittest,
         Framework::Command,
@@ -71,6 +74,7 @@ impl Framework {
         Framework::Node,
         Framework::Go,
         Framework::Cargo,
+        Framework::Jest,
     ];
 
     /// The name a manifest uses.
@@ -83,6 +87,7 @@ impl Framework {
             Framework::Node => "node",
             Framework::Go => "go",
             Framework::Cargo => "cargo",
+            Framework::Jest => "jest",
         }
     }
 
@@ -263,15 +268,15 @@ impl FlakyResult {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverEntry {
-    /// `pytest`, `unittest`, `node`, `go` or `cargo`.
+    /// `pytest`, `unittest`, `node`, `go`, `cargo` or `jest`.
     pub framework: String,
-    /// Where to look, relative to the workspace (pytest and node: files or directories;
-    /// unittest: one start directory; go: package patterns; cargo: unused). Empty: the
-    /// framework's default (the workspace, `./...` for go).
+    /// Where to look, relative to the workspace (pytest, node and jest: files or
+    /// directories; unittest: one start directory; go: package patterns; cargo: unused).
+    /// Empty: the framework's default (the workspace, `./...` for go).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
     /// The framework's own selection: pytest `-k`, unittest `-k`, a go `-list` regexp,
-    /// a libtest name filter, a substring of node test file paths.
+    /// a libtest name filter, a substring of node or jest test file paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     /// Put before every discovered test's name, to keep two entries' names apart.

@@ -333,6 +333,65 @@ async fn node_project_matches_a_direct_node_test_run() -> Result<()> {
     env.cleanup().await
 }
 
+/// Jest from `npm install -g jest` (npm's global prefix is `/usr` for Debian's node).
+const JEST: &str = "/usr/lib/node_modules/jest/bin/jest.js";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jest_project_matches_a_direct_jest_run() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(2, 2).await?;
+    let report = run_fixture(&env, "jest").await?;
+    let dir = copy_fixture(&env, "jest")?.canonicalize()?;
+    let json = env.dir.join("jest-direct.json");
+    direct(
+        Command::new("/usr/bin/node")
+            .args([JEST, "--ci", "--runInBand", "--watchman=false", "--json"])
+            .arg(format!("--outputFile={}", json.display()))
+            .args([
+                "--runTestsByPath",
+                "test/basic.test.js",
+                "test/more.test.js",
+            ])
+            .current_dir(&dir),
+    )?;
+    let direct: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let prefix = format!("{}/", dir.display());
+    let mut want = Cases::new();
+    for file in direct["testResults"].as_array().context("testResults")? {
+        let path = file["name"].as_str().context("name")?;
+        let path = path.strip_prefix(&prefix).unwrap_or(path);
+        for case in file["assertionResults"]
+            .as_array()
+            .context("assertionResults")?
+        {
+            let status = match case["status"].as_str() {
+                Some("passed") => CaseStatus::Passed,
+                Some("failed") => CaseStatus::Failed,
+                _ => CaseStatus::Skipped,
+            };
+            let name = case["fullName"].as_str().context("fullName")?;
+            want.insert((path.to_owned(), name.to_owned()), status);
+        }
+    }
+    assert_eq!(want.len(), 6, "the direct run lists every case");
+    let got = isotest_cases(&report, |name| !name.contains("crash"));
+    assert_eq!(got, want);
+    assert_eq!(
+        names(&report),
+        [
+            "test.basic.test.js",
+            "test.crash.test.js",
+            "test.more.test.js"
+        ]
+    );
+    // Jest runs in band, so a test file that aborts takes Jest down with it: an error.
+    let crash = test(&report, "test.crash.test.js");
+    assert_eq!(crash.status, Status::Error, "{crash:?}");
+    assert!(crash.cases.is_empty(), "{crash:?}");
+    env.stop();
+    env.cleanup().await
+}
+
 /// The Go toolchain the sandbox sees (Debian's golang-go).
 const GO: &str = "/usr/bin/go";
 /// Debian's cargo and rustc, visible inside sandboxes (unlike a rustup toolchain in /root).

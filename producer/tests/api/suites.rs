@@ -109,8 +109,8 @@ async fn each_bad_suite_is_refused_with_its_line_and_nothing_written() {
             "request body:4: expected `,` or `}`",
         ),
         (
-            json!({"name": "s", "tests": [{"name": "a", "command": ["true"], "framework": "jest"}]}).to_string(),
-            "request body: tests[0].framework: unknown framework `jest`; expected one of pytest, unittest, command, junit, node, go, cargo",
+            json!({"name": "s", "tests": [{"name": "a", "command": ["true"], "framework": "mocha"}]}).to_string(),
+            "request body: tests[0].framework: unknown framework `mocha`; expected one of pytest, unittest, command, junit, node, go, cargo, jest",
         ),
         (
             json!({"name": "s", "tests": [{"name": "a", "command": ["true"], "code": "x"}]}).to_string(),

@@ -4,7 +4,8 @@
 //! embedded and in server mode alike); the producer and workers never see the entry.
 //!
 //! Each framework's listing: pytest `--collect-only -q`, a small unittest loader script,
-//! `go test -list`, `cargo test -- --list`, and for node the files `node --test` would run.
+//! `go test -list`, `cargo test -- --list`, `jest --listTests`, and for node the files
+//! `node --test` would run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -141,6 +142,18 @@ pub fn command(
             );
             argv
         }
+        Framework::Jest => {
+            // Paths are Jest's own path patterns; the filter is applied to its listing.
+            let mut argv = vec![
+                path_str(&tools.node),
+                path_str(&tools.jest),
+                "--listTests".into(),
+                "--ci".into(),
+                "--watchman=false".into(),
+            ];
+            argv.extend(entry.paths.iter().cloned());
+            argv
+        }
         Framework::Command | Framework::Junit => Vec::new(),
     };
     (argv, env)
@@ -189,6 +202,18 @@ pub fn parse(framework: Framework, entry: &DiscoverEntry, stdout: &str) -> Vec<S
                 .lines()
                 .map(|l| l.strip_prefix("./").unwrap_or(l))
                 .filter(|l| node_runs(l))
+                .filter(|l| entry.filter.as_deref().is_none_or(|f| l.contains(f)))
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            files
+        }
+        // Absolute paths, one a line, in no set order.
+        Framework::Jest => {
+            let mut files: Vec<String> = stdout
+                .lines()
+                .map(str::trim)
+                .filter_map(|l| l.strip_prefix("/workspace/"))
                 .filter(|l| entry.filter.as_deref().is_none_or(|f| l.contains(f)))
                 .map(str::to_owned)
                 .collect();
@@ -358,6 +383,11 @@ mod tests {
                     "test/helpers/x.mjs",
                 ],
             ),
+            (
+                "jest",
+                "/workspace/test/b.test.js\n/workspace/src/a.spec.ts\nDetermining test suites...\n",
+                &["src/a.spec.ts", "test/b.test.js"],
+            ),
         ];
         for (framework, stdout, want) in table {
             let e = entry(framework);
@@ -378,5 +408,12 @@ mod tests {
         assert_eq!(argv[1..], ["test", "-list", ".", "./..."]);
         assert_eq!(env.get("GOPROXY").map(String::as_str), Some("off"));
         assert!(entry("command").framework(3).is_err());
+        let mut e = entry("jest");
+        e.paths = vec!["test".into()];
+        let (argv, _) = command(Framework::Jest, &e, &tools);
+        assert_eq!(
+            argv[2..],
+            ["--listTests", "--ci", "--watchman=false", "test"]
+        );
     }
 }

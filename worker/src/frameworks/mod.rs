@@ -9,6 +9,7 @@
 
 pub mod discover;
 mod gotest;
+mod jest;
 mod junit;
 mod libtest;
 mod unittest;
@@ -31,6 +32,10 @@ pub const PYTHON_CODE_FILE: &str = "test_isotest.py";
 pub const SHELL_CODE_FILE: &str = "isotest_test.sh";
 /// The file inline `code` of a `node` test is written to.
 pub const NODE_CODE_FILE: &str = "isotest.test.js";
+/// Where Jest is told to write its `--json` report, relative to the workspace.
+pub const JEST_JSON_PATH: &str = ".isotest/jest.json";
+/// The file inline `code` of a `jest` test is written to.
+pub const JEST_CODE_FILE: &str = "isotest.test.js";
 /// The file inline `code` of a `go` test is written to (the module is made if missing).
 pub const GO_CODE_FILE: &str = "isotest_test.go";
 /// The integration test inline `code` of a `cargo` test is written to.
@@ -49,6 +54,8 @@ pub struct Toolchain {
     pub go: PathBuf,
     /// `cargo`, for `cargo` tests; its `rustc` is the one beside it.
     pub cargo: PathBuf,
+    /// Jest's `bin/jest.js` from a global `npm install -g jest`, run by [`Self::node`].
+    pub jest: PathBuf,
 }
 
 impl Default for Toolchain {
@@ -68,6 +75,14 @@ impl Default for Toolchain {
                 "go",
             ),
             cargo: first(&["/usr/bin/cargo", "/usr/local/bin/cargo"], "cargo"),
+            // npm's global prefix is `/usr` for Debian's node and `/usr/local` for others.
+            jest: first(
+                &[
+                    "/usr/lib/node_modules/jest/bin/jest.js",
+                    "/usr/local/lib/node_modules/jest/bin/jest.js",
+                ],
+                "/usr/local/lib/node_modules/jest/bin/jest.js",
+            ),
         }
     }
 }
@@ -104,6 +119,10 @@ impl Toolchain {
                     set("RUSTC", rustc.to_string_lossy().into_owned());
                 }
             }
+            Framework::Jest => {
+                // The real home is not in the sandbox; Jest's cache is in the temp dir.
+                set("HOME", "/tmp".into());
+            }
             Framework::Node | Framework::Junit | Framework::Command => {}
         }
     }
@@ -122,6 +141,8 @@ pub struct Plan {
 pub fn report_path(test: &TestSpec) -> Option<&str> {
     match test.framework {
         Framework::Pytest | Framework::Node => Some(JUNIT_PATH),
+        // Not JUnit: read by the `jest` module (`Observed::junit` carries it all the same).
+        Framework::Jest => Some(JEST_JSON_PATH),
         Framework::Junit => Some(test.junit_path.as_deref().unwrap_or(JUNIT_PATH)),
         Framework::Unittest | Framework::Go | Framework::Cargo | Framework::Command => None,
     }
@@ -151,6 +172,21 @@ fn node_test(tools: &Toolchain) -> Vec<String> {
         format!("--test-reporter-destination=/workspace/{JUNIT_PATH}"),
         "--test-reporter=spec".into(),
         "--test-reporter-destination=stdout".into(),
+    ]
+}
+
+/// Jest, one process for the whole run (so a crash ends the test, as it does in CI),
+/// with its JSON report for isotest and the default reporter for people.
+pub fn jest_command(tools: &Toolchain) -> Vec<String> {
+    vec![
+        path_str(&tools.node),
+        path_str(&tools.jest),
+        "--ci".into(),
+        "--runInBand".into(),
+        "--watchman=false".into(),
+        "--reporters=default".into(),
+        "--json".into(),
+        format!("--outputFile=/workspace/{JEST_JSON_PATH}"),
     ]
 }
 
@@ -266,6 +302,18 @@ pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
             argv.push(file.clone());
             argv
         }
+        (Framework::Jest, TestBody::Code(code)) => {
+            code_file(JEST_CODE_FILE, code);
+            let mut argv = jest_command(tools);
+            argv.extend(["--runTestsByPath".into(), JEST_CODE_FILE.into()]);
+            argv
+        }
+        (Framework::Jest, TestBody::TestId(file)) => {
+            // One test is one test file: Jest's unit of isolation, and what it lists.
+            let mut argv = jest_command(tools);
+            argv.extend(["--runTestsByPath".into(), file.clone()]);
+            argv
+        }
         (Framework::Go, TestBody::Code(code)) => {
             code_file(GO_CODE_FILE, code);
             let go = path_str(&tools.go);
@@ -322,8 +370,8 @@ pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
             ]
         }
     };
-    if test.framework == Framework::Node {
-        // Node's reporter writes to its destination but does not make the directory.
+    if matches!(test.framework, Framework::Node | Framework::Jest) {
+        // Node's reporter and Jest write to their destination but do not make the directory.
         files.push((format!("{}/.keep", JUNIT_DIR), Vec::new()));
     }
     tools.env(test.framework, &mut env);
@@ -404,6 +452,20 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
         Framework::Pytest => from_junit("it"),
         Framework::Junit => from_junit("the command"),
         Framework::Node => from_junit("node"),
+        Framework::Jest => match &seen.junit {
+            Some(Ok(json)) => match jest::parse(json) {
+                Ok(cases) => (cases, None),
+                Err(e) => (
+                    Vec::new(),
+                    Some(format!("its JSON report is unreadable: {e}")),
+                ),
+            },
+            Some(Err(why)) => (
+                Vec::new(),
+                Some(format!("jest wrote no JSON report ({why})")),
+            ),
+            None => (Vec::new(), None),
+        },
         Framework::Unittest => (unittest::parse_verbose(seen.stderr), None),
         Framework::Go => (gotest::parse(seen.stdout), None),
         Framework::Cargo => (libtest::parse(seen.stdout), None),
@@ -417,11 +479,15 @@ pub fn judge(framework: Framework, seen: &Observed<'_>) -> Verdict {
         Framework::Node => judge_runner("node", exit, &cases, &[1]),
         Framework::Go => judge_runner("go test", exit, &cases, &[1]),
         Framework::Cargo => judge_runner("cargo test", exit, &cases, &[101]),
+        Framework::Jest => judge_runner("jest", exit, &cases, &[1]),
     };
     // A runner that was asked for a report and gave none (or an unreadable one) has
     // not shown what its cases did: a pass is not proven, and a failure says why.
     if let Some(problem) = report_problem.as_deref()
-        && matches!(framework, Framework::Pytest | Framework::Node)
+        && matches!(
+            framework,
+            Framework::Pytest | Framework::Node | Framework::Jest
+        )
     {
         if verdict.status.is_success() {
             verdict = Verdict {
@@ -695,7 +761,31 @@ mod tests {
             node: "/usr/bin/node".into(),
             go: "/usr/bin/go".into(),
             cargo: "/usr/bin/cargo".into(),
+            jest: "/usr/lib/node_modules/jest/bin/jest.js".into(),
         }
+    }
+
+    #[test]
+    fn jest_runs_one_file_and_reports_json() {
+        let p = plan(
+            &spec(Framework::Jest, TestBody::TestId("test/a.test.js".into())),
+            &tools(),
+        );
+        assert_eq!(
+            p.command[..2],
+            ["/usr/bin/node", "/usr/lib/node_modules/jest/bin/jest.js"]
+        );
+        assert!(p.command.contains(&"--runInBand".to_owned()));
+        assert!(
+            p.command
+                .contains(&format!("--outputFile=/workspace/{JEST_JSON_PATH}"))
+        );
+        assert_eq!(
+            p.command[p.command.len() - 2..],
+            ["--runTestsByPath", "test/a.test.js"]
+        );
+        assert_eq!(p.collect, [JEST_JSON_PATH]);
+        assert!(p.files.iter().any(|(path, _)| path == ".isotest/.keep"));
     }
 
     #[test]
@@ -957,6 +1047,8 @@ mod tests {
             (Framework::Pytest, 0, Status::Error),
             (Framework::Pytest, 1, Status::Failed),
             (Framework::Node, 0, Status::Error),
+            (Framework::Jest, 0, Status::Error),
+            (Framework::Jest, 1, Status::Error),
             (Framework::Junit, 0, Status::Error),
             (Framework::Junit, 1, Status::Failed),
         ] {
