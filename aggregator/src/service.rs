@@ -27,15 +27,15 @@ use tracing::Instrument;
 use isotest_infra::amqp;
 use isotest_infra::metrics::{self, StateLabels, StatusLabels};
 use isotest_infra::store::{self, StoreError};
-use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::SuiteRecord;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 use isotest_protocol::report::{Report, SuiteState};
-use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
+use isotest_protocol::result::TestResult;
 
 use crate::report::assemble;
 use crate::webhook::{WebhookConfig, Webhooks};
+use isotest_infra::error_chain;
 
 /// What the aggregator needs to run; [`AggregatorConfig::new`] fills in the timings.
 #[derive(Debug, Clone)]
@@ -780,38 +780,7 @@ fn dead_letter_result(msg: &TestMessage, consumer: &str, death: &str) -> TestRes
         ),
         other => format!("infrastructure: the test message was dead-lettered ({other})"),
     };
-    TestResult {
-        schema_version: SCHEMA_VERSION,
-        suite_id: msg.suite_id.clone(),
-        name: msg.test.name.clone(),
-        index: msg.index,
-        attempt: msg.attempt,
-        is_final: true,
-        status: Status::Error,
-        reason: Some(why),
-        stage: Some(Stage::Prepare),
-        exit_code: None,
-        duration_ms: 0,
-        started_at_ms: now,
-        finished_at_ms: now,
-        worker: consumer.to_owned(),
-        stdout: String::new(),
-        stderr: String::new(),
-        cases: Vec::new(),
-        usage: Usage::default(),
-        timings: Timings::default(),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    TestResult::prepare_error(msg, consumer, why, now)
 }
 
 /// What [`cancel`] did.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use isotest_infra::error_chain;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
@@ -17,7 +18,6 @@ use isotest_protocol::result::TestResult;
 use isotest_sandbox::{SandboxError, Sandboxer};
 use isotest_worker::Runner;
 use isotest_worker::run::infrastructure_error;
-use isotest_worker::service::error_chain;
 
 use crate::args::{RunArgs, default_concurrency};
 use crate::exit::Failure;

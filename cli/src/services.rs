@@ -214,7 +214,7 @@ async fn serve_metrics(
         let stopped = stop.clone().cancelled_owned();
         async move {
             if let Err(error) = server.run(stopped).await {
-                tracing::warn!(error = %isotest_worker::service::error_chain(&error), "The metrics server failed.");
+                tracing::warn!(error = %isotest_infra::error_chain(&error), "The metrics server failed.");
             }
         }
     });
@@ -232,5 +232,5 @@ async fn serve_metrics(
 
 /// A service that could not reach its servers at start: one line, exit code 2.
 fn unreachable(e: impl std::error::Error) -> Failure {
-    Failure::Unreachable(isotest_worker::service::error_chain(&e))
+    Failure::Unreachable(isotest_infra::error_chain(&e))
 }

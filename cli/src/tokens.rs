@@ -102,7 +102,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
 async fn connect(endpoints: &Endpoints) -> Result<Store, Failure> {
     let conn = isotest_infra::store::connect(&endpoints.redis_url)
         .await
-        .map_err(|e| Failure::Unreachable(isotest_worker::service::error_chain(&e)))?;
+        .map_err(|e| Failure::Unreachable(isotest_infra::error_chain(&e)))?;
     Ok(Store::new(conn, endpoints.namespace.clone()))
 }
 

@@ -11,6 +11,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::error_chain;
 use isotest_protocol::names::Namespace;
 
 /// How many times RabbitMQ delivers one message before dead-lettering it: a message
@@ -115,17 +116,6 @@ pub async fn reconnect(
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Opens a channel and declares the topology on it (idempotent).

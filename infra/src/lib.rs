@@ -36,6 +36,19 @@ fn parse_namespace(text: &str) -> Result<Namespace, String> {
     Namespace::new(text).map_err(|e| e.to_string())
 }
 
+/// An error and its causes on one line (`what failed: because: because`), the form
+/// every log line and user-facing message takes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A stable id for this process, reported as the `worker` of every result it writes.
 pub fn process_id(role: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use isotest_protocol::api::{ApiError, TokenRecord};
 
 use crate::http::AppState;
-use crate::publisher::chain;
 use crate::store::StoreError;
+use isotest_infra::error_chain as chain;
 
 /// What every token starts with, so secret scanners and people recognise one.
 pub const TOKEN_PREFIX: &str = "itk_";

@@ -21,9 +21,10 @@ use isotest_protocol::report::SuiteState;
 
 use crate::auth::{self, Caller};
 use crate::config::Limits;
-use crate::publisher::{PublishError, Publisher, chain};
+use crate::publisher::{PublishError, Publisher};
 use crate::store::{OverQuota, Store, StoreError, StoredReport};
 use crate::suite::{self, SubmitError};
+use isotest_infra::error_chain as chain;
 
 /// What every handler shares.
 #[derive(Debug)]

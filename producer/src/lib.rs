@@ -101,7 +101,7 @@ impl Producer {
                 "No API token exists and --require-token is off: the API accepts requests without a token until the first `isotest token add`."
             ),
             Err(e) => {
-                tracing::warn!(error = %publisher::chain(&e), "Could not check for API tokens.")
+                tracing::warn!(error = %isotest_infra::error_chain(&e), "Could not check for API tokens.")
             }
         }
     }

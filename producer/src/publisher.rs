@@ -10,6 +10,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 
 use isotest_infra::amqp::{self, AmqpError};
+use isotest_infra::error_chain as chain;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 
@@ -301,18 +302,6 @@ fn check(test: &str, queue: &str, confirmation: Confirmation) -> Result<(), Publ
             test: test.to_owned(),
         }),
     }
-}
-
-/// An error and its causes on one line, for logs and API answers.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]

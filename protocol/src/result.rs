@@ -146,6 +146,37 @@ pub struct TestResult {
 pub const INFRASTRUCTURE_REASON_PREFIX: &str = "infrastructure: ";
 
 impl TestResult {
+    /// The final `error` result of an attempt judged before it ran (stage `prepare`):
+    /// a test that cannot run as given, or one the infrastructure failed.
+    pub fn prepare_error(
+        msg: &crate::message::TestMessage,
+        worker: &str,
+        reason: String,
+        now_ms: u64,
+    ) -> TestResult {
+        TestResult {
+            schema_version: crate::SCHEMA_VERSION,
+            suite_id: msg.suite_id.clone(),
+            name: msg.test.name.clone(),
+            index: msg.index,
+            attempt: msg.attempt,
+            is_final: true,
+            status: Status::Error,
+            reason: Some(reason),
+            stage: Some(Stage::Prepare),
+            exit_code: None,
+            duration_ms: 0,
+            started_at_ms: now_ms,
+            finished_at_ms: now_ms,
+            worker: worker.to_owned(),
+            stdout: String::new(),
+            stderr: String::new(),
+            cases: Vec::new(),
+            usage: Usage::default(),
+            timings: Timings::default(),
+        }
+    }
+
     /// Whether the infrastructure decided this attempt's verdict, not the test: such an
     /// attempt says nothing of the test, so it never makes the test flaky.
     pub fn is_infrastructure_failure(&self) -> bool {

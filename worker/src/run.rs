@@ -209,10 +209,10 @@ pub fn input_problem(e: &SandboxError) -> Option<String> {
     match e {
         SandboxError::Bundle(_) => Some(format!(
             "workspace refused: {}",
-            crate::service::error_chain(e)
+            isotest_infra::error_chain(e)
         )),
         SandboxError::UnknownEnvironment(_) | SandboxError::InvalidSpec(_) => {
-            Some(crate::service::error_chain(e))
+            Some(isotest_infra::error_chain(e))
         }
         _ => None,
     }
@@ -230,28 +230,7 @@ pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> Te
 
 /// A final `error` verdict given before the test ran (stage `prepare`).
 pub fn error_verdict(msg: &TestMessage, worker_id: &str, reason: String) -> TestResult {
-    let now = now_ms();
-    TestResult {
-        schema_version: SCHEMA_VERSION,
-        suite_id: msg.suite_id.clone(),
-        name: msg.test.name.clone(),
-        index: msg.index,
-        attempt: msg.attempt,
-        is_final: true,
-        status: Status::Error,
-        reason: Some(reason),
-        stage: Some(Stage::Prepare),
-        exit_code: None,
-        duration_ms: 0,
-        started_at_ms: now,
-        finished_at_ms: now,
-        worker: worker_id.to_owned(),
-        stdout: String::new(),
-        stderr: String::new(),
-        cases: Vec::new(),
-        usage: Usage::default(),
-        timings: Timings::default(),
-    }
+    TestResult::prepare_error(msg, worker_id, reason, now_ms())
 }
 
 fn exit(e: StageExit) -> Exit {

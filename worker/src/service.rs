@@ -34,6 +34,7 @@ use isotest_sandbox::SandboxError;
 
 use crate::record::{RecordError, Recorded, Recorder};
 use crate::run::{Runner, infrastructure_error};
+use isotest_infra::error_chain;
 
 /// RabbitMQ's default `consumer_timeout` (30 minutes) closes the channel of a consumer
 /// that holds a message unacked for longer; a test must finish well before that.
@@ -529,18 +530,6 @@ fn deliveries(delivery: &Delivery) -> u64 {
         Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
         _ => 0,
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ mod schema {
             .map(|e| format!("{}: {e}", e.instance_path))
             .collect();
         assert!(errors.is_empty(), "{errors:#?}\n{json:#}");
+        // The same report, as the JSON file a CI job gets, kept as a snapshot.
+        insta::assert_snapshot!(serde_json::to_string_pretty(&report).expect("serializes"));
         // And the schema is strict enough to catch a field it does not list.
         let mut extra = json.clone();
         extra["tests"][0]["surprise"] = true.into();
