@@ -16,19 +16,6 @@ use isotest_protocol::names::Namespace;
 use isotest_protocol::report::Report;
 use isotest_protocol::result::{Status, TestResult, Timings, Usage};
 
-/// The worker's record script, verbatim in effect: first writer wins, and only that
-/// write marks the test done (if final) and notifies the aggregators.
-const RECORD_SCRIPT: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
-end
-if ARGV[5] == '1' then
-  redis.call('SADD', KEYS[2], ARGV[4])
-end
-redis.call('XADD', KEYS[3], '*', 'suite', ARGV[3], 'test', ARGV[4], 'field', ARGV[1])
-return 1
-";
-
 /// How long a test waits for something before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -104,22 +91,12 @@ impl TestEnv {
         record
     }
 
-    /// Writes a result as the worker does; true when this call wrote it.
+    /// Writes a result as the worker does (the same shared script); true when this
+    /// call wrote it.
     pub async fn record(&self, result: &TestResult) -> bool {
-        let json = serde_json::to_string(result).expect("serializes");
-        let written: i64 = redis::Script::new(RECORD_SCRIPT)
-            .key(self.ns.results_key(&result.suite_id))
-            .key(self.ns.done_key(&result.suite_id))
-            .key(self.ns.results_stream())
-            .arg(result.field())
-            .arg(json)
-            .arg(&result.suite_id)
-            .arg(&result.name)
-            .arg(if result.is_final { "1" } else { "0" })
-            .invoke_async(&mut self.redis.clone())
+        isotest_infra::results::record(&mut self.redis.clone(), &self.ns, result)
             .await
-            .expect("result written");
-        written == 1
+            .expect("result written")
     }
 
     /// Every result of a suite, as the aggregator would read them.
