@@ -155,5 +155,21 @@ mod tests {
         assert_eq!(doc["results"]["summary"]["tests"], 5);
         assert_eq!(doc["results"]["summary"]["other"], 1);
         insta::assert_snapshot!(serde_json::to_string_pretty(&doc).expect("serializes"));
+        // And it has the shape the CTRF specification requires.
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/ctrf.schema.json"))
+                .expect("the schema is JSON");
+        let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        let mut wrong = doc.clone();
+        wrong["results"]["tests"][0]["status"] = "timeout".into();
+        assert!(
+            !validator.is_valid(&wrong),
+            "the schema must refuse a status CTRF lacks"
+        );
     }
 }
