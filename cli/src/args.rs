@@ -171,6 +171,15 @@ impl SandboxArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub endpoints: Endpoints,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// How a worker takes and runs tests (`isotest worker`, and the worker inside `isotest up`).
+#[derive(Debug, Args)]
+pub struct WorkerSettings {
     /// Tests run at once (the consumer prefetch).
     #[arg(long, env = "ISOTEST_CONCURRENCY", default_value_t = default_concurrency())]
     pub concurrency: u16,
@@ -182,8 +191,6 @@ pub struct WorkerArgs {
     pub max_test_timeout: Duration,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -211,16 +218,8 @@ pub struct WebhookArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub producer: isotest_producer::Config,
-    /// Tests run at once by the embedded worker.
-    #[arg(long, env = "ISOTEST_CONCURRENCY", default_value_t = default_concurrency())]
-    pub concurrency: u16,
-    #[arg(long, env = "ISOTEST_DRAIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
-    /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
-    #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
-    pub max_test_timeout: Duration,
     #[command(flatten)]
-    pub sandbox: SandboxArgs,
+    pub worker: WorkerSettings,
     /// One /metrics, /healthz and /readyz for the three services (the producer's API
     /// port serves /metrics too).
     #[command(flatten)]

@@ -14,7 +14,7 @@ use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::MetricsArgs;
-use crate::args::{AggregatorArgs, SandboxArgs, UpArgs, WebhookArgs, WorkerArgs};
+use crate::args::{AggregatorArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
 use crate::exit::Failure;
 
 /// Serves the producer's HTTP API.
@@ -41,14 +41,7 @@ pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
 /// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let _metrics = serve_metrics(&args.metrics, None).await?;
-    let worker = build_worker(
-        &args.endpoints,
-        args.concurrency,
-        args.drain_timeout,
-        args.max_test_timeout,
-        &args.sandbox,
-    )
-    .await?;
+    let worker = build_worker(&args.endpoints, &args.worker).await?;
     worker
         .run(isotest_infra::shutdown::signal())
         .await
@@ -81,14 +74,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
-    let worker = build_worker(
-        &endpoints,
-        args.concurrency,
-        args.drain_timeout,
-        args.max_test_timeout,
-        &args.sandbox,
-    )
-    .await?;
+    let worker = build_worker(&endpoints, &args.worker).await?;
     let producer = isotest_producer::Producer::build(args.producer)
         .await
         .map_err(unreachable)?;
@@ -137,13 +123,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     first
 }
 
-async fn build_worker(
-    endpoints: &Endpoints,
-    concurrency: u16,
-    drain_timeout: std::time::Duration,
-    max_test_timeout: std::time::Duration,
-    sandbox: &SandboxArgs,
-) -> Result<Worker, Failure> {
+async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Result<Worker, Failure> {
+    let sandbox = &settings.sandbox;
     let sandboxer = Sandboxer::new(sandbox.sandbox_config())?;
     if sandboxer.isolation().missing.is_empty() {
         tracing::info!(isolation = %sandboxer.isolation(), "Sandbox ready.");
@@ -156,9 +137,9 @@ async fn build_worker(
     );
     let config = WorkerConfig {
         endpoints: endpoints.clone(),
-        concurrency,
-        drain_timeout,
-        max_test_timeout,
+        concurrency: settings.concurrency,
+        drain_timeout: settings.drain_timeout,
+        max_test_timeout: settings.max_test_timeout,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }
