@@ -570,13 +570,33 @@ async fn a_suite_that_cannot_be_queued_is_refused_and_closed_at_its_deadline() -
     let mut env = TestEnv::new().await;
     env.start(0, 1).await?;
     // The producer declared the queue when it connected; without it, every publish
-    // comes back unroutable.
+    // comes back unroutable. The aggregator declares the same topology when its
+    // dead-letter consumer starts: wait for that first, or it re-creates the queue.
     let conn = lapin::Connection::connect(
         &env.servers.amqp_url,
         lapin::ConnectionProperties::default(),
     )
     .await?;
     let channel = conn.create_channel().await?;
+    let dead = format!("{}.tests.dead", env.ns);
+    poll(
+        Duration::from_secs(30),
+        "the dead-letter consumer",
+        || async {
+            let queue = channel
+                .queue_declare(
+                    dead.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            Ok(queue.is_ok_and(|q| q.consumer_count() >= 1))
+        },
+    )
+    .await?;
     channel
         .queue_delete(
             format!("{}.tests", env.ns).as_str().into(),
