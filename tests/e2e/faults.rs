@@ -583,7 +583,10 @@ async fn a_suite_that_cannot_be_queued_is_refused_and_closed_at_its_deadline() -
         Duration::from_secs(30),
         "the dead-letter consumer",
         || async {
-            let queue = channel
+            // A passive declare of a missing queue closes its channel: one channel a look.
+            let queue = conn
+                .create_channel()
+                .await?
                 .queue_declare(
                     dead.as_str().into(),
                     lapin::options::QueueDeclareOptions {
