@@ -8,14 +8,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use isotest_protocol::api::{ApiError, TokenRecord};
+use isotest_protocol::api::TokenRecord;
 
 use crate::http::AppState;
 use crate::store::StoreError;
@@ -114,13 +113,11 @@ impl AuthFailure {
 impl IntoResponse for AuthFailure {
     fn into_response(self) -> Response {
         let status = self.status();
-        let error = chain(&self);
-        if status.is_server_error() {
-            tracing::error!(%status, error, "Request failed.");
-        } else {
-            tracing::info!(%status, error, "Request refused.");
+        if !status.is_server_error() {
+            // A refused credential is worth seeing at the default level.
+            tracing::info!(%status, error = chain(&self), "Request refused.");
         }
-        let mut response = (status, Json(ApiError { error })).into_response();
+        let mut response = crate::http::error_response(status, &self);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

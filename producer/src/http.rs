@@ -123,16 +123,21 @@ impl ApiFailure {
     }
 }
 
+/// The one-line JSON answer of a failed request; server errors are logged as errors,
+/// refusals (the client's to fix) at debug level.
+pub(crate) fn error_response(status: StatusCode, failure: &dyn std::error::Error) -> Response {
+    let error = chain(failure);
+    if status.is_server_error() {
+        tracing::error!(%status, error, "Request failed.");
+    } else {
+        tracing::debug!(%status, error, "Request refused.");
+    }
+    (status, Json(ApiError { error })).into_response()
+}
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let error = chain(&self);
-        if status.is_server_error() {
-            tracing::error!(%status, error, "Request failed.");
-        } else {
-            tracing::debug!(%status, error, "Request refused.");
-        }
-        (status, Json(ApiError { error })).into_response()
+        error_response(self.status(), &self)
     }
 }
 

@@ -21,6 +21,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order reports list them.
+    pub const ALL: [Status; 8] = [
+        Status::Passed,
+        Status::Failed,
+        Status::Error,
+        Status::Timeout,
+        Status::Oom,
+        Status::Skipped,
+        Status::Lost,
+        Status::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Passed => "passed",
@@ -205,16 +217,7 @@ mod tests {
 
     #[test]
     fn statuses_serialize_as_the_report_names_them() {
-        for status in [
-            Status::Passed,
-            Status::Failed,
-            Status::Error,
-            Status::Timeout,
-            Status::Oom,
-            Status::Skipped,
-            Status::Lost,
-            Status::Cancelled,
-        ] {
+        for status in Status::ALL {
             let json = serde_json::to_string(&status).expect("serializes");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }

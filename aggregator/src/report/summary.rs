@@ -14,16 +14,7 @@ const OUTPUT_LINES: usize = 10;
 const CASE_LINES: usize = 10;
 
 /// The statuses in the order the summary lists them.
-const ORDER: [Status; 8] = [
-    Status::Passed,
-    Status::Failed,
-    Status::Error,
-    Status::Timeout,
-    Status::Oom,
-    Status::Skipped,
-    Status::Lost,
-    Status::Cancelled,
-];
+const ORDER: [Status; 8] = Status::ALL;
 
 /// Renders a terminal summary; `color` adds ANSI colours for a terminal.
 ///
