@@ -351,12 +351,13 @@ unsafe fn arrange_fds(fds: &ChildFds) -> bool {
 }
 
 /// The child after clone: waits for the host, becomes root of its user namespace, builds the
-/// fresh root, drops every privilege and execs the init.
+/// fresh root, drops every privilege and execs the init. `network_ready`: it was cloned into a
+/// pooled network namespace whose loopback is already up (and which it may not configure).
 ///
 /// # Safety
 /// Must run only in the freshly cloned child (single-threaded copy); uses only async-signal-safe
 /// system calls and never returns.
-pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs) -> ! {
+pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs, network_ready: bool) -> ! {
     let fds = &plan.fds;
     let step = |s: u32| STEP_BASE + s;
     // SAFETY: the block only makes async-signal-safe system calls with valid arguments.
@@ -400,7 +401,7 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs) -> ! {
         if libc::sethostname(c"sandbox".as_ptr(), 7) != 0 {
             fail(fds, step(S_HOSTNAME));
         }
-        if plan.loopback_up && !loopback_up() {
+        if plan.loopback_up && !network_ready && !loopback_up() {
             fail(fds, step(S_LOOPBACK));
         }
         // Nothing done in here may propagate back to the host's mounts.

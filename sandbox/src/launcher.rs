@@ -3,12 +3,13 @@
 //! when idle) would kill healthy sandboxes; this thread lives as long as the `Sandboxer`.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, mpsc};
 
 use seccompiler::BpfProgram;
 
 use crate::child::{ChildPlan, ExecPtrs, Op, child_main, run_op};
+use crate::netns;
 use crate::sys;
 
 /// A cloned sandbox init, not yet released to run.
@@ -22,12 +23,65 @@ pub(crate) struct Spawned {
 /// starts in the sandbox's cgroups, and `leave` right after, to return to its own.
 #[derive(Debug, Default)]
 pub(crate) struct CgroupMove {
-    pub enter: Vec<RawFd>,
+    /// Duplicates owned by the request, so they stay valid even if the caller goes away.
+    pub enter: Vec<OwnedFd>,
+    /// The launcher's own cgroups, held open by the `Sandboxer` for its whole life.
     pub leave: Vec<RawFd>,
 }
 
-fn write_zero(fds: &[RawFd]) -> io::Result<()> {
-    for &fd in fds {
+/// What the launcher does right after cloning, so the child can go on without waiting for the
+/// async side to be scheduled: map root inside to `uid`/`gid` outside and, when `go` is set,
+/// release the child by writing one byte to it.
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub uid: u32,
+    pub gid: u32,
+    /// Write "deny" to `setgroups` first (required to map a gid without privilege).
+    pub deny_setgroups: bool,
+    /// A duplicate of the host's end of the child's go pipe; `None` leaves releasing to the
+    /// caller, which still has to add the child to its cgroup first.
+    pub go: Option<OwnedFd>,
+}
+
+fn write_id_maps(pid: i32, release: &Release) -> io::Result<()> {
+    let write = |file: &str, text: &str| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| io::Error::new(e.kind(), format!("write {file} of the sandbox: {e}")))
+    };
+    if release.deny_setgroups {
+        write("setgroups", "deny")?;
+    }
+    write("uid_map", &format!("0 {} 1\n", release.uid))?;
+    write("gid_map", &format!("0 {} 1\n", release.gid))
+}
+
+/// Maps ids and releases the child; on failure kills and reaps it.
+fn release(spawned: Spawned, release: &Release) -> io::Result<Spawned> {
+    let released = write_id_maps(spawned.pid, release).and_then(|()| match &release.go {
+        Some(go) => {
+            let go = go.as_raw_fd();
+            // SAFETY: one byte from a static buffer to a pipe the caller keeps open.
+            if unsafe { libc::write(go, c"g".as_ptr().cast(), 1) } == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        None => Ok(()),
+    });
+    match released {
+        Ok(()) => Ok(spawned),
+        Err(e) => {
+            let _ = sys::pidfd_send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
+            let _ = wait(&spawned.pidfd);
+            Err(e)
+        }
+    }
+}
+
+fn write_zero<F: AsRawFd>(fds: &[F]) -> io::Result<()> {
+    for fd in fds {
+        let fd = fd.as_raw_fd();
         // SAFETY: writing two bytes from a static buffer to an fd the caller keeps open.
         if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } < 0 {
             return Err(io::Error::last_os_error());
@@ -41,6 +95,10 @@ enum Request {
         plan: Arc<ChildPlan>,
         flags: u64,
         cgroup: CgroupMove,
+        release: Release,
+        /// The fds the child inherits (its ends of the pipes), owned here so that they stay
+        /// open until the clone even if the caller is cancelled, and closed right after it.
+        inherit: Vec<OwnedFd>,
         reply: tokio::sync::oneshot::Sender<io::Result<Spawned>>,
     },
     Probe {
@@ -62,7 +120,9 @@ impl std::fmt::Debug for Request {
 }
 
 impl Launcher {
-    /// Starts the thread; `filters` are the seccomp programs every child installs.
+    /// Starts the thread; `filters` are the seccomp programs every child installs, and a
+    /// child that needs a network namespace of its own joins one from `netns` when one is
+    /// ready (it creates its own otherwise).
     ///
     /// # Errors
     /// Fails when the thread cannot be spawned.
@@ -70,13 +130,34 @@ impl Launcher {
     /// With `skeleton` ops, the thread first moves into a mount namespace of its own and runs
     /// them there: every child's mount namespace is a copy of it, so read-only environment
     /// roots built once are there for each sandbox at no cost, invisible to the host.
-    pub fn start(filters: Arc<Vec<BpfProgram>>, skeleton: Vec<Op>) -> io::Result<Launcher> {
+    pub fn start(
+        filters: Arc<Vec<BpfProgram>>,
+        skeleton: Vec<Op>,
+        netns: Option<netns::Pool>,
+    ) -> io::Result<Launcher> {
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         std::thread::Builder::new()
             .name("isotest-sandbox-launcher".to_owned())
             .spawn(move || {
                 let ready = prepare_mount_namespace(&skeleton);
+                // Where the thread returns after joining a pooled namespace to clone.
+                let networks = match (ready.is_ok(), netns) {
+                    (true, Some(pool)) => {
+                        std::fs::File::open("/proc/thread-self/ns/net").map(|home| {
+                            Some(Networks {
+                                pool,
+                                home: home.into(),
+                                away: std::cell::Cell::new(false),
+                            })
+                        })
+                    }
+                    _ => Ok(None),
+                };
+                let ready = ready.and(networks.as_ref().map(|_| ()).map_err(|e| {
+                    io::Error::new(e.kind(), format!("open own network namespace: {e}"))
+                }));
+                let networks = networks.ok().flatten();
                 let failed = ready.is_err();
                 let _ = ready_tx.send(ready);
                 if failed {
@@ -88,9 +169,22 @@ impl Launcher {
                             plan,
                             flags,
                             cgroup,
+                            release: how,
+                            inherit,
                             reply,
                         } => {
-                            let _ = reply.send(spawn(&plan, flags, &cgroup, &filters));
+                            if reply.is_closed() {
+                                // The run was cancelled while this request waited.
+                                continue;
+                            }
+                            let spawned = spawn(&plan, flags, &cgroup, &filters, networks.as_ref());
+                            drop(inherit);
+                            let spawned = spawned.and_then(|s| release(s, &how));
+                            if let Err(Ok(orphan)) = reply.send(spawned) {
+                                // Cancelled meanwhile: nobody would supervise it.
+                                let _ = sys::pidfd_send_signal(orphan.pidfd.as_fd(), libc::SIGKILL);
+                                let _ = wait(&orphan.pidfd);
+                            }
                         }
                         Request::Probe { flags, reply } => {
                             let _ = reply.send(probe(flags));
@@ -104,17 +198,21 @@ impl Launcher {
         Ok(Launcher { tx })
     }
 
-    /// Clones a child with `flags` that runs `plan` once released.
+    /// Clones a child with `flags` that runs `plan`, maps its ids and releases it as `release`
+    /// says.
     ///
     /// # Errors
-    /// Fails when clone fails or the thread is gone.
+    /// Fails when clone or the release fails (the child is then already reaped) or the thread
+    /// is gone.
     ///
-    /// The fds in `cgroup` must stay open until this returns.
+    /// `inherit` owns the fds the plan names for the child; they are closed once it is cloned.
     pub async fn spawn(
         &self,
         plan: Arc<ChildPlan>,
         flags: u64,
         cgroup: CgroupMove,
+        release: Release,
+        inherit: Vec<OwnedFd>,
     ) -> io::Result<Spawned> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
@@ -122,6 +220,8 @@ impl Launcher {
                 plan,
                 flags,
                 cgroup,
+                release,
+                inherit,
                 reply,
             })
             .map_err(|_| io::Error::other("launcher thread gone"))?;
@@ -184,22 +284,70 @@ fn clone3(flags: u64, pidfd: &mut RawFd) -> io::Result<i32> {
     }
 }
 
+/// The network namespace pool and the launcher thread's own namespace to return to.
+struct Networks {
+    pool: netns::Pool,
+    home: OwnedFd,
+    /// Set while the thread could not get back home after a clone.
+    away: std::cell::Cell<bool>,
+}
+
+impl Networks {
+    /// Returns the thread to its own network namespace.
+    fn go_home(&self) -> io::Result<()> {
+        // SAFETY: setns on this thread's own earlier network namespace.
+        if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            self.away.set(true);
+            return Err(io::Error::last_os_error());
+        }
+        self.away.set(false);
+        Ok(())
+    }
+}
+
+/// Joins a pooled network namespace for one clone; returns whether it did.
+fn join_pooled(networks: Option<&Networks>) -> bool {
+    let Some(netns) = networks.and_then(|n| n.pool.take()) else {
+        return false;
+    };
+    // SAFETY: setns on a network namespace fd affects only this thread.
+    unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) == 0 }
+}
+
 fn spawn(
     plan: &ChildPlan,
-    flags: u64,
+    mut flags: u64,
     cgroup: &CgroupMove,
     filters: &[BpfProgram],
+    networks: Option<&Networks>,
 ) -> io::Result<Spawned> {
+    // A clone must never inherit the namespace of an earlier sandbox.
+    if let Some(networks) = networks.filter(|n| n.away.get()) {
+        networks.go_home().map_err(|e| {
+            io::Error::new(e.kind(), format!("return to own network namespace: {e}"))
+        })?;
+    }
     let mut ptrs = ExecPtrs::new(plan, filters);
     let mut pidfd: RawFd = -1;
     if let Err(e) = write_zero(&cgroup.enter) {
         let _ = write_zero(&cgroup.leave);
         return Err(e);
     }
+    let wants_network = flags & libc::CLONE_NEWNET as u64 != 0;
+    let pooled = wants_network && join_pooled(networks);
+    if pooled {
+        flags &= !(libc::CLONE_NEWNET as u64);
+    }
     let cloned = clone3(flags, &mut pidfd);
     if let Ok(0) = cloned {
         // SAFETY: we are the fresh single-threaded child; child_main never returns.
-        unsafe { child_main(plan, &mut ptrs) }
+        unsafe { child_main(plan, &mut ptrs, pooled) }
+    }
+    if let Some(networks) = networks.filter(|_| pooled)
+        && let Err(e) = networks.go_home()
+    {
+        // The next spawn tries again and fails rather than share this sandbox's namespace.
+        tracing::error!(error = %e, "The sandbox launcher could not return to its network namespace.");
     }
     // Back home before anything else (in the parent only: the child stays in the sandbox's
     // cgroups), so the sandbox's cgroup can be removed later.
@@ -221,6 +369,11 @@ fn probe(flags: u64) -> io::Result<()> {
     }
     // SAFETY: CLONE_PIDFD stored a fresh fd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    wait(&pidfd)
+}
+
+/// Waits for and reaps a child of this thread.
+fn wait(pidfd: &OwnedFd) -> io::Result<()> {
     let mut info: libc::siginfo_t =
         // SAFETY: a zeroed siginfo is a valid out-parameter.
         unsafe { std::mem::zeroed() };
@@ -228,9 +381,9 @@ fn probe(flags: u64) -> io::Result<()> {
     let ret = unsafe {
         libc::waitid(
             sys::P_PIDFD,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd) as libc::id_t,
+            pidfd.as_raw_fd() as libc::id_t,
             &mut info,
-            libc::WEXITED,
+            libc::WEXITED | libc::__WALL,
         )
     };
     if ret != 0 {

@@ -35,6 +35,7 @@ mod config;
 mod error;
 mod isolation;
 mod launcher;
+mod netns;
 mod outcome;
 mod run;
 mod seccomp;
@@ -235,7 +236,17 @@ impl Sandboxer {
                 env.skeleton = Some(dir);
             }
         }
-        let launcher = Launcher::start(Arc::new(filters), skeleton)
+        // As root, network namespaces are made ahead by a pool thread (see `netns`).
+        let netns_pool = if root {
+            netns::Pool::start(netns::DEFAULT_DEPTH)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "Cannot make network namespaces ahead; each sandbox creates its own.");
+                })
+                .ok()
+        } else {
+            None
+        };
+        let launcher = Launcher::start(Arc::new(filters), skeleton, netns_pool)
             .map_err(|e| SandboxError::io("start launcher thread", e))?;
 
         let mut missing = Vec::new();

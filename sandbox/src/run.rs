@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 
 use crate::child::{ChildFds, ChildPlan, DirectCommand, Op, step_name};
 use crate::error::SandboxError;
-use crate::launcher::CgroupMove;
+use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
 use crate::spec::RunSpec;
 use crate::sys;
@@ -462,19 +462,6 @@ impl Drop for InitGuard {
     }
 }
 
-fn write_id_maps(inner: &Inner, pid: i32, uid: u32, gid: u32) -> Result<(), SandboxError> {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let write = |file: &str, text: String| {
-        std::fs::write(proc.join(file), text)
-            .map_err(|e| SandboxError::io(format!("write {file} of the sandbox"), e))
-    };
-    if !matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }) {
-        write("setgroups", "deny".to_owned())?;
-    }
-    write("uid_map", format!("0 {uid} 1\n"))?;
-    write("gid_map", format!("0 {gid} 1\n"))
-}
-
 /// Reads a stream to its end keeping `cap` bytes and dropping the rest, so a flood never grows
 /// memory; stops early once `dead` fires and the buffered bytes are drained.
 async fn capture(
@@ -638,28 +625,48 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let by_thread = !thread_entry.is_empty() && thread_entry.len() == home.len();
     let cgroup_move = if by_thread {
         CgroupMove {
-            enter: thread_entry.iter().map(AsRawFd::as_raw_fd).collect(),
+            enter: thread_entry
+                .iter()
+                .map(|f| f.try_clone().map(OwnedFd::from))
+                .collect::<io::Result<_>>()
+                .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
             leave: home.iter().map(AsRawFd::as_raw_fd).collect(),
         }
     } else {
         CgroupMove::default()
     };
+    // The launcher maps ids and releases the child itself, unless the child still has to
+    // be added to its cgroup from here.
+    let add_here = cgroup.cgroup.as_ref().filter(|_| !by_thread);
+    let release = Release {
+        uid,
+        gid,
+        deny_setgroups: !matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
+        go: match add_here {
+            Some(_) => None,
+            None => Some(
+                go_w.try_clone()
+                    .map_err(|e| SandboxError::io("duplicate go pipe", e))?,
+            ),
+        },
+    };
+    // The launcher owns the child's ends from here and closes them once it has cloned.
+    let inherit = vec![stdout_w, stderr_w, report_w, error_w, go_r];
     let spawned = inner
         .launcher
-        .spawn(Arc::clone(&plan), flags, cgroup_move)
+        .spawn(Arc::clone(&plan), flags, cgroup_move, release, inherit)
         .await
-        .map_err(|e| SandboxError::io("clone sandbox init", e))?;
+        .map_err(|e| SandboxError::io("start sandbox init", e))?;
     let mut guard = InitGuard {
         pidfd: Some(spawned.pidfd),
     };
-    drop((stdout_w, stderr_w, report_w, error_w, go_r));
 
-    write_id_maps(inner, spawned.pid, uid, gid)?;
-    if let Some(cg) = cgroup.cgroup.as_ref().filter(|_| !by_thread) {
+    if let Some(cg) = add_here {
         cg.add(spawned.pid)
             .map_err(|e| SandboxError::io("add sandbox to cgroup", io::Error::other(e)))?;
+        nix::unistd::write(&go_w, b"g")
+            .map_err(|e| SandboxError::io("release sandbox", e.into()))?;
     }
-    nix::unistd::write(&go_w, b"g").map_err(|e| SandboxError::io("release sandbox", e.into()))?;
 
     // The error pipe closes on exec (close-on-exec) or carries the failed step.
     let mut error_rx = pipe::Receiver::from_owned_fd(error_r)

@@ -419,6 +419,38 @@ EOF"#;
     assert!(out.contains("loopback up"), "{out}");
 }
 
+/// Two sandboxes alive at once each have a network namespace of their own, neither the
+/// host's, and cannot reconfigure it (it may have been made ahead by the host).
+#[tokio::test]
+async fn each_sandbox_has_its_own_network_namespace_it_cannot_reconfigure() {
+    // Both stay alive for a while so that their namespaces exist at the same time (a
+    // namespace's inode number may be reused once it is gone).
+    let script = "readlink /proc/self/ns/net; \
+        echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && echo changed-sysctl; \
+        python3 -c 'import socket,fcntl,struct; s=socket.socket(); \
+fcntl.ioctl(s, 0x8914, struct.pack(\"16sh22x\", b\"lo\", 0))' 2>/dev/null && echo lo-down; \
+        sleep 1";
+    let (a, b) = tokio::join!(run(sh(script)), run(sh(script)));
+    let host = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+    let (a, b) = (stdout(&a), stdout(&b));
+    let first = |out: &str| out.lines().next().unwrap_or_default().to_owned();
+    assert!(first(&a).starts_with("net:["), "{a}");
+    assert_ne!(
+        first(&a),
+        first(&b),
+        "two live sandboxes shared a network namespace"
+    );
+    for out in [&a, &b] {
+        assert_ne!(
+            first(out),
+            host.to_string_lossy(),
+            "ran in the host's namespace"
+        );
+        assert!(!out.contains("changed-sysctl"), "{out}");
+        assert!(!out.contains("lo-down"), "{out}");
+    }
+}
+
 #[tokio::test]
 async fn host_secrets_are_unreadable_and_only_workspace_and_tmp_are_writable() {
     let script = "cat /etc/shadow && echo read-shadow; ls /root && echo saw-root; \
