@@ -345,10 +345,7 @@ impl SandboxCgroup {
                         libc::EBUSY,
                     )));
                 }
-                for pid in pids {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+                kill_all(self.version, dir);
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -373,10 +370,7 @@ impl SandboxCgroup {
                         if std::time::Instant::now() > deadline {
                             return Err(io_err("remove cgroup", dir)(e));
                         }
-                        for pid in read_procs(dir) {
-                            // SAFETY: kill has no memory-safety preconditions.
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
-                        }
+                        kill_all(self.version, dir);
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(e) => return Err(io_err("remove cgroup", dir)(e)),
@@ -384,6 +378,18 @@ impl SandboxCgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// SIGKILLs every process in `dir`: on v2 at once through `cgroup.kill` (Linux 5.14), which also
+/// catches processes forked meanwhile; else (or when that fails) each listed process.
+fn kill_all(version: CgroupVersion, dir: &Path) {
+    if version == CgroupVersion::V2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for pid in read_procs(dir) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -515,55 +521,69 @@ fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
 
 fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option<CgroupParent> {
     let root = Path::new(CGROUP_ROOT);
+    let required = [
+        ("memory", "cgroup memory controller"),
+        ("pids", "cgroup pids controller"),
+    ];
     let Some(own) = own_path(self_cgroups, "") else {
         missing.extend(
-            [
-                "cgroup memory controller",
-                "cgroup pids controller",
-                "cgroup cpu controller",
-            ]
-            .map(String::from),
+            required
+                .iter()
+                .map(|(_, words)| format!("{words} (this process is in no cgroup v2)")),
         );
         return None;
     };
-    // A v2 cgroup with processes cannot have controllers enabled for children ("no internal
-    // processes"), so the parent is a sibling of our own cgroup when ours holds processes.
-    let own_dir = root.join(own.trim_start_matches('/'));
-    let base = own_dir.parent().unwrap_or(root).to_owned();
-    let parent = make_parent(&base, "", name).ok();
-    let enabled = parent.as_ref().map(|dir| {
-        let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
-        for ctrl in ["memory", "pids", "cpu"] {
-            if available.split_whitespace().any(|c| c == ctrl) {
-                let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{ctrl}"));
-                let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{ctrl}"));
-            }
-        }
-        fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default()
-    });
-    let has = |ctrl: &str| {
-        enabled
-            .as_deref()
-            .is_some_and(|e| e.split_whitespace().any(|c| c == ctrl))
+    // A v2 cgroup with processes cannot enable controllers for its children ("no internal
+    // processes"), except the root: so the sandboxes' parent is a child of our own cgroup when
+    // that is the root (a host or VM without systemd), else a sibling of our own cgroup (a
+    // systemd service or a container sharing the host's cgroup namespace). Joining "" would
+    // leave a trailing slash, whose parent is the mount's parent, not the root.
+    let own = own.trim_start_matches('/');
+    let base = if own.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(own).parent().unwrap_or(root).to_owned()
     };
-    let mut pick = |ctrl: &str, words: &str| {
-        if has(ctrl) {
-            parent.clone()
-        } else {
-            missing.push(words.to_owned());
+    let parent = match make_parent(&base, "", name) {
+        Ok(dir) => dir,
+        Err(e) => {
+            missing.extend(
+                required
+                    .iter()
+                    .map(|(_, words)| format!("{words} (create {:?}: {e})", base.join(name))),
+            );
+            return None;
+        }
+    };
+    let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+    // Enables `ctrl` for the children of `base`, then of the parent; says why it could not.
+    let enable = |ctrl: &str| -> Result<(), String> {
+        if !available.split_whitespace().any(|c| c == ctrl) {
+            return Err(format!("not available in {base:?}"));
+        }
+        for dir in [&base, &parent] {
+            let path = dir.join("cgroup.subtree_control");
+            fs::write(&path, format!("+{ctrl}")).map_err(|e| format!("enable in {path:?}: {e}"))?;
+        }
+        Ok(())
+    };
+    let mut pick = |ctrl: &str, words: &str| match enable(ctrl) {
+        Ok(()) => Some(parent.clone()),
+        Err(why) => {
+            missing.push(format!("{words} ({why})"));
             None
         }
     };
-    let memory = pick("memory", "cgroup memory controller");
-    let pids = pick("pids", "cgroup pids controller");
-    // cpu.stat usage_usec exists without the cpu controller enabled.
-    let cpu = parent.clone();
-    parent.as_ref()?;
+    let memory = pick(required[0].0, required[0].1);
+    let pids = pick(required[1].0, required[1].1);
+    // Optional: with it each sandbox gets an equal CPU weight, but usage_usec in cpu.stat, all
+    // the accounting needs, exists without it.
+    let _ = enable("cpu");
     Some(CgroupParent {
         version: CgroupVersion::V2,
         memory,
         pids,
-        cpu,
+        cpu: Some(parent),
         home: Vec::new(),
     })
 }
