@@ -132,8 +132,8 @@ impl Launcher {
     /// roots built once are there for each sandbox at no cost, invisible to the host.
     pub fn start(
         filters: Arc<Vec<BpfProgram>>,
-        skeleton: Vec<Op>,
-        netns: Option<netns::Pool>,
+        skeleton: Arc<Vec<Op>>,
+        netns: Option<Arc<netns::Pool>>,
     ) -> io::Result<Launcher> {
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
@@ -286,7 +286,7 @@ fn clone3(flags: u64, pidfd: &mut RawFd) -> io::Result<i32> {
 
 /// The network namespace pool and the launcher thread's own namespace to return to.
 struct Networks {
-    pool: netns::Pool,
+    pool: Arc<netns::Pool>,
     home: OwnedFd,
     /// Set while the thread could not get back home after a clone.
     away: std::cell::Cell<bool>,

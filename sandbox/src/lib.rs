@@ -12,12 +12,20 @@
 //! (the BPF filter) with its own small cgroup module, not a wrapper around `bwrap`: the worker
 //! needs typed outcomes (per-stage exits, OOM and timeout causes, cgroup usage), every step
 //! callable from code (a later issue forks pre-initialised interpreters into fresh namespaces),
-//! and no helper process per test on the startup path. Two choices keep startup cheap: each
-//! environment's read-only root skeleton is built once in the launcher thread's private mount
-//! namespace (every child's mount namespace is a copy, so a child only adds its workspace,
-//! /tmp, /dev/shm, /dev/pts and /proc), and on cgroup v1 the launcher thread moves itself into
-//! the sandbox's cgroups before cloning, which avoids the global lock (and its RCU grace
-//! period) that moving another process takes. A run with only a command (no setup, no
+//! and no helper process per test on the startup path. Four choices keep startup cheap:
+//! - each environment's read-only root skeleton is built once per launcher thread, in the
+//!   thread's private mount namespace, and the thread pivots into it: every child's mount
+//!   namespace is a copy holding only the skeleton, so a child adds its workspace, /tmp,
+//!   /dev/shm, /dev/pts and /proc and needs no pivot_root of its own (pivot_root walks every
+//!   task on the host) nor an unmount of the host's mounts;
+//! - network namespaces are made ahead by a pool thread and each handed out once (`netns`);
+//! - on cgroup v1 the launcher thread moves itself into the sandbox's cgroups before cloning,
+//!   which avoids the global lock (and its RCU grace period) that moving another process
+//!   takes;
+//! - the launcher maps the child's ids and releases it right after cloning, with no wait for
+//!   the async side to be scheduled.
+//!
+//! A run with only a command (no setup, no
 //! teardown) does not exec a shell as its init: the cloned child stays pid 1 (non-dumpable, its
 //! copy of the worker's argument and environment areas blanked), starts the command as pid 2
 //! with `CLONE_VM | CLONE_VFORK`, reaps orphans and reports the command's status, which keeps
@@ -66,6 +74,9 @@ use run::EnvPlan;
 pub const SANDBOX_UID_BASE: u32 = 200_000;
 /// How many sandboxes may run at once (each needs its own outside uid).
 pub const MAX_CONCURRENT: u32 = 65_536;
+/// Launcher threads per environment (as root), so that sandboxes of one environment can be
+/// cloned on two cores at once.
+const LAUNCHERS_PER_ENVIRONMENT: usize = 2;
 
 /// Creates sandboxes on this host; cheap to clone or share in an `Arc`, and safe to use from
 /// many tasks at once.
@@ -78,7 +89,9 @@ pub struct Sandboxer {
 struct Inner {
     config: SandboxConfig,
     isolation: Isolation,
-    launcher: Launcher,
+    /// The threads sandboxes are cloned from: as root, [`LAUNCHERS_PER_ENVIRONMENT`] per
+    /// environment, each inside that environment's skeleton; otherwise one.
+    launchers: Vec<Launcher>,
     /// v1: each slot's cgroup, kept between its runs (dropped before the parent).
     cgroup_pool: Mutex<Vec<Option<cgroup::SandboxCgroup>>>,
     cgroups: Option<CgroupParent>,
@@ -97,6 +110,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// The next of `env`'s launchers, in turn.
+    fn launcher_for(&self, env: &EnvPlan) -> &Launcher {
+        let turn = self.counter.load(Ordering::Relaxed) as usize;
+        let index = env
+            .launchers
+            .get(turn % env.launchers.len().max(1))
+            .copied()
+            .unwrap_or(0);
+        &self.launchers[index]
+    }
+
     fn next_id(&self) -> String {
         format!(
             "{}-{}",
@@ -207,33 +231,39 @@ impl Sandboxer {
             .copied()
             .filter(|d| Path::new("/dev").join(d).exists())
             .collect();
-        // As root, each environment's skeleton is built once in the launcher's own mount
-        // namespace (over the state dir, so the host sees nothing) instead of in every child.
-        let mut skeleton = Vec::new();
+        // As root, each environment's skeleton is built once per launcher thread, in the
+        // thread's own mount namespace (over the state dir, so the host never sees it), and
+        // the thread pivots into it: every child's mount namespace is a copy holding nothing
+        // of the host but the skeleton, and the child needs no pivot_root (which walks every
+        // task on the host) nor an unmount of the host's mounts.
+        let mut skeletons = Vec::new();
         if root {
             let state = run::path_c(&config.state_dir)?;
-            skeleton.push(child::Op::Mount {
-                src: None,
-                target: c"/".to_owned(),
-                fstype: None,
-                flags: libc::MS_REC | libc::MS_PRIVATE,
-                data: None,
-            });
-            skeleton.push(child::Op::Mount {
-                src: Some(c"tmpfs".to_owned()),
-                target: state,
-                fstype: Some(c"tmpfs".to_owned()),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(c"mode=755,size=1m".to_owned()),
-            });
-            for (index, env) in environments.values_mut().enumerate() {
-                let dir = config.state_dir.join(format!("env-{index}"));
-                skeleton.push(child::Op::Mkdir {
-                    path: run::path_c(&dir)?,
-                    mode: 0o755,
-                });
-                skeleton.extend(run::skeleton_ops(env, &dir, &config.state_dir, &devices)?);
-                env.skeleton = Some(dir);
+            for env in environments.values() {
+                let dir = config.state_dir.join("env");
+                let mut ops = vec![
+                    child::Op::Mount {
+                        src: None,
+                        target: c"/".to_owned(),
+                        fstype: None,
+                        flags: libc::MS_REC | libc::MS_PRIVATE,
+                        data: None,
+                    },
+                    child::Op::Mount {
+                        src: Some(c"tmpfs".to_owned()),
+                        target: state.clone(),
+                        fstype: Some(c"tmpfs".to_owned()),
+                        flags: libc::MS_NOSUID | libc::MS_NODEV,
+                        data: Some(c"mode=755,size=1m".to_owned()),
+                    },
+                    child::Op::Mkdir {
+                        path: run::path_c(&dir)?,
+                        mode: 0o755,
+                    },
+                ];
+                ops.extend(run::skeleton_ops(env, &dir, &config.state_dir, &devices)?);
+                ops.extend(run::enter_skeleton_ops(&dir)?);
+                skeletons.push(Arc::new(ops));
             }
         }
         // As root, network namespaces are made ahead by a pool thread (see `netns`).
@@ -246,8 +276,35 @@ impl Sandboxer {
         } else {
             None
         };
-        let launcher = Launcher::start(Arc::new(filters), skeleton, netns_pool)
-            .map_err(|e| SandboxError::io("start launcher thread", e))?;
+        let filters = Arc::new(filters);
+        let netns_pool = netns_pool.map(Arc::new);
+        let mut launchers = Vec::new();
+        if skeletons.is_empty() {
+            launchers.push(
+                Launcher::start(Arc::clone(&filters), Arc::new(Vec::new()), netns_pool)
+                    .map_err(|e| SandboxError::io("start launcher thread", e))?,
+            );
+            for env in environments.values_mut() {
+                env.launchers = vec![0];
+            }
+        } else {
+            for (env, ops) in environments.values_mut().zip(skeletons) {
+                for _ in 0..LAUNCHERS_PER_ENVIRONMENT {
+                    env.launchers.push(launchers.len());
+                    launchers.push(
+                        Launcher::start(Arc::clone(&filters), Arc::clone(&ops), netns_pool.clone())
+                            .map_err(|e| {
+                                SandboxError::io(
+                                    format!("start launcher thread for {:?}", env.root),
+                                    e,
+                                )
+                            })?,
+                    );
+                }
+                env.pivoted = true;
+            }
+        }
+        let launcher = &launchers[0];
 
         let mut missing = Vec::new();
         let ns_flags = (libc::CLONE_NEWUSER
@@ -303,7 +360,7 @@ impl Sandboxer {
             inner: Arc::new(Inner {
                 config,
                 isolation,
-                launcher,
+                launchers,
                 cgroup_pool: Mutex::new(Vec::new()),
                 cgroups,
                 environments,

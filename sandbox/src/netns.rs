@@ -19,7 +19,7 @@ pub(crate) const DEFAULT_DEPTH: usize = 2;
 /// Hands out fresh network namespaces, each once; dropping it stops the pool thread.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    ready: mpsc::Receiver<OwnedFd>,
+    ready: std::sync::Mutex<mpsc::Receiver<OwnedFd>>,
 }
 
 impl Pool {
@@ -68,12 +68,18 @@ impl Pool {
         started
             .recv()
             .map_err(|_| io::Error::other("network namespace pool thread died while starting"))??;
-        Ok(Pool { ready })
+        Ok(Pool {
+            ready: std::sync::Mutex::new(ready),
+        })
     }
 
     /// A fresh namespace if one is ready; never blocks (the caller then creates its own).
     pub fn take(&self) -> Option<OwnedFd> {
-        self.ready.try_recv().ok()
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_recv()
+            .ok()
     }
 }
 

@@ -45,8 +45,11 @@ fi
 pub(crate) struct EnvPlan {
     pub root: PathBuf,
     pub entries: Vec<EnvEntry>,
-    /// Where its skeleton was built in the launcher's mount namespace, if it was.
-    pub skeleton: Option<PathBuf>,
+    /// Whether its launchers' mount namespaces have its skeleton as their root (as root):
+    /// a child then only adds its own mounts, with no pivot_root of its own.
+    pub pivoted: bool,
+    /// The launchers that clone its sandboxes (indexes into the sandboxer's), used in turn.
+    pub launchers: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +98,8 @@ impl EnvPlan {
         Ok(EnvPlan {
             root: root.to_owned(),
             entries,
-            skeleton: None,
+            pivoted: false,
+            launchers: Vec::new(),
         })
     }
 }
@@ -252,9 +256,34 @@ pub(crate) fn skeleton_ops(
     Ok(ops)
 }
 
+/// Ops that turn a launcher thread's mount namespace into one whose root is the skeleton at
+/// `skeleton`: a fresh proc mount for children to mount theirs over (a user namespace may
+/// mount proc only where one is already fully visible), then pivot_root into it, detaching
+/// the host's mounts. Children cloned from it start inside their environment's root.
+pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxError> {
+    Ok(vec![
+        Op::Mount {
+            src: Some(c"proc".to_owned()),
+            target: path_c(&skeleton.join("proc"))?,
+            fstype: Some(c"proc".to_owned()),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        },
+        Op::Chdir {
+            path: path_c(skeleton)?,
+        },
+        Op::PivotRoot,
+    ])
+}
+
 /// Ops each sandbox runs on top of a skeleton at `root`: its workspace, private /tmp,
-/// /dev/shm, /dev/pts and /proc, then pivot_root into it.
-fn sandbox_ops(root: &Path, workspace: &Workspace, size: u64) -> Result<Vec<Op>, SandboxError> {
+/// /dev/shm, /dev/pts and /proc, then (with `pivot`) pivot_root into it.
+fn sandbox_ops(
+    root: &Path,
+    workspace: &Workspace,
+    size: u64,
+    pivot: bool,
+) -> Result<Vec<Op>, SandboxError> {
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let mut ops = Vec::new();
@@ -298,40 +327,29 @@ fn sandbox_ops(root: &Path, workspace: &Workspace, size: u64) -> Result<Vec<Op>,
     ops.push(Op::Chdir {
         path: path_c(root)?,
     });
-    ops.push(Op::PivotRoot);
+    if pivot {
+        ops.push(Op::PivotRoot);
+    }
     Ok(ops)
 }
 
 fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
     let spec = input.spec;
     let size = spec.limits.workspace_bytes.max(4096);
-    let (mut ops, root) = match &input.env.skeleton {
-        // The skeleton was built once in the launcher's mount namespace, which the child's
-        // is a copy of.
-        // pivot_root refuses a locked mount, and the skeleton is locked in the child's
-        // namespace (it came from a more privileged one); a recursive bind of it onto itself
-        // is a new, unlocked top (its children stay locked).
-        Some(root) => (
-            vec![Op::Mount {
-                src: Some(path_c(root)?),
-                target: path_c(root)?,
-                fstype: None,
-                flags: libc::MS_BIND | libc::MS_REC,
-                data: None,
-            }],
-            root.clone(),
-        ),
-        None => (
-            skeleton_ops(
-                input.env,
-                &inner.new_root,
-                &inner.config.state_dir,
-                &inner.devices,
-            )?,
-            inner.new_root.clone(),
-        ),
+    let ops = if input.env.pivoted {
+        // The child's mount namespace is a copy of its launcher's, whose root already is the
+        // environment's skeleton: only the per-sandbox mounts are left to add.
+        sandbox_ops(Path::new("/"), input.workspace, size, false)?
+    } else {
+        let mut ops = skeleton_ops(
+            input.env,
+            &inner.new_root,
+            &inner.config.state_dir,
+            &inner.devices,
+        )?;
+        ops.extend(sandbox_ops(&inner.new_root, input.workspace, size, true)?);
+        ops
     };
-    ops.extend(sandbox_ops(&root, input.workspace, size)?);
 
     let mut argv = vec![
         c"sh".to_owned(),
@@ -379,7 +397,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     Ok(ChildPlan {
         ops,
         fds: input.fds,
-        make_private: input.env.skeleton.is_none(),
+        make_private: !input.env.pivoted,
         set_groups: matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
         loopback_up: !spec.network,
         rlimits: vec![
@@ -653,7 +671,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     // The launcher owns the child's ends from here and closes them once it has cloned.
     let inherit = vec![stdout_w, stderr_w, report_w, error_w, go_r];
     let spawned = inner
-        .launcher
+        .launcher_for(env)
         .spawn(Arc::clone(&plan), flags, cgroup_move, release, inherit)
         .await
         .map_err(|e| SandboxError::io("start sandbox init", e))?;
