@@ -1,6 +1,10 @@
-//! The sandbox's init between clone and exec: everything it needs is prepared beforehand in a
-//! [`ChildPlan`], and [`child_main`] only makes raw, async-signal-safe system calls, because it
-//! runs in a copy of a multi-threaded process where locks (malloc's too) may be held forever.
+//! The sandbox's first process between clone and exec: everything it needs is prepared
+//! beforehand in a [`ChildPlan`], and [`child_main`] only makes raw, async-signal-safe system
+//! calls. It is cloned with `CLONE_VM`: until it execs it shares the worker's memory (no copy
+//! of the worker's page tables, no copy-on-write faults on either side), runs on a stack of
+//! its own, writes nothing but that stack, and may never take a lock another thread could hold.
+//! It then execs either the init script's `/bin/sh` or the freestanding `isotest-init`
+//! (`init/isotest-init.c`), so no process of a sandbox ever holds an image of the worker.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -76,7 +80,6 @@ pub(crate) const FIXED_STEPS: &[&str] = &[
     "install seccomp filter",
     "exec",
     "make mounts private",
-    "start the command",
 ];
 
 const S_WAIT: u32 = 0;
@@ -97,7 +100,6 @@ const S_CAPS: u32 = 14;
 const S_SECCOMP: u32 = 15;
 const S_EXEC: u32 = 16;
 const S_PRIVATE: u32 = 17;
-const S_SPAWN: u32 = 18;
 
 /// Names a step code reported by the child.
 pub(crate) fn step_name(plan: &ChildPlan, step: u32) -> String {
@@ -146,30 +148,10 @@ pub(crate) struct ChildPlan {
     pub program: CString,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
-    /// Run the command under the built-in init instead of exec'ing `program`.
-    pub direct: Option<DirectCommand>,
-    /// The host process's argument and environment areas (`/proc/self/stat` fields 48-51),
-    /// blanked by the built-in init so its copy of the worker shows none of them.
-    pub scrub: [(usize, usize); 2],
+    /// The sealed memfd of `isotest-init`: when set, the child execs it (by fd) with `argv`
+    /// instead of `program`.
+    pub init: Option<RawFd>,
 }
-
-/// A command run by the built-in init (no setup, no teardown): the child stays pid 1 without
-/// exec'ing a shell, starts the command as pid 2 and reports its status on fd 3 the way the
-/// init script does.
-#[derive(Debug)]
-pub(crate) struct DirectCommand {
-    /// Paths to try in order, from a `PATH` lookup done on the host.
-    pub candidates: Vec<CString>,
-    /// The command's argv.
-    pub argv: Vec<CString>,
-    /// Written to stderr when no candidate exists (exit status 127, as `sh` gives).
-    pub not_found: Vec<u8>,
-    /// Written to stderr when a candidate exists but cannot be executed (status 126).
-    pub cannot_execute: Vec<u8>,
-}
-
-/// Where the built-in init's copy of the worker memory is never read: the name `ps` shows.
-const INIT_NAME: &[u8] = b"isotest-init\0";
 
 /// Raw pointers into a [`ChildPlan`] and the seccomp programs, built by the launcher thread
 /// just before clone so the child never allocates.
@@ -178,13 +160,6 @@ pub(crate) struct ExecPtrs {
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
     pub filters: Vec<libc::sock_fprog>,
-    /// For a direct command: its candidates and argv, and the argv of `/bin/sh CANDIDATE
-    /// ARGS...` (slot 1 filled in) for a file without a recognised executable format.
-    pub candidates: Vec<*const libc::c_char>,
-    pub command_argv: Vec<*const libc::c_char>,
-    pub script_argv: Vec<*const libc::c_char>,
-    /// The stack the command's process runs on until it execs (it shares the init's memory).
-    pub stack: Vec<u8>,
 }
 
 impl ExecPtrs {
@@ -195,28 +170,9 @@ impl ExecPtrs {
                 .chain(std::iter::once(std::ptr::null()))
                 .collect()
         };
-        let (candidates, command_argv, script_argv, stack) = match &plan.direct {
-            Some(direct) => {
-                let mut script: Vec<*const libc::c_char> =
-                    vec![c"/bin/sh".as_ptr(), std::ptr::null()];
-                script.extend(direct.argv.iter().skip(1).map(|c| c.as_ptr()));
-                script.push(std::ptr::null());
-                (
-                    direct.candidates.iter().map(|c| c.as_ptr()).collect(),
-                    nul_terminated(&direct.argv),
-                    script,
-                    vec![0u8; COMMAND_STACK],
-                )
-            }
-            None => Default::default(),
-        };
         ExecPtrs {
             argv: nul_terminated(&plan.argv),
             envp: nul_terminated(&plan.envp),
-            candidates,
-            command_argv,
-            script_argv,
-            stack,
             filters: filters
                 .iter()
                 .map(|p| libc::sock_fprog {
@@ -227,9 +183,6 @@ impl ExecPtrs {
         }
     }
 }
-
-/// Stack size of the command's process between its clone and exec (a few frames of raw calls).
-const COMMAND_STACK: usize = 64 * 1024;
 
 /// Reports a failed step on the error pipe and exits.
 fn fail(fds: &ChildFds, step: u32) -> ! {
@@ -323,30 +276,43 @@ pub(crate) unsafe fn run_op(op: &Op) -> bool {
     }
 }
 
-/// Moves the needed fds to 0..=4 and closes everything else.
+/// Where the child keeps the init program's memfd (close-on-exec) until it execs it.
+const INIT_FD: RawFd = 5;
+
+/// Moves the needed fds to 0..=4 (and the init program to [`INIT_FD`]) and closes everything
+/// else.
 ///
 /// # Safety
 /// Only async-signal-safe system calls.
-unsafe fn arrange_fds(fds: &ChildFds) -> bool {
-    let sources = [fds.stdin, fds.stdout, fds.stderr, fds.report, fds.error];
-    let mut copies = [0 as RawFd; 5];
-    // SAFETY: fcntl/dup3/close_range on fds we own; copies land at >= 5 so no target is
+unsafe fn arrange_fds(fds: &ChildFds, init: Option<RawFd>) -> bool {
+    let sources = [
+        fds.stdin,
+        fds.stdout,
+        fds.stderr,
+        fds.report,
+        fds.error,
+        init.unwrap_or(-1),
+    ];
+    let count = if init.is_some() { 6 } else { 5 };
+    let mut copies = [0 as RawFd; 6];
+    // SAFETY: fcntl/dup3/close_range on fds we own; copies land at >= 6 so no target is
     // clobbered before its source was copied.
     unsafe {
-        for (copy, &src) in copies.iter_mut().zip(&sources) {
-            *copy = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 5);
+        for (copy, &src) in copies.iter_mut().zip(&sources).take(count) {
+            *copy = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 6);
             if *copy < 0 {
                 return false;
             }
         }
-        for (target, &copy) in copies.iter().enumerate() {
-            // The error pipe (fd 4) stays close-on-exec so a successful exec closes it.
-            let flags = if target == 4 { libc::O_CLOEXEC } else { 0 };
+        for (target, &copy) in copies.iter().enumerate().take(count) {
+            // The error pipe (fd 4) stays close-on-exec so a successful exec closes it, and
+            // so does the init program.
+            let flags = if target >= 4 { libc::O_CLOEXEC } else { 0 };
             if libc::dup3(copy, target as RawFd, flags) < 0 {
                 return false;
             }
         }
-        libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) == 0
+        libc::syscall(libc::SYS_close_range, count as u32, u32::MAX, 0u32) == 0
     }
 }
 
@@ -355,9 +321,12 @@ unsafe fn arrange_fds(fds: &ChildFds) -> bool {
 /// pooled network namespace whose loopback is already up (and which it may not configure).
 ///
 /// # Safety
-/// Must run only in the freshly cloned child (single-threaded copy); uses only async-signal-safe
-/// system calls and never returns.
-pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs, network_ready: bool) -> ! {
+/// Must run only in the freshly cloned child, on its own stack, with every signal blocked;
+/// `plan` and `ptrs` must stay alive and unchanged until it has exec'd or exited. It uses only
+/// async-signal-safe system calls, writes only its own stack, and never returns. (`errno`
+/// lives in the launcher thread's TLS, which it shares: a failure's errno could in theory be
+/// overwritten by that thread before it is read, which would only garble the message.)
+pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready: bool) -> ! {
     let fds = &plan.fds;
     let step = |s: u32| STEP_BASE + s;
     // SAFETY: the block only makes async-signal-safe system calls with valid arguments.
@@ -433,7 +402,7 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs, network_r
         if libc::chdir(plan.workdir.as_ptr()) != 0 {
             fail(fds, step(S_WORKDIR));
         }
-        if !arrange_fds(fds) {
+        if !arrange_fds(fds, plan.init) {
             fail(fds, step(S_FDS));
         }
         // From here the error pipe is fd 4.
@@ -493,96 +462,23 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &mut ExecPtrs, network_r
                 fail(fds, step(S_SECCOMP));
             }
         }
-        if let Some(direct) = &plan.direct {
-            init_main(plan, direct, ptrs, fds)
-        }
-        libc::execve(
-            plan.program.as_ptr(),
-            ptrs.argv.as_ptr(),
-            ptrs.envp.as_ptr(),
-        );
-        fail(fds, step(S_EXEC))
-    }
-}
-
-/// What the command's process needs between its clone and exec.
-struct CommandStart<'a> {
-    direct: &'a DirectCommand,
-    ptrs: *mut ExecPtrs,
-}
-
-/// The built-in init: hides the worker's memory it still maps, starts the command as pid 2,
-/// reaps every process until the command has exited, and reports the command's status on
-/// fd 3 as `command N` (N as `sh` gives it in `$?`). Its exit then ends the pid namespace.
-///
-/// # Safety
-/// Same as [`child_main`], after every privilege was dropped.
-unsafe fn init_main(
-    plan: &ChildPlan,
-    direct: &DirectCommand,
-    ptrs: &mut ExecPtrs,
-    fds: &ChildFds,
-) -> ! {
-    // SAFETY: raw system calls on memory this single-threaded copy owns.
-    unsafe {
-        // Non-dumpable: no process of the sandbox may read this copy's memory (/proc/1/mem,
-        // /proc/1/environ) or attach to it; the areas /proc/1/cmdline shows are blanked.
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            fail(fds, STEP_BASE + S_SPAWN);
-        }
-        libc::prctl(libc::PR_SET_NAME, c"isotest-init".as_ptr(), 0, 0, 0);
-        for (index, &(start, end)) in plan.scrub.iter().enumerate() {
-            if start != 0 && end > start {
-                let area = start as *mut u8;
-                std::ptr::write_bytes(area, 0, end - start);
-                if index == 0 {
-                    let len = INIT_NAME.len().min(end - start);
-                    std::ptr::copy_nonoverlapping(INIT_NAME.as_ptr(), area, len);
-                }
-            }
-        }
-        // Block every signal until the command has its own process: a handler must never run
-        // on the shared stack. The init keeps them blocked (only SIGKILL can end it).
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        let mut start = CommandStart {
-            direct,
-            ptrs: ptrs as *mut ExecPtrs,
-        };
-        let stack = &mut (*start.ptrs).stack;
-        let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
-        // CLONE_VM | CLONE_VFORK: no copy of the address space, and this init resumes only
-        // once the command exec'd (or gave up), so the stack is never shared by two runners.
-        let pid = libc::clone(
-            command_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut start as *mut CommandStart<'_>).cast(),
-        );
-        if pid < 0 {
-            fail(fds, STEP_BASE + S_SPAWN);
-        }
-        // The command runs: closing the error pipe tells the host the sandbox started.
-        libc::close(fds.error);
-        let mut status = 0;
-        loop {
-            let reaped = libc::waitpid(-1, &mut status, libc::__WALL);
-            if reaped == pid {
-                break;
-            }
-            if reaped < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(1);
-            }
-        }
-        let code = if libc::WIFSIGNALED(status) {
-            128 + libc::WTERMSIG(status)
+        if plan.init.is_some() {
+            libc::syscall(
+                libc::SYS_execveat,
+                INIT_FD,
+                c"".as_ptr(),
+                ptrs.argv.as_ptr(),
+                ptrs.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
         } else {
-            libc::WEXITSTATUS(status)
-        };
-        let (line, len) = report_line(code);
-        libc::write(3, line.as_ptr().cast(), len);
-        libc::_exit(0)
+            libc::execve(
+                plan.program.as_ptr(),
+                ptrs.argv.as_ptr(),
+                ptrs.envp.as_ptr(),
+            );
+        }
+        fail(fds, step(S_EXEC))
     }
 }
 
@@ -604,65 +500,5 @@ unsafe fn loopback_up() -> bool {
         let ok = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0;
         libc::close(sock);
         ok
-    }
-}
-
-/// `command N\n` for a status of 0..=255, formatted without allocating.
-fn report_line(code: i32) -> ([u8; 12], usize) {
-    let mut line = *b"command     ";
-    let code = code.clamp(0, 255) as u32;
-    let mut len = 8;
-    let mut started = false;
-    for divisor in [100, 10, 1] {
-        let digit = code / divisor % 10;
-        if digit != 0 || started || divisor == 1 {
-            line[len] = b'0' + digit as u8;
-            len += 1;
-            started = true;
-        }
-    }
-    line[len] = b'\n';
-    (line, len + 1)
-}
-
-/// The command's process between clone and exec: shares the init's memory (so only raw
-/// system calls on the prepared pointers), closes the init's fds 3 and 4, restores the signal
-/// mask and execs the first candidate that runs, like `execvp`.
-extern "C" fn command_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: arg is the init's CommandStart, alive while the init waits for this exec (vfork);
-    // every call is a raw system call on prepared, NUL-terminated data.
-    unsafe {
-        let start = &*(arg as *const CommandStart<'_>);
-        let ptrs = &mut *start.ptrs;
-        libc::close(3);
-        libc::close(4);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        let mut found = false;
-        for &candidate in &ptrs.candidates {
-            libc::execve(candidate, ptrs.command_argv.as_ptr(), ptrs.envp.as_ptr());
-            match *libc::__errno_location() {
-                libc::ENOENT | libc::ENOTDIR => {}
-                libc::ENOEXEC => {
-                    // What sh does with a file of no known format: run it as a script.
-                    ptrs.script_argv[1] = candidate;
-                    libc::execve(
-                        c"/bin/sh".as_ptr(),
-                        ptrs.script_argv.as_ptr(),
-                        ptrs.envp.as_ptr(),
-                    );
-                    found = true;
-                }
-                _ => found = true,
-            }
-        }
-        let (message, status) = if found {
-            (&start.direct.cannot_execute, 126)
-        } else {
-            (&start.direct.not_found, 127)
-        };
-        libc::write(2, message.as_ptr().cast(), message.len());
-        libc::_exit(status)
     }
 }

@@ -17,6 +17,44 @@ use crate::sys;
 pub(crate) struct Spawned {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// What the child reads until it execs; see [`ChildMemory`].
+    pub memory: ChildMemory,
+}
+
+/// The memory a `CLONE_VM` child uses until it has exec'd (or exited): its plan, the pointers
+/// into it, its start record and its stack. The owner must keep it until then (for a sandbox
+/// init: until its error pipe reports EOF, or until it is killed and reaped) and only then
+/// drop it; freeing it earlier would let the child run on memory the worker reuses.
+#[derive(Debug)]
+pub(crate) struct ChildMemory {
+    _plan: Arc<ChildPlan>,
+    _ptrs: Box<ExecPtrs>,
+    _start: Box<Start>,
+    _stack: Vec<u8>,
+}
+
+// SAFETY: the raw pointers inside (into the plan, itself owned here) are only dereferenced by
+// the child; moving the owner between threads moves no pointee.
+unsafe impl Send for ChildMemory {}
+
+/// What the child's entry point receives.
+#[derive(Debug)]
+struct Start {
+    plan: *const ChildPlan,
+    ptrs: *const ExecPtrs,
+    network_ready: bool,
+}
+
+/// Stack of the child between clone and exec: a few frames of raw system calls.
+const CHILD_STACK: usize = 64 * 1024;
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Start` in the `ChildMemory` its parent keeps until this process
+    // exec'd or exited, and so are the plan and pointers it names.
+    unsafe {
+        let start = &*(arg as *const Start);
+        child_main(&*start.plan, &*start.ptrs, start.network_ready)
+    }
 }
 
 /// `tasks` files (v1) the launcher thread writes "0" to: `enter` before cloning, so the child
@@ -140,6 +178,7 @@ impl Launcher {
         std::thread::Builder::new()
             .name("isotest-sandbox-launcher".to_owned())
             .spawn(move || {
+                block_all_signals();
                 let ready = prepare_mount_namespace(&skeleton);
                 // Where the thread returns after joining a pooled namespace to clone.
                 let networks = match (ready.is_ok(), netns) {
@@ -177,7 +216,7 @@ impl Launcher {
                                 // The run was cancelled while this request waited.
                                 continue;
                             }
-                            let spawned = spawn(&plan, flags, &cgroup, &filters, networks.as_ref());
+                            let spawned = spawn(plan, flags, &cgroup, &filters, networks.as_ref());
                             drop(inherit);
                             let spawned = spawned.and_then(|s| release(s, &how));
                             if let Err(Ok(orphan)) = reply.send(spawned) {
@@ -240,6 +279,16 @@ impl Launcher {
             .map_err(|_| io::Error::other("launcher thread gone"))?;
         rx.recv()
             .map_err(|_| io::Error::other("launcher thread gone"))?
+    }
+}
+
+/// Blocks every signal in this thread for good (children inherit the mask; see `spawn`).
+fn block_all_signals() {
+    // SAFETY: sigfillset and pthread_sigmask on a local, valid sigset.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
 }
 
@@ -315,7 +364,7 @@ fn join_pooled(networks: Option<&Networks>) -> bool {
 }
 
 fn spawn(
-    plan: &ChildPlan,
+    plan: Arc<ChildPlan>,
     mut flags: u64,
     cgroup: &CgroupMove,
     filters: &[BpfProgram],
@@ -327,7 +376,8 @@ fn spawn(
             io::Error::new(e.kind(), format!("return to own network namespace: {e}"))
         })?;
     }
-    let mut ptrs = ExecPtrs::new(plan, filters);
+    let ptrs = Box::new(ExecPtrs::new(&plan, filters));
+    let mut stack = vec![0u8; CHILD_STACK];
     let mut pidfd: RawFd = -1;
     if let Err(e) = write_zero(&cgroup.enter) {
         let _ = write_zero(&cgroup.leave);
@@ -338,11 +388,32 @@ fn spawn(
     if pooled {
         flags &= !(libc::CLONE_NEWNET as u64);
     }
-    let cloned = clone3(flags, &mut pidfd);
-    if let Ok(0) = cloned {
-        // SAFETY: we are the fresh single-threaded child; child_main never returns.
-        unsafe { child_main(plan, &mut ptrs, pooled) }
-    }
+    let start = Box::new(Start {
+        plan: Arc::as_ptr(&plan),
+        ptrs: &*ptrs,
+        network_ready: pooled,
+    });
+    // CLONE_VM: no copy of the worker's page tables and no copy-on-write faults afterwards;
+    // the child runs on its own stack until it execs. This thread keeps every signal
+    // blocked, so the child starts with them blocked too, before its handlers are reset.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the child runs `child_entry` on `stack`, which (like `start`, `ptrs` and `plan`)
+    // is moved into the returned `ChildMemory` and so outlives its pre-exec life; the flags
+    // fit in an int (the namespace flags are all below bit 31).
+    let ret = unsafe {
+        libc::clone(
+            child_entry,
+            top as *mut libc::c_void,
+            flags as libc::c_int | libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
+            &*start as *const Start as *mut libc::c_void,
+            &mut pidfd as *mut RawFd,
+        )
+    };
+    let cloned = if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    };
     if let Some(networks) = networks.filter(|_| pooled)
         && let Err(e) = networks.go_home()
     {
@@ -357,7 +428,16 @@ fn spawn(
     let pid = cloned?;
     // SAFETY: CLONE_PIDFD stored a fresh fd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok(Spawned { pid, pidfd })
+    Ok(Spawned {
+        pid,
+        pidfd,
+        memory: ChildMemory {
+            _plan: plan,
+            _ptrs: ptrs,
+            _start: start,
+            _stack: stack,
+        },
+    })
 }
 
 fn probe(flags: u64) -> io::Result<()> {

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use crate::child::{ChildFds, ChildPlan, DirectCommand, Op, step_name};
+use crate::child::{ChildFds, ChildPlan, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
@@ -25,7 +25,8 @@ use crate::{Inner, UidMapping};
 
 /// The init script of a run with a setup or teardown stage: pid 1 of the sandbox is `/bin/sh`
 /// running this with the stages as positional arguments (a run with only a command uses the
-/// built-in init of `child`, which spares the shell's exec and fork). It reports `stage status` lines on fd 3, which no stage inherits.
+/// freestanding `isotest-init`, which spares the shell's start-up and fork). It reports
+/// `stage status` lines on fd 3, which no stage inherits.
 /// The command runs via `exec` in a subshell so a builtin name (`exit`, `exec`) cannot act on
 /// the init itself.
 const INIT_SCRIPT: &str = r#"s=$1 t=$2 hs=$3 ht=$4
@@ -351,16 +352,22 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         ops
     };
 
-    let mut argv = vec![
-        c"sh".to_owned(),
-        c"-c".to_owned(),
-        cstr(INIT_SCRIPT)?,
-        c"isotest-init".to_owned(),
-        cstr(spec.setup.as_deref().unwrap_or(""))?,
-        cstr(spec.teardown.as_deref().unwrap_or(""))?,
-        cstr(if spec.setup.is_some() { "1" } else { "0" })?,
-        cstr(if spec.teardown.is_some() { "1" } else { "0" })?,
-    ];
+    // A single command runs under `isotest-init`; stages need the init script.
+    let staged = spec.setup.is_some() || spec.teardown.is_some();
+    let mut argv = if staged {
+        vec![
+            c"sh".to_owned(),
+            c"-c".to_owned(),
+            cstr(INIT_SCRIPT)?,
+            c"isotest-init".to_owned(),
+            cstr(spec.setup.as_deref().unwrap_or(""))?,
+            cstr(spec.teardown.as_deref().unwrap_or(""))?,
+            cstr(if spec.setup.is_some() { "1" } else { "0" })?,
+            cstr(if spec.teardown.is_some() { "1" } else { "0" })?,
+        ]
+    } else {
+        vec![c"isotest-init".to_owned()]
+    };
     for arg in &spec.command {
         argv.push(cstr(arg)?);
     }
@@ -381,14 +388,6 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         }
         env.insert(key, value);
     }
-    let direct = if spec.setup.is_none() && spec.teardown.is_none() {
-        Some(direct_command(
-            &spec.command,
-            env.get("PATH").copied().unwrap_or(""),
-        )?)
-    } else {
-        None
-    };
     let envp = env
         .into_iter()
         .map(|(k, v)| cstr(format!("{k}={v}")))
@@ -409,49 +408,8 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
-        direct,
-        scrub: inner.scrub,
+        init: (!staged).then(|| inner.init_program.as_raw_fd()),
     })
-}
-
-/// The command for the built-in init: `argv[0]` looked up on `path` the way `execvp` does
-/// (an empty entry is the working directory), or taken as it is when it names a path.
-fn direct_command(argv: &[String], path: &str) -> Result<DirectCommand, SandboxError> {
-    let program = argv.first().map(String::as_str).unwrap_or_default();
-    let candidates = if program.contains('/') {
-        vec![cstr(program)?]
-    } else {
-        path.split(':')
-            .map(|dir| {
-                let dir = if dir.is_empty() { "." } else { dir };
-                cstr(format!("{}/{program}", dir.trim_end_matches('/')))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    Ok(DirectCommand {
-        candidates,
-        argv: argv.iter().map(cstr).collect::<Result<_, _>>()?,
-        not_found: format!("isotest: {program}: not found\n").into_bytes(),
-        cannot_execute: format!("isotest: {program}: cannot execute\n").into_bytes(),
-    })
-}
-
-/// The start and end of this process's argument and environment areas (fields 48 to 51 of
-/// `/proc/self/stat`), or zeros when they cannot be read.
-pub(crate) fn arg_env_areas() -> [(usize, usize); 2] {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces; field 3 is
-    // the first of them.
-    let fields: Vec<usize> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
-    [(field(48), field(49)), (field(50), field(51))]
 }
 
 /// Kills and reaps the init if the run is abandoned (error or cancelled future), so no sandbox
@@ -675,6 +633,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         .spawn(Arc::clone(&plan), flags, cgroup_move, release, inherit)
         .await
         .map_err(|e| SandboxError::io("start sandbox init", e))?;
+    // Declared before the guard so that it is dropped after it: the child runs on this memory
+    // until it execs, and the guard kills and reaps it first if the run ends early.
+    let child_memory = spawned.memory;
     let mut guard = InitGuard {
         pidfd: Some(spawned.pidfd),
     };
@@ -711,6 +672,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         });
     }
     let startup = exec_at.duration_since(started);
+    // Exec'd or gone: the child no longer uses the memory it shared with this process.
+    drop(child_memory);
     drop(plan);
 
     let stdout_rx =
