@@ -163,7 +163,7 @@ pub(crate) struct ExecPtrs {
 }
 
 impl ExecPtrs {
-    pub fn new(plan: &ChildPlan, filters: &[seccompiler::BpfProgram]) -> ExecPtrs {
+    pub fn new(plan: &ChildPlan, filters: &[crate::seccomp::BpfProgram]) -> ExecPtrs {
         let nul_terminated = |v: &[CString]| {
             v.iter()
                 .map(|c| c.as_ptr())

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, mpsc};
 
-use seccompiler::BpfProgram;
+use crate::seccomp::BpfProgram;
 
 use crate::child::{ChildPlan, ExecPtrs, Op, child_main, run_op};
 use crate::netns;
