@@ -80,6 +80,7 @@ pub(crate) const FIXED_STEPS: &[&str] = &[
     "install seccomp filter",
     "exec",
     "make mounts private",
+    "unshare cgroup namespace",
 ];
 
 const S_WAIT: u32 = 0;
@@ -100,6 +101,7 @@ const S_CAPS: u32 = 14;
 const S_SECCOMP: u32 = 15;
 const S_EXEC: u32 = 16;
 const S_PRIVATE: u32 = 17;
+const S_CGROUPNS: u32 = 18;
 
 /// Names a step code reported by the child.
 pub(crate) fn step_name(plan: &ChildPlan, step: u32) -> String {
@@ -335,6 +337,12 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
         let mut byte = 0u8;
         if libc::read(fds.go, (&mut byte as *mut u8).cast(), 1) != 1 {
             fail(fds, step(S_WAIT));
+        }
+        // Only now, once the host has put this process into the sandbox's cgroup (on v2 it is
+        // cloned in the worker's own and moved), does a new cgroup namespace have that cgroup
+        // as its root.
+        if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP) != 0 {
+            fail(fds, step(S_CGROUPNS));
         }
         // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread glibc
         // believes exists (this copy has none of them) under a lock that another thread of

@@ -8,8 +8,9 @@
 //! between clone and exec), `run` (prepare, supervise, reap, collect), `workspace` (host-side
 //! files, never following links), `cgroup` (v1/v2 limits and accounting), `seccomp`, `sys`.
 //!
-//! It is a library on `nix`/`libc` (clone3, mounts, pivot_root, rlimits) and `seccompiler`
-//! (the BPF filter) with its own small cgroup module, not a wrapper around `bwrap`: the worker
+//! It is a library on `nix`/`libc` (clone, mounts, pivot_root, rlimits) with its own small
+//! seccomp assembler (one BPF program; see `seccomp` for why not `seccompiler`) and cgroup
+//! module, not a wrapper around `bwrap`: the worker
 //! needs typed outcomes (per-stage exits, OOM and timeout causes, cgroup usage), every step
 //! callable from code (a later issue forks pre-initialised interpreters into fresh namespaces),
 //! and no helper process per test on the startup path. Four choices keep startup cheap:

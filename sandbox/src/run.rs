@@ -582,8 +582,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP) as u64;
+        | libc::CLONE_NEWUTS) as u64;
     if !spec.network {
         flags |= libc::CLONE_NEWNET as u64;
     }

@@ -668,3 +668,14 @@ async fn many_concurrent_runs_each_get_their_own_sandbox() {
         assert_eq!(o.collected.get("mine"), Some(&Ok(Vec::new())));
     }
 }
+
+#[tokio::test]
+async fn the_sandbox_sees_its_own_cgroup_as_the_root() {
+    // One line per hierarchy (v1) or the one v2 line, each the root of the cgroup namespace.
+    let o = run(sh("cat /proc/self/cgroup")).await;
+    let text = stdout(&o);
+    assert!(
+        !text.is_empty() && text.lines().all(|l| l.ends_with(":/")),
+        "{text}"
+    );
+}
