@@ -127,7 +127,7 @@ async fn signals_and_missing_commands_are_reported() {
 
 #[tokio::test]
 async fn a_lone_command_is_looked_up_and_run_like_execvp() {
-    // Without setup or teardown the built-in init starts the command itself.
+    // Without setup or teardown `isotest-init` starts the command itself.
     let dir = std::env::temp_dir().join(format!("isotest-execvp-{}", nonce()));
     std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
     let write = |name: &str, text: &str, mode: u32| {
