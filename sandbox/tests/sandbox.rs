@@ -679,3 +679,39 @@ async fn the_sandbox_sees_its_own_cgroup_as_the_root() {
         "{text}"
     );
 }
+
+/// No process of a sandbox holds an image of the worker: the init of a single command is
+/// `isotest-init` from its memfd, and nothing in its address space comes from this binary.
+#[tokio::test]
+async fn the_init_holds_nothing_of_the_worker() {
+    let marker = format!("init-image-{}", nonce());
+    let running = tokio::spawn(async move {
+        sandboxer()
+            .run(sh(&format!("sleep 30 # {marker}")))
+            .await
+            .expect("sandbox runs")
+    });
+    let needle = "init-image-";
+    let mut init = None;
+    poll_until("the sandbox's init", Duration::from_secs(10), || {
+        init = host_processes_with(needle).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "isotest-init")
+        });
+        init.is_some()
+    })
+    .await;
+    let pid = init.expect("found");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("init's exe");
+    assert!(
+        exe.to_string_lossy().contains("memfd:isotest-init"),
+        "{exe:?}"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("init's maps");
+    let worker = std::env::current_exe().expect("own exe");
+    assert!(!maps.contains(&*worker.to_string_lossy()), "{maps}");
+    // A handful of mappings (text, data, stack, vdso), not the worker's hundreds.
+    assert!(maps.lines().count() < 16, "{maps}");
+    running.abort();
+    let _ = running.await;
+}
