@@ -2,7 +2,7 @@
 //! CPU and peak-memory accounting, its OOM-kill count, and a way to signal every process in it.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -219,18 +219,11 @@ impl SandboxCgroup {
         &self.tasks
     }
 
-    /// Moves a process into every controller of this cgroup.
-    ///
-    /// # Errors
-    /// Fails when a `cgroup.procs` write fails.
-    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
-        let text = pid.to_string();
-        for (file, dir) in self.procs.iter().zip(&self.dirs) {
-            (&*file)
-                .write_all(text.as_bytes())
-                .map_err(io_err("add process to", dir))?;
-        }
-        Ok(())
+    /// The pre-opened `cgroup.procs` of every directory: writing a pid to each moves that
+    /// process into this cgroup (the launcher does it right after cloning, where the thread
+    /// cannot move itself: v2, or v1 without a way back).
+    pub fn procs_files(&self) -> &[File] {
+        &self.procs
     }
 
     /// The host pids of every process in the cgroup.

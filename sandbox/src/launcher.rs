@@ -1,6 +1,6 @@
-//! The long-lived thread every sandbox is cloned from. A child's parent-death signal fires when
+//! The long-lived threads sandboxes are cloned from. A child's parent-death signal fires when
 //! the *thread* that cloned it exits, so cloning from tokio's blocking pool (whose threads exit
-//! when idle) would kill healthy sandboxes; this thread lives as long as the `Sandboxer`.
+//! when idle) would kill healthy sandboxes; a launcher lives as long as the `Sandboxer`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,7 +12,7 @@ use crate::child::{ChildPlan, ExecPtrs, Op, child_main, run_op};
 use crate::netns;
 use crate::sys;
 
-/// A cloned sandbox init, not yet released to run.
+/// A cloned sandbox init, in its cgroup, its ids mapped, released to run.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub pid: i32,
@@ -68,17 +68,34 @@ pub(crate) struct CgroupMove {
 }
 
 /// What the launcher does right after cloning, so the child can go on without waiting for the
-/// async side to be scheduled: map root inside to `uid`/`gid` outside and, when `go` is set,
-/// release the child by writing one byte to it.
+/// async side to be scheduled: add it to its cgroup (where it was not born there), map root
+/// inside to `uid`/`gid` outside, and release it by writing one byte to its go pipe.
 #[derive(Debug)]
 pub(crate) struct Release {
     pub uid: u32,
     pub gid: u32,
     /// Write "deny" to `setgroups` first (required to map a gid without privilege).
     pub deny_setgroups: bool,
-    /// A duplicate of the host's end of the child's go pipe; `None` leaves releasing to the
-    /// caller, which still has to add the child to its cgroup first.
-    pub go: Option<OwnedFd>,
+    /// Duplicates of the `cgroup.procs` files to write the child's pid to.
+    pub cgroup_procs: Vec<OwnedFd>,
+    /// A duplicate of the host's end of the child's go pipe.
+    pub go: OwnedFd,
+}
+
+fn add_to_cgroup(pid: i32, procs: &[OwnedFd]) -> io::Result<()> {
+    let text = pid.to_string();
+    for file in procs {
+        // SAFETY: writing from a live buffer to an fd owned by the request.
+        let written = unsafe { libc::write(file.as_raw_fd(), text.as_ptr().cast(), text.len()) };
+        if written < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("add the sandbox to its cgroup: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn write_id_maps(pid: i32, release: &Release) -> io::Result<()> {
@@ -95,18 +112,16 @@ fn write_id_maps(pid: i32, release: &Release) -> io::Result<()> {
 
 /// Maps ids and releases the child; on failure kills and reaps it.
 fn release(spawned: Spawned, release: &Release) -> io::Result<Spawned> {
-    let released = write_id_maps(spawned.pid, release).and_then(|()| match &release.go {
-        Some(go) => {
-            let go = go.as_raw_fd();
-            // SAFETY: one byte from a static buffer to a pipe the caller keeps open.
-            if unsafe { libc::write(go, c"g".as_ptr().cast(), 1) } == 1 {
+    let released = add_to_cgroup(spawned.pid, &release.cgroup_procs)
+        .and_then(|()| write_id_maps(spawned.pid, release))
+        .and_then(|()| {
+            // SAFETY: one byte from a static buffer to a pipe the request keeps open.
+            if unsafe { libc::write(release.go.as_raw_fd(), c"g".as_ptr().cast(), 1) } == 1 {
                 Ok(())
             } else {
                 Err(io::Error::last_os_error())
             }
-        }
-        None => Ok(()),
-    });
+        });
     match released {
         Ok(()) => Ok(spawned),
         Err(e) => {

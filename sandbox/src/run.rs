@@ -610,20 +610,25 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     } else {
         CgroupMove::default()
     };
-    // The launcher maps ids and releases the child itself, unless the child still has to
-    // be added to its cgroup from here.
-    let add_here = cgroup.cgroup.as_ref().filter(|_| !by_thread);
+    // The launcher adds the child to its cgroup (unless it is born there), maps its ids and
+    // releases it, with no wait for this task to be scheduled again.
+    let cgroup_procs = match cgroup.cgroup.as_ref().filter(|_| !by_thread) {
+        Some(cg) => cg
+            .procs_files()
+            .iter()
+            .map(|f| f.try_clone().map(OwnedFd::from))
+            .collect::<io::Result<_>>()
+            .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
+        None => Vec::new(),
+    };
     let release = Release {
         uid,
         gid,
         deny_setgroups: !matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
-        go: match add_here {
-            Some(_) => None,
-            None => Some(
-                go_w.try_clone()
-                    .map_err(|e| SandboxError::io("duplicate go pipe", e))?,
-            ),
-        },
+        cgroup_procs,
+        go: go_w
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate go pipe", e))?,
     };
     // The launcher owns the child's ends from here and closes them once it has cloned.
     let inherit = vec![stdout_w, stderr_w, report_w, error_w, go_r];
@@ -638,13 +643,6 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let mut guard = InitGuard {
         pidfd: Some(spawned.pidfd),
     };
-
-    if let Some(cg) = add_here {
-        cg.add(spawned.pid)
-            .map_err(|e| SandboxError::io("add sandbox to cgroup", io::Error::other(e)))?;
-        nix::unistd::write(&go_w, b"g")
-            .map_err(|e| SandboxError::io("release sandbox", e.into()))?;
-    }
 
     // The error pipe closes on exec (close-on-exec) or carries the failed step.
     let mut error_rx = pipe::Receiver::from_owned_fd(error_r)
