@@ -449,6 +449,28 @@ fn remove_stale_parents(base: &Path, name: &str) {
     }
 }
 
+/// Moves every process of the cgroup `base` into a new leaf `base/isotest-worker-<pid>` (a
+/// dead worker's leaf is removed by the next one, like a dead worker's sandbox parent).
+fn move_into_leaf(base: &Path) -> io::Result<()> {
+    let leaf_name = format!("isotest-worker-{}", std::process::id());
+    let leaf = make_parent(base, "", &leaf_name).map_err(|e| {
+        io::Error::new(e.kind(), format!("create {:?}: {e}", base.join(&leaf_name)))
+    })?;
+    let procs = leaf.join("cgroup.procs");
+    for pid in read_procs(base) {
+        // A process may exit meanwhile (ESRCH); anything else is an error.
+        if let Err(e) = fs::write(&procs, pid.to_string())
+            && e.raw_os_error() != Some(libc::ESRCH)
+        {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("move process {pid} into {leaf:?}: {e}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
     remove_stale_parents(&mount.join(own.trim_start_matches('/')), name);
     let dir = mount.join(own.trim_start_matches('/')).join(name);
@@ -550,15 +572,31 @@ fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
     };
     let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
     // Enables `ctrl` for the children of `base`, then of the parent; says why it could not.
-    let enable = |ctrl: &str| -> Result<(), String> {
+    let try_enable = |ctrl: &str| -> Result<(), (Option<i32>, String)> {
         if !available.split_whitespace().any(|c| c == ctrl) {
-            return Err(format!("not available in {base:?}"));
+            return Err((None, format!("not available in {base:?}")));
         }
         for dir in [&base, &parent] {
             let path = dir.join("cgroup.subtree_control");
-            fs::write(&path, format!("+{ctrl}")).map_err(|e| format!("enable in {path:?}: {e}"))?;
+            fs::write(&path, format!("+{ctrl}"))
+                .map_err(|e| (e.raw_os_error(), format!("enable in {path:?}: {e}")))?;
         }
         Ok(())
+    };
+    // Our own cgroup is the root of what we see, yet it refuses to enable controllers while it
+    // holds processes: it is not the real root but the root of a private cgroup namespace, as
+    // in a container (a Kubernetes pod with `hostUsers: false`). Then every process of that
+    // cgroup (the container's own) moves into a leaf below it, which frees it to enable them.
+    let mut moved = false;
+    let mut enable = |ctrl: &str| -> Result<(), String> {
+        match try_enable(ctrl) {
+            Err((Some(libc::EBUSY), why)) if own.is_empty() && !moved => {
+                moved = true;
+                move_into_leaf(&base).map_err(|e| format!("{why}; {e}"))?;
+                try_enable(ctrl).map_err(|(_, why)| why)
+            }
+            other => other.map_err(|(_, why)| why),
+        }
     };
     let mut pick = |ctrl: &str, words: &str| match enable(ctrl) {
         Ok(()) => Some(parent.clone()),
