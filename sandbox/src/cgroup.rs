@@ -548,16 +548,13 @@ fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         );
         return None;
     };
-    // A v2 cgroup with processes cannot enable controllers for its children ("no internal
-    // processes"), except the root: so the sandboxes' parent is a child of our own cgroup when
-    // that is the root (a host or VM without systemd), else a sibling of our own cgroup (a
-    // systemd service or a container sharing the host's cgroup namespace). Joining "" would
-    // leave a trailing slash, whose parent is the mount's parent, not the root.
+    // The sandboxes' parent goes below our own cgroup. (Joining "" would leave a trailing
+    // slash, so the root is taken as it is.)
     let own = own.trim_start_matches('/');
     let base = if own.is_empty() {
         root.to_owned()
     } else {
-        root.join(own).parent().unwrap_or(root).to_owned()
+        root.join(own)
     };
     let parent = match make_parent(&base, "", name) {
         Ok(dir) => dir,
@@ -583,14 +580,16 @@ fn probe_v2(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         }
         Ok(())
     };
-    // Our own cgroup is the root of what we see, yet it refuses to enable controllers while it
-    // holds processes: it is not the real root but the root of a private cgroup namespace, as
-    // in a container (a Kubernetes pod with `hostUsers: false`). Then every process of that
-    // cgroup (the container's own) moves into a leaf below it, which frees it to enable them.
+    // A v2 cgroup other than the real root cannot enable controllers for its children while it
+    // holds processes ("no internal processes"). Ours does when it is a systemd service's, or
+    // a container's (a Kubernetes pod with `hostUsers: false`, where it is the root of a
+    // private cgroup namespace but not the real root): then every process of it (the
+    // service's or container's own) moves into a leaf below it, the layout systemd's
+    // `Delegate=` expects, which frees it to enable them. The real root needs no move.
     let mut moved = false;
     let mut enable = |ctrl: &str| -> Result<(), String> {
         match try_enable(ctrl) {
-            Err((Some(libc::EBUSY), why)) if own.is_empty() && !moved => {
+            Err((Some(libc::EBUSY), why)) if !moved => {
                 moved = true;
                 move_into_leaf(&base).map_err(|e| format!("{why}; {e}"))?;
                 try_enable(ctrl).map_err(|(_, why)| why)
