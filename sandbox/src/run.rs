@@ -261,6 +261,10 @@ pub(crate) fn skeleton_ops(
 /// `skeleton`: a fresh proc mount for children to mount theirs over (a user namespace may
 /// mount proc only where one is already fully visible), then pivot_root into it, detaching
 /// the host's mounts. Children cloned from it start inside their environment's root.
+///
+/// That proc shows the host's pid namespace and stays under each sandbox's own; `hidepid`
+/// makes it show a process only to whoever may ptrace it (the launcher, as root), never to a
+/// sandbox, should it ever be uncovered.
 pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxError> {
     Ok(vec![
         Op::Mount {
@@ -268,7 +272,7 @@ pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxErro
             target: path_c(&skeleton.join("proc"))?,
             fstype: Some(c"proc".to_owned()),
             flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data: None,
+            data: Some(c"hidepid=invisible".to_owned()),
         },
         Op::Chdir {
             path: path_c(skeleton)?,
