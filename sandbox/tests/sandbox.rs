@@ -308,7 +308,9 @@ async fn cgroups_kept_for_the_next_run_start_clean() {
 
 #[tokio::test]
 async fn fork_bomb_fails_alone_and_the_next_run_works() {
-    let mut spec = sh("f() { f | f & }; f; sleep 5");
+    // `exec`: the test's own process must not need a fork once the bomb has taken every pid,
+    // or it could exit with "Cannot fork" before its timeout.
+    let mut spec = sh("f() { f | f & }; f; exec sleep 5");
     spec.limits.pids = 64;
     spec.limits.timeout = Duration::from_secs(2);
     spec.limits.kill_grace = Duration::from_millis(100);
