@@ -494,7 +494,7 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
 ///
 /// # Safety
 /// Only async-signal-safe system calls.
-unsafe fn loopback_up() -> bool {
+pub(crate) unsafe fn loopback_up() -> bool {
     // SAFETY: socket/ioctl/close with a valid, stack-allocated ifreq.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

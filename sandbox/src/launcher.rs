@@ -82,22 +82,6 @@ pub(crate) struct Release {
     pub go: OwnedFd,
 }
 
-fn add_to_cgroup(pid: i32, procs: &[OwnedFd]) -> io::Result<()> {
-    let text = pid.to_string();
-    for file in procs {
-        // SAFETY: writing from a live buffer to an fd owned by the request.
-        let written = unsafe { libc::write(file.as_raw_fd(), text.as_ptr().cast(), text.len()) };
-        if written < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("add the sandbox to its cgroup: {e}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn write_id_maps(pid: i32, release: &Release) -> io::Result<()> {
     let write = |file: &str, text: &str| {
         std::fs::write(format!("/proc/{pid}/{file}"), text)
@@ -110,33 +94,26 @@ fn write_id_maps(pid: i32, release: &Release) -> io::Result<()> {
     write("gid_map", &format!("0 {} 1\n", release.gid))
 }
 
-/// Maps ids and releases the child; on failure kills and reaps it.
+/// Adds the child to its cgroup, maps its ids and releases it; on failure kills and reaps it.
 fn release(spawned: Spawned, release: &Release) -> io::Result<Spawned> {
-    let released = add_to_cgroup(spawned.pid, &release.cgroup_procs)
+    let released = write_each(&release.cgroup_procs, spawned.pid.to_string().as_bytes())
+        .map_err(|e| io::Error::new(e.kind(), format!("add the sandbox to its cgroup: {e}")))
         .and_then(|()| write_id_maps(spawned.pid, release))
-        .and_then(|()| {
-            // SAFETY: one byte from a static buffer to a pipe the request keeps open.
-            if unsafe { libc::write(release.go.as_raw_fd(), c"g".as_ptr().cast(), 1) } == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
+        .and_then(|()| write_each(std::slice::from_ref(&release.go), b"g"));
     match released {
         Ok(()) => Ok(spawned),
         Err(e) => {
-            let _ = sys::pidfd_send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
-            let _ = wait(&spawned.pidfd);
+            sys::kill_and_reap(spawned.pidfd.as_fd());
             Err(e)
         }
     }
 }
 
-fn write_zero<F: AsRawFd>(fds: &[F]) -> io::Result<()> {
+/// Writes `bytes` to each of `fds` (cgroup files, the go pipe: a write is all or nothing).
+fn write_each<F: AsRawFd>(fds: &[F], bytes: &[u8]) -> io::Result<()> {
     for fd in fds {
-        let fd = fd.as_raw_fd();
-        // SAFETY: writing two bytes from a static buffer to an fd the caller keeps open.
-        if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } < 0 {
+        // SAFETY: writing from a live buffer to an fd the caller keeps open.
+        if unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -236,8 +213,7 @@ impl Launcher {
                             let spawned = spawned.and_then(|s| release(s, &how));
                             if let Err(Ok(orphan)) = reply.send(spawned) {
                                 // Cancelled meanwhile: nobody would supervise it.
-                                let _ = sys::pidfd_send_signal(orphan.pidfd.as_fd(), libc::SIGKILL);
-                                let _ = wait(&orphan.pidfd);
+                                sys::kill_and_reap(orphan.pidfd.as_fd());
                             }
                         }
                         Request::Probe { flags, reply } => {
@@ -394,8 +370,8 @@ fn spawn(
     let ptrs = Box::new(ExecPtrs::new(&plan, filters));
     let mut stack = vec![0u8; CHILD_STACK];
     let mut pidfd: RawFd = -1;
-    if let Err(e) = write_zero(&cgroup.enter) {
-        let _ = write_zero(&cgroup.leave);
+    if let Err(e) = write_each(&cgroup.enter, b"0") {
+        let _ = write_each(&cgroup.leave, b"0");
         return Err(e);
     }
     let wants_network = flags & libc::CLONE_NEWNET as u64 != 0;
@@ -437,7 +413,7 @@ fn spawn(
     }
     // Back home before anything else (in the parent only: the child stays in the sandbox's
     // cgroups), so the sandbox's cgroup can be removed later.
-    if let Err(e) = write_zero(&cgroup.leave) {
+    if let Err(e) = write_each(&cgroup.leave, b"0") {
         tracing::error!(error = %e, "Could not move the launcher thread back to its cgroup.");
     }
     let pid = cloned?;
@@ -464,25 +440,5 @@ fn probe(flags: u64) -> io::Result<()> {
     }
     // SAFETY: CLONE_PIDFD stored a fresh fd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    wait(&pidfd)
-}
-
-/// Waits for and reaps a child of this thread.
-fn wait(pidfd: &OwnedFd) -> io::Result<()> {
-    let mut info: libc::siginfo_t =
-        // SAFETY: a zeroed siginfo is a valid out-parameter.
-        unsafe { std::mem::zeroed() };
-    // SAFETY: blocking waitid on our own child's pidfd with a valid siginfo.
-    let ret = unsafe {
-        libc::waitid(
-            sys::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::__WALL,
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::reap(pidfd.as_fd())
 }

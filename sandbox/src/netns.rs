@@ -110,20 +110,11 @@ fn make(home: &File) -> io::Result<OwnedFd> {
 
 /// Sets `lo` up in this thread's network namespace.
 fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket/ioctl/close with a valid, zero-initialised ifreq naming "lo".
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        let ok = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0;
-        let e = io::Error::last_os_error();
-        libc::close(sock);
-        if ok { Ok(()) } else { Err(e) }
+    // SAFETY: plain system calls on a local ifreq (the same helper the child uses).
+    if unsafe { crate::child::loopback_up() } {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -416,6 +416,15 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     })
 }
 
+/// Duplicates cgroup files for a launcher request, which must own what it uses.
+fn duplicate(files: &[std::fs::File]) -> Result<Vec<OwnedFd>, SandboxError> {
+    files
+        .iter()
+        .map(|f| f.try_clone().map(OwnedFd::from))
+        .collect::<io::Result<_>>()
+        .map_err(|e| SandboxError::io("duplicate cgroup fd", e))
+}
+
 /// Kills and reaps the init if the run is abandoned (error or cancelled future), so no sandbox
 /// outlives its `run` call.
 struct InitGuard {
@@ -425,19 +434,7 @@ struct InitGuard {
 impl Drop for InitGuard {
     fn drop(&mut self) {
         if let Some(pidfd) = self.pidfd.take() {
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            let mut info: libc::siginfo_t =
-                // SAFETY: a zeroed siginfo is a valid out-parameter.
-                unsafe { std::mem::zeroed() };
-            // SAFETY: blocking waitid on our own child's pidfd; SIGKILL makes it quick.
-            unsafe {
-                libc::waitid(
-                    sys::P_PIDFD,
-                    pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::__WALL,
-                )
-            };
+            sys::kill_and_reap(pidfd.as_fd());
         }
     }
 }
@@ -604,11 +601,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let by_thread = !thread_entry.is_empty() && thread_entry.len() == home.len();
     let cgroup_move = if by_thread {
         CgroupMove {
-            enter: thread_entry
-                .iter()
-                .map(|f| f.try_clone().map(OwnedFd::from))
-                .collect::<io::Result<_>>()
-                .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
+            enter: duplicate(thread_entry)?,
             leave: home.iter().map(AsRawFd::as_raw_fd).collect(),
         }
     } else {
@@ -617,12 +610,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     // The launcher adds the child to its cgroup (unless it is born there), maps its ids and
     // releases it, with no wait for this task to be scheduled again.
     let cgroup_procs = match cgroup.cgroup.as_ref().filter(|_| !by_thread) {
-        Some(cg) => cg
-            .procs_files()
-            .iter()
-            .map(|f| f.try_clone().map(OwnedFd::from))
-            .collect::<io::Result<_>>()
-            .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
+        Some(cg) => duplicate(cg.procs_files())?,
         None => Vec::new(),
     };
     let release = Release {

@@ -174,6 +174,34 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     .map(drop)
 }
 
+/// Waits for the child behind `pidfd` to exit and reaps it.
+///
+/// # Errors
+/// The kernel's error (e.g. ECHILD when it was already reaped or is not our child).
+pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a zeroed siginfo is a valid out-parameter.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: blocking waitid on a pidfd with a valid siginfo.
+    let ret = unsafe {
+        libc::waitid(
+            P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::__WALL,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILLs the child behind `pidfd` and reaps it, so nothing of it is left.
+pub fn kill_and_reap(pidfd: BorrowedFd<'_>) {
+    let _ = pidfd_send_signal(pidfd, libc::SIGKILL);
+    let _ = reap(pidfd);
+}
+
 /// How a reaped process ended, with its resource usage (including its reaped descendants').
 #[derive(Debug, Clone, Copy)]
 pub struct Reaped {
