@@ -7,12 +7,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use isotest_sandbox::{Limits, Sandboxer};
+use isotest_sandbox::Limits;
 use isotest_worker::frameworks::discover::{DiscoverError, discover};
 
 use crate::args::RunArgs;
 use crate::exit::Failure;
 use crate::input::Unexpanded;
+use crate::run::LocalSandboxes;
 
 /// How long one listing may take.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(600);
@@ -26,11 +27,15 @@ const LISTING_BYTES: usize = 16 * 1024 * 1024;
 /// Returns [`Failure::BadInput`] with the framework's own message when a listing fails,
 /// finds nothing, or names a test the suite already has; [`Failure::Isolation`] when the
 /// host cannot make sandboxes.
-pub async fn expand(unexpanded: &mut Unexpanded, args: &RunArgs) -> Result<(), Failure> {
+pub async fn expand(
+    unexpanded: &mut Unexpanded,
+    args: &RunArgs,
+    local: &mut LocalSandboxes<'_>,
+) -> Result<(), Failure> {
     if unexpanded.manifest.discover.is_empty() {
         return Ok(());
     }
-    let sandboxer = Sandboxer::new(args.sandbox.sandbox_config())?;
+    let sandboxer = local.get()?;
     let tools = args.sandbox.toolchain();
     let limits = Limits {
         timeout: LISTING_TIMEOUT,

@@ -28,15 +28,14 @@ use crate::output::Progress;
 ///
 /// # Errors
 ///
-/// Returns [`Failure::Isolation`] when the host cannot make sandboxes, and
-/// [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
-pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure> {
-    let sandboxer = Sandboxer::new(args.sandbox.sandbox_config())?;
-    if !sandboxer.isolation().missing.is_empty() {
-        tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation.");
-    }
+/// Returns [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
+pub async fn run(
+    loaded: LoadedSuite,
+    args: &RunArgs,
+    sandboxer: Arc<Sandboxer>,
+) -> Result<Report, Failure> {
     let runner = Runner::new(
-        Arc::new(sandboxer),
+        sandboxer,
         args.sandbox
             .runner_config(isotest_infra::process_id("embedded")),
     );

@@ -133,7 +133,7 @@ impl Runner {
             teardown: outcome.teardown.map(exit),
             stdout: &stdout,
             stderr: &stderr,
-            junit: collected,
+            report: collected,
         };
         let limit_stage =
             if outcome.setup.is_some() && outcome.command.is_none() && msg.test.setup.is_some() {
