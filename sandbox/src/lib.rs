@@ -44,6 +44,7 @@ mod cgroup;
 mod child;
 mod config;
 mod error;
+mod export;
 mod init;
 mod isolation;
 mod launcher;
@@ -68,7 +69,7 @@ pub use config::SandboxConfig;
 pub use error::SandboxError;
 pub use isolation::{CgroupVersion, Isolation, UidMapping};
 pub use outcome::{Captured, CollectError, RunOutcome, StageExit, Termination, Usage};
-pub use spec::{Limits, RunSpec};
+pub use spec::{Bind, Export, Limits, RunSpec};
 
 use cgroup::CgroupParent;
 use launcher::Launcher;

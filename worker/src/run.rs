@@ -94,6 +94,7 @@ impl Runner {
             limits: limits.clone(),
             network: msg.network,
             collect: plan.collect,
+            ..RunSpec::default()
         };
         let started_at_ms = now_ms();
         let clock = Instant::now();

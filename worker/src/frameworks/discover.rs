@@ -100,6 +100,7 @@ pub async fn discover(
         limits,
         network,
         collect: Vec::new(),
+        ..RunSpec::default()
     };
     let outcome = sandboxer
         .run(spec)
