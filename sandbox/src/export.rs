@@ -26,12 +26,14 @@ const RESOLVE: u64 = sys::RESOLVE_BENEATH
 pub(crate) fn export(
     root: BorrowedFd<'_>,
     paths: &[String],
+    exclude: &[String],
     into: &Path,
     max_bytes: u64,
 ) -> Result<u64, CollectError> {
     let mut budget = Budget {
         left: max_bytes,
         max: max_bytes,
+        exclude,
     };
     for rel in paths {
         let path = Path::new(rel);
@@ -74,13 +76,28 @@ pub(crate) fn export(
     Ok(max_bytes - budget.left)
 }
 
-/// What is left of the byte cap.
-struct Budget {
+/// What is left of the byte cap, and the names left out.
+struct Budget<'a> {
     left: u64,
     max: u64,
+    exclude: &'a [String],
 }
 
-impl Budget {
+impl Budget<'_> {
+    /// Whether `name` is one of the names left out.
+    fn excludes(&self, name: &[u8]) -> bool {
+        self.exclude.iter().any(|pattern| {
+            let pattern = pattern.as_bytes();
+            if let Some(suffix) = pattern.strip_prefix(b"*") {
+                name.ends_with(suffix)
+            } else if let Some(prefix) = pattern.strip_suffix(b"*") {
+                name.starts_with(prefix)
+            } else {
+                name == pattern
+            }
+        })
+    }
+
     fn take(&mut self, bytes: u64) -> Result<(), CollectError> {
         self.left = self.left.checked_sub(bytes).ok_or(CollectError::TooLarge {
             cap: usize::try_from(self.max).unwrap_or(usize::MAX),
@@ -107,7 +124,7 @@ fn classify(e: io::Error) -> CollectError {
 }
 
 /// Copies the directory behind `dir` into the new host directory `dest`, recursively.
-fn copy_dir(dir: OwnedFd, dest: &Path, budget: &mut Budget) -> Result<(), CollectError> {
+fn copy_dir(dir: OwnedFd, dest: &Path, budget: &mut Budget<'_>) -> Result<(), CollectError> {
     match std::fs::DirBuilder::new().mode(0o755).create(dest) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -119,7 +136,7 @@ fn copy_dir(dir: OwnedFd, dest: &Path, budget: &mut Budget) -> Result<(), Collec
     for entry in listing {
         let entry = entry.map_err(|e| io(io::Error::from(e)))?;
         let name = entry.file_name();
-        if name == c"." || name == c".." {
+        if name == c"." || name == c".." || budget.excludes(name.to_bytes()) {
             continue;
         }
         names.push(name.to_owned());
@@ -137,7 +154,7 @@ fn copy_entry(
     parent: BorrowedFd<'_>,
     name: &CStr,
     dest: &Path,
-    budget: &mut Budget,
+    budget: &mut Budget<'_>,
 ) -> Result<(), CollectError> {
     let mut stat: libc::stat = unsafe_zeroed_stat();
     // SAFETY: valid directory fd, C string and out-pointer.
@@ -201,7 +218,12 @@ fn open_at(parent: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<OwnedFd, C
 
 /// Copies an opened regular file (checked again to be the one that was listed) to `dest`,
 /// keeping only whether it is executable.
-fn copy_file(file: File, ino: u64, dest: &Path, budget: &mut Budget) -> Result<(), CollectError> {
+fn copy_file(
+    file: File,
+    ino: u64,
+    dest: &Path,
+    budget: &mut Budget<'_>,
+) -> Result<(), CollectError> {
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() || meta.ino() != ino {
         return Err(CollectError::NotRegularFile);
@@ -254,13 +276,25 @@ mod tests {
         std::os::unix::fs::symlink("/etc/shadow", src.join("target/debug/escape")).expect("ln");
         std::os::unix::fs::symlink("/etc", src.join("up")).expect("ln");
         let root = File::open(&src).expect("open");
+        std::fs::create_dir_all(src.join("target/debug/incremental")).expect("mkdir");
+        std::fs::write(src.join("target/debug/incremental/big"), [0u8; 4096]).expect("write");
+        std::fs::write(src.join("target/debug/deps/t-1.d"), b"deps").expect("write");
         let copied = export(
             root.as_fd(),
             &["target".into(), "missing".into()],
+            &["incremental".into(), "*.d".into()],
             &dest,
             1 << 20,
         )
         .expect("export");
+        assert!(
+            !dest.join("target/debug/incremental").exists(),
+            "excluded by name"
+        );
+        assert!(
+            !dest.join("target/debug/deps/t-1.d").exists(),
+            "excluded by suffix"
+        );
         assert_eq!(copied, 4 + 5 + "/etc/shadow".len() as u64);
         let exe = dest.join("target/debug/deps/t-1");
         assert_eq!(std::fs::read(&exe).expect("read"), b"\x7fELF");
@@ -273,12 +307,13 @@ mod tests {
         let link = std::fs::read_link(dest.join("target/debug/escape")).expect("link kept");
         assert_eq!(link, Path::new("/etc/shadow"));
         // A path through a link is refused, and the cap holds.
-        let err = export(root.as_fd(), &["up/passwd".into()], &dest, 1 << 20).expect_err("refused");
+        let err =
+            export(root.as_fd(), &["up/passwd".into()], &[], &dest, 1 << 20).expect_err("refused");
         assert_eq!(err, CollectError::Link);
-        let err = export(root.as_fd(), &["../x".into()], &dest, 1 << 20).expect_err("refused");
+        let err = export(root.as_fd(), &["../x".into()], &[], &dest, 1 << 20).expect_err("refused");
         assert_eq!(err, CollectError::Escapes);
         let small = tempdir("small");
-        let err = export(root.as_fd(), &["target".into()], &small, 6).expect_err("refused");
+        let err = export(root.as_fd(), &["target".into()], &[], &small, 6).expect_err("refused");
         assert!(matches!(err, CollectError::TooLarge { cap: 6 }), "{err:?}");
         for dir in [src, dest, small] {
             let _ = std::fs::remove_dir_all(dir);

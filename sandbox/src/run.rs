@@ -448,12 +448,28 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             (libc::RLIMIT_CORE, 0),
         ],
         cap_last: inner.cap_last,
-        workdir: c"/workspace".to_owned(),
+        workdir: workdir(&spec.workdir)?,
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
         init: (!staged).then(|| inner.init_program.as_raw_fd()),
     })
+}
+
+/// The absolute directory the stages run in: the workspace, or a relative path beneath it.
+fn workdir(rel: &str) -> Result<CString, SandboxError> {
+    let path = Path::new(rel);
+    if !path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(SandboxError::InvalidSpec(format!(
+            "working directory {rel:?} is not a relative path inside the workspace"
+        )));
+    }
+    path_c(&Path::new("/workspace").join(path))
 }
 
 /// Duplicates cgroup files for a launcher request, which must own what it uses.
@@ -794,7 +810,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
                     (p, got)
                 })
                 .collect();
-            let exported = export.map(|e| workspace.export(&e.paths, &e.into, e.max_bytes));
+            let exported = export.map(|e| workspace.export(&e));
             (workspace, collected, exported)
         })
         .await

@@ -18,6 +18,8 @@ pub struct RunSpec {
     pub setup: Option<String>,
     /// The test's argv, run in the workspace; `argv[0]` is looked up on the sandbox `PATH`.
     pub command: Vec<String>,
+    /// The directory the stages run in, relative to the workspace (empty: its root).
+    pub workdir: String,
     /// Run with `/bin/sh -c` after the command, whatever its exit, unless setup failed.
     pub teardown: Option<String>,
     /// The test's variables. The sandbox adds only `PATH`, `HOME`, `LANG` and `TMPDIR`; a value
@@ -52,6 +54,9 @@ pub struct Bind {
 pub struct Export {
     /// Workspace-relative files and directories (copied whole); a missing one is skipped.
     pub paths: Vec<String>,
+    /// File and directory names left out wherever they are met: a name, `*suffix` or
+    /// `prefix*` (a build's scratch: caches, fingerprints, intermediate objects).
+    pub exclude: Vec<String>,
     /// The host directory they are copied into, at the same relative paths; it must exist.
     pub into: PathBuf,
     /// The most bytes copied in all; a larger export fails.

@@ -93,8 +93,14 @@ impl Workspace {
     }
 
     /// Copies `paths` out to the host directory `into` (see [`crate::export`]).
-    pub fn export(&self, paths: &[String], into: &Path, max: u64) -> Result<u64, CollectError> {
-        crate::export::export(self.root(), paths, into, max)
+    pub fn export(&self, export: &crate::spec::Export) -> Result<u64, CollectError> {
+        crate::export::export(
+            self.root(),
+            &export.paths,
+            &export.exclude,
+            &export.into,
+            export.max_bytes,
+        )
     }
 
     /// Reads `rel` back, refusing links, non-regular files and files over `cap`.

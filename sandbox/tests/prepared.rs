@@ -48,6 +48,7 @@ async fn a_build_exported_once_runs_read_only_in_other_sandboxes() {
     let build = run(RunSpec {
         export: Some(Export {
             paths: vec!["out".into(), "not-built".into()],
+            exclude: Vec::new(),
             into: artifact.clone(),
             max_bytes: 1 << 20,
         }),
@@ -101,6 +102,7 @@ async fn an_export_follows_no_link_and_keeps_its_cap() {
     let build = run(RunSpec {
         export: Some(Export {
             paths: vec!["big".into()],
+            exclude: Vec::new(),
             into: artifact.clone(),
             max_bytes: 1000,
         }),
@@ -115,6 +117,7 @@ async fn an_export_follows_no_link_and_keeps_its_cap() {
     let build = run(RunSpec {
         export: Some(Export {
             paths: vec!["etc/passwd".into()],
+            exclude: Vec::new(),
             into: linked.clone(),
             max_bytes: 1 << 20,
         }),

@@ -17,6 +17,7 @@ use isotest_sandbox::{
 };
 
 use crate::frameworks::{self, Exit, Observed, Toolchain};
+use crate::prepare::Prepared;
 
 /// Settings of every sandbox a runner creates.
 #[derive(Debug, Clone)]
@@ -65,6 +66,21 @@ impl Runner {
         workspace: Option<Arc<[u8]>>,
         taken_at_ms: u64,
     ) -> Result<TestResult, SandboxError> {
+        self.run_from(msg, workspace, None, taken_at_ms).await
+    }
+
+    /// Runs one attempt as [`Self::run`] does, from a prepared build where the test names one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::run`].
+    pub async fn run_from(
+        &self,
+        msg: &TestMessage,
+        workspace: Option<Arc<[u8]>>,
+        prepared: Option<&Prepared>,
+        taken_at_ms: u64,
+    ) -> Result<TestResult, SandboxError> {
         let test = &msg.test;
         if msg.network && !self.config.allow_network {
             return Ok(error_verdict(
@@ -75,7 +91,7 @@ impl Runner {
                     .to_owned(),
             ));
         }
-        let mut plan = frameworks::plan(test, &self.config.tools);
+        let mut plan = frameworks::plan_from(test, &self.config.tools, prepared);
         // Which attempt this is, so a test (or its setup) can tell a retry from a first run.
         plan.env
             .insert(frameworks::ATTEMPT_VAR.into(), msg.attempt.to_string());
@@ -94,6 +110,8 @@ impl Runner {
             limits: limits.clone(),
             network: msg.network,
             collect: plan.collect,
+            workdir: plan.workdir,
+            binds: plan.binds,
             ..RunSpec::default()
         };
         let started_at_ms = now_ms();

@@ -14,6 +14,7 @@ use isotest_protocol::manifest::{DiscoverEntry, Framework, ManifestError};
 use isotest_sandbox::{Limits, RunSpec, SandboxError, Sandboxer, StageExit, Termination};
 
 use super::{Toolchain, adapter, signal_name};
+use crate::prepare::CachedBuild;
 
 /// How many lines of the framework's output a failed discovery quotes.
 const QUOTED_LINES: usize = 40;
@@ -66,24 +67,41 @@ pub fn parse(framework: Framework, entry: &DiscoverEntry, stdout: &str) -> Vec<S
         .collect()
 }
 
-/// Lists the tests of `entry` (the `index`th `[[discover]]`) in a sandbox over `workspace`.
+/// Lists the tests of `entry` (the `index`th `[[discover]]`) in a sandbox over `workspace`:
+/// from the binaries of its prepared build where its framework compiles (`prepared`), else
+/// with the framework's own listing.
 ///
 /// # Errors
 ///
 /// Returns [`DiscoverError`]: a framework that cannot discover, a sandbox that could not
 /// be made, a listing that failed (with the framework's own output), or one that found
 /// nothing.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the listing's inputs, each from a different part of the run"
+)]
 pub async fn discover(
     sandboxer: &Sandboxer,
     index: usize,
     entry: &DiscoverEntry,
     workspace: Option<Arc<[u8]>>,
+    prepared: Option<&CachedBuild>,
     tools: &Toolchain,
     limits: Limits,
     network: bool,
 ) -> Result<Vec<String>, DiscoverError> {
     let framework = entry.framework(index)?;
-    let (command, env) = command(framework, entry, tools);
+    let (command, env) = match prepared {
+        Some(build) => {
+            let mut env = entry.env.clone().unwrap_or_default();
+            super::tool_env(framework, tools, &mut env);
+            (
+                adapter(framework).listing_prepared(&build.index, entry),
+                env,
+            )
+        }
+        None => command(framework, entry, tools),
+    };
     let spec = RunSpec {
         environment: entry.environment.clone(),
         workspace_bundle: workspace,
@@ -99,7 +117,9 @@ pub async fn discover(
         env,
         limits,
         network,
-        collect: Vec::new(),
+        binds: prepared
+            .map(|b| crate::prepare::binds(&b.dir, &b.index))
+            .unwrap_or_default(),
         ..RunSpec::default()
     };
     let outcome = sandboxer
@@ -135,7 +155,17 @@ pub async fn discover(
             output,
         });
     }
-    let ids = parse(framework, entry, &stdout);
+    let ids = match prepared {
+        Some(build) => {
+            let mut seen = BTreeSet::new();
+            adapter(framework)
+                .parse_listing_prepared(&build.index, entry, &stdout)
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect()
+        }
+        None => parse(framework, entry, &stdout),
+    };
     if ids.is_empty() {
         let mut under = String::new();
         if !entry.paths.is_empty() {

@@ -19,8 +19,11 @@ mod verdict;
 
 use std::collections::BTreeMap;
 
+use isotest_protocol::artifact::ArtifactIndex;
 use isotest_protocol::manifest::{DiscoverEntry, Framework, TestSpec};
 use isotest_protocol::result::{CaseResult, Stage, Status};
+
+use crate::prepare::{BuildPlan, Prepared};
 
 pub use junit_xml::{JunitError, parse as parse_junit};
 pub use toolchain::Toolchain;
@@ -71,6 +74,54 @@ pub(crate) trait Adapter: Sync {
     fn parse_listing(&self, _entry: &DiscoverEntry, _stdout: &str) -> Vec<String> {
         Vec::new()
     }
+
+    /// The build its tests run from, for a framework that compiles them (the prepare stage
+    /// runs it once); `env` holds the tests' own variables.
+    fn build(
+        &self,
+        _tools: &Toolchain,
+        _env: &BTreeMap<String, String>,
+        _environment: Option<&str>,
+    ) -> Option<BuildPlan> {
+        None
+    }
+
+    /// The programs whose versions decide what its build makes (they key the build).
+    fn build_tools(&self, _tools: &Toolchain) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
+    /// Reads what its build printed into the index of the test binaries it made.
+    fn index_build(&self, _stdout: &str, _key: &str) -> Result<ArtifactIndex, String> {
+        Err("this framework has no build".to_owned())
+    }
+
+    /// The argv that lists every test of a prepared build, run with the build bound in.
+    fn listing_prepared(&self, _index: &ArtifactIndex, _entry: &DiscoverEntry) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The test ids in that listing's output.
+    fn parse_listing_prepared(
+        &self,
+        _index: &ArtifactIndex,
+        _entry: &DiscoverEntry,
+        _stdout: &str,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Lays out a test to run from a prepared build: its one binary, for its one test. False
+    /// when no binary of the build runs it (a doctest): it then runs the slow way.
+    fn lay_out_prepared(
+        &self,
+        _test: &TestSpec,
+        _index: &ArtifactIndex,
+        _tools: &Toolchain,
+        _plan: &mut Plan,
+    ) -> bool {
+        false
+    }
 }
 
 /// The adapter of a framework: the one place a new framework is added.
@@ -92,6 +143,10 @@ pub(crate) fn adapter(framework: Framework) -> &'static dyn Adapter {
 pub struct Plan {
     pub files: Vec<(String, Vec<u8>)>,
     pub command: Vec<String>,
+    /// Where it runs, relative to the workspace (empty: the workspace itself).
+    pub workdir: String,
+    /// A prepared build bound read-only into the workspace, where it runs from one.
+    pub binds: Vec<isotest_sandbox::Bind>,
     pub env: BTreeMap<String, String>,
     pub collect: Vec<String>,
 }
@@ -110,6 +165,12 @@ pub fn report_path(test: &TestSpec) -> Option<&str> {
 
 /// Lays out a test for its framework.
 pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
+    plan_from(test, tools, None)
+}
+
+/// Lays out a test for its framework, from a prepared build where one is given and one of
+/// its binaries runs the test (else the slow way, as [`plan`] does).
+pub fn plan_from(test: &TestSpec, tools: &Toolchain, prepared: Option<&Prepared>) -> Plan {
     let adapter = adapter(test.framework);
     let mut plan = Plan {
         files: test
@@ -120,7 +181,14 @@ pub fn plan(test: &TestSpec, tools: &Toolchain) -> Plan {
         env: test.env.clone(),
         ..Plan::default()
     };
-    adapter.lay_out(test, tools, &mut plan);
+    let from_build = prepared.filter(|p| {
+        p.index.framework == test.framework
+            && adapter.lay_out_prepared(test, &p.index, tools, &mut plan)
+    });
+    match from_build {
+        Some(prepared) => plan.binds = crate::prepare::binds(&prepared.dir, &prepared.index),
+        None => adapter.lay_out(test, tools, &mut plan),
+    }
     tool_env(test.framework, tools, &mut plan.env);
     plan.collect = adapter
         .report_path(test)

@@ -1,83 +1,9 @@
-//! Cargo: `cargo test --offline -- --exact NAME` for one test id, or inline `code` as an
-//! integration test of a crate made for it; per-case results from libtest's output as cargo
-//! prints it (`test NAME ... ok`, `... FAILED`, `... ignored[, reason]`, then a `---- NAME
-//! stdout ----` section per failure; a test whose line has no outcome was running when its
-//! binary died); discovery by `cargo test -- --list`.
+//! Per-case results from Rust's libtest as `cargo test` (or a test binary run alone) prints
+//! them: `test NAME ... ok`, `... FAILED`, `... ignored[, reason]`, then a `---- NAME stdout
+//! ----` section per failure. A test whose line has no outcome was running when its binary
+//! died.
 
-use isotest_protocol::manifest::{DiscoverEntry, TestBody, TestSpec};
-
-use super::toolchain::path_str;
-use super::verdict::{Exit, Observed, Verdict, judge_runner};
-use super::{Adapter, Plan, Toolchain, sh};
 use isotest_protocol::result::{CaseResult, CaseStatus};
-
-/// The integration test inline `code` of a `cargo` test is written to.
-pub const CARGO_CODE_FILE: &str = "tests/isotest_code.rs";
-
-/// The Cargo adapter.
-pub(crate) struct Cargo;
-
-impl Adapter for Cargo {
-    fn tool_env(&self, tools: &Toolchain, set: &mut dyn FnMut(&str, String)) {
-        set("CARGO_HOME", "/tmp/cargo-home".into());
-        set("CARGO_TARGET_DIR", "/tmp/cargo-target".into());
-        set("CARGO_TERM_COLOR", "never".into());
-        set("CARGO_NET_OFFLINE", "true".into());
-        let rustc = tools.cargo.with_file_name("rustc");
-        if rustc.is_absolute() {
-            set("RUSTC", rustc.to_string_lossy().into_owned());
-        }
-    }
-
-    fn lay_out(&self, test: &TestSpec, tools: &Toolchain, plan: &mut Plan) {
-        let cargo = path_str(&tools.cargo);
-        plan.command = match &test.body {
-            TestBody::Code(code) => {
-                plan.file(CARGO_CODE_FILE, code.as_bytes());
-                let prelude = "[ -f Cargo.toml ] || { printf '[package]\\nname = \"isotest-code\"\\nversion = \"0.0.0\"\\nedition = \"2021\"\\n[workspace]\\n' > Cargo.toml; mkdir -p src; : > src/lib.rs; }; ";
-                sh(prelude, &[cargo, "test".into(), "--offline".into()])
-            }
-            TestBody::TestId(id) => vec![
-                cargo,
-                "test".into(),
-                "--offline".into(),
-                "--".into(),
-                "--exact".into(),
-                id.clone(),
-            ],
-            TestBody::Command(argv) => argv.clone(),
-        };
-    }
-
-    fn cases(&self, seen: &Observed<'_>) -> (Vec<CaseResult>, Option<String>) {
-        (parse(seen.stdout), None)
-    }
-
-    fn verdict(&self, exit: Exit, cases: &[CaseResult], _problem: Option<&str>) -> Verdict {
-        judge_runner("cargo test", exit, cases, &[101])
-    }
-
-    fn listing(&self, entry: &DiscoverEntry, tools: &Toolchain) -> Vec<String> {
-        let mut argv = vec![
-            path_str(&tools.cargo),
-            "test".into(),
-            "--offline".into(),
-            "--".into(),
-            "--list".into(),
-        ];
-        argv.extend(entry.filter.clone());
-        argv
-    }
-
-    fn parse_listing(&self, _entry: &DiscoverEntry, stdout: &str) -> Vec<String> {
-        stdout
-            .lines()
-            .filter_map(|l| l.strip_suffix(": test"))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 /// The most failure text kept per case.
 const MAX_DETAIL: usize = 16 * 1024;
 
