@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use isotest_protocol::manifest::{
     FileSpec, FlakyResult, Format, Framework, Limits, MAX_ARG_BYTES, MAX_MANIFEST_BYTES,
     MAX_NAME_BYTES, MAX_RETRIES, MAX_TEXT_BYTES, MAX_TIMEOUT, Manifest, ManifestError, Suite,
-    TestEntry, TestFields,
+    TEST_FIELDS, TestEntry, TestFields,
 };
 use isotest_protocol::message::{TestMessage, outcome_digest};
 use isotest_protocol::{SCHEMA_VERSION, duration};
@@ -645,6 +646,93 @@ proptest! {
             })
             .sum();
         prop_assert!(wire <= expanded, "{} bytes on the wire, {} counted", wire, expanded);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// docs/openapi.yaml's manifest schema says what the parser does.
+
+/// A validator of the OpenAPI document's `Manifest` schema (JSON Schema 2020-12).
+fn openapi_manifest() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/openapi.yaml"
+        )))
+        .expect("docs/openapi.yaml is YAML");
+        let schema = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": "#/components/schemas/Manifest",
+            "components": doc["components"],
+        });
+        jsonschema::validator_for(&schema).expect("the schema is valid")
+    })
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn every_valid_manifest_fits_the_openapi_schema(m in manifest()) {
+        let json = serde_json::to_value(&m).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let errors: Vec<String> = openapi_manifest().iter_errors(&json).map(|e| e.to_string()).collect();
+        prop_assert!(errors.is_empty(), "{:?}\n{}", errors, json);
+    }
+}
+
+/// What the parser refuses for its shape, the schema refuses; the aliases it takes, the
+/// schema takes; and the schema lists every per-test field.
+#[test]
+fn the_openapi_schema_and_the_parser_agree() {
+    let test = |extra: &str| {
+        format!(r#"{{"name":"s","tests":[{{"name":"a","command":["true"]{extra}}}]}}"#)
+    };
+    let cases = [
+        (r#"{"name":"s","defaults":{"name":"x"},"tests":[{"name":"a","command":["true"]}]}"#.to_owned(), false),
+        (r#"{"name":"s","unknown":1,"tests":[{"name":"a","command":["true"]}]}"#.to_owned(), false),
+        (test(r#","timout":"3s""#), false),
+        (test(r#","files":[{"path":"a","content":"","mode":1}]"#), false),
+        (test(r#","retries":-1"#), false),
+        (test(r#","env_vars":{"A":"1"}"#), true),
+        (test(r#","timeout":30"#), true),
+        (r#"{"name":"s","tests":[{"name":"a","test_code":"exit 0"}]}"#.to_owned(), true),
+        (r#"{"name":"s","defaults":{"framework":"jest"},"tests":[{"name":"a/b::c[d e]","test_id":"a.test.js"}]}"#.to_owned(), true),
+    ];
+    for (text, valid) in cases {
+        let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(openapi_manifest().is_valid(&json), valid, "schema: {text}");
+        let parsed = Manifest::load(&text, Format::Json, None);
+        assert_eq!(parsed.is_ok(), valid, "parser: {text}: {parsed:?}");
+    }
+
+    let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/openapi.yaml"
+    )))
+    .expect("YAML");
+    let documented: BTreeSet<&str> = doc["components"]["schemas"]["TestFields"]["properties"]
+        .as_object()
+        .expect("TestFields has properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for field in TEST_FIELDS {
+        assert!(
+            documented.contains(field),
+            "`{field}` is not in docs/openapi.yaml"
+        );
+    }
+    for extra in documented.iter().filter(|f| !TEST_FIELDS.contains(f)) {
+        // Only aliases, which the parser takes.
+        let text = format!(
+            r#"{{"name":"s","defaults":{{"{extra}":{}}},"tests":[{{"name":"a","command":["true"]}}]}}"#,
+            if *extra == "env_vars" { "{}" } else { "\"x\"" }
+        );
+        assert!(
+            Manifest::parse(&text, Format::Json, None).is_ok(),
+            "`{extra}` is documented but refused"
+        );
     }
 }
 

@@ -319,9 +319,9 @@ pub(crate) trait Layer: Clone {
     }
 
     /// [`Layer::expanded_bytes`] of [`Layer::layer`], without building it;
-    /// `defaults_bytes` is the defaults' own, counted once for every test.
-    fn layered_bytes(own: Option<&Self>, defaults: Option<&Self>, defaults_bytes: usize) -> usize {
-        let _ = defaults;
+    /// `defaults_bytes` is the defaults' own, counted once for every test (a value that
+    /// replaces the default needs no more).
+    fn layered_bytes(own: Option<&Self>, _defaults: Option<&Self>, defaults_bytes: usize) -> usize {
         own.map_or(defaults_bytes, Self::expanded_bytes)
     }
 }
@@ -411,8 +411,8 @@ fn json_len(text: &str) -> usize {
         .fold(2, usize::saturating_add)
 }
 
-/// The variables a test ends up with, borrowed: its own, then the defaults' it does not
-/// set (in no particular order).
+/// The variables a test ends up with, borrowed: its own, then those of `[defaults]` it
+/// does not set, each in key order.
 pub(crate) fn merged_env<'a>(
     own: Option<&'a BTreeMap<String, String>>,
     defaults: Option<&'a BTreeMap<String, String>>,
@@ -424,8 +424,9 @@ pub(crate) fn merged_env<'a>(
     own.into_iter().flatten().chain(inherited)
 }
 
-/// A test name for a discovered id: names may not hold control characters, and ids
-/// keep their `/` as `.` (`tests/test_a.py::test_b` is `tests.test_a.py::test_b`).
+/// A test name for a discovered id: the prefix, then the id without control characters
+/// and with `/` and `\` written `.` (`tests/test_a.py::test_b` is named
+/// `tests.test_a.py::test_b`), as names had to be before they could hold both.
 pub fn discovered_name(prefix: &str, id: &str) -> String {
     let mut name = String::with_capacity(prefix.len() + id.len());
     name.push_str(prefix);
