@@ -987,6 +987,15 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // Bad input at the limits.
 
+/// A test named `name` that runs `true`.
+fn true_test(name: &str) -> TestEntry {
+    TestEntry {
+        name: name.to_owned(),
+        command: Some(vec!["true".into()]),
+        ..TestEntry::default()
+    }
+}
+
 #[test]
 fn a_manifest_over_the_size_limit_is_refused_before_parsing() {
     let head = "name = \"s\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n";
@@ -1035,11 +1044,7 @@ fn a_field_over_the_text_limit_is_refused() {
         let over = "x".repeat(limit + 1);
         let mut m = Manifest {
             name: "s".into(),
-            tests: vec![TestEntry {
-                name: "a".into(),
-                command: Some(vec!["true".into()]),
-                ..TestEntry::default()
-            }],
+            tests: vec![true_test("a")],
             ..Manifest::default()
         };
         set(&mut m.tests[0], &at_limit);
@@ -1128,14 +1133,7 @@ fn framework_ids_are_names_everywhere_they_are_checked() {
         longest.as_str(),
     ];
     assert_eq!(longest.len(), MAX_NAME_BYTES);
-    let tests: Vec<TestEntry> = names
-        .iter()
-        .map(|n| TestEntry {
-            name: (*n).to_owned(),
-            command: Some(vec!["true".into()]),
-            ..TestEntry::default()
-        })
-        .collect();
+    let tests: Vec<TestEntry> = names.iter().map(|n| true_test(n)).collect();
     let mut m = Manifest {
         name: "suite/with [brackets] :: é".into(),
         tests,
@@ -1187,14 +1185,7 @@ fn duplicate_names_are_told_apart_exactly() {
     for n in ["a", "A", "a ", " a"] {
         names.insert(n);
     }
-    let tests = names
-        .iter()
-        .map(|n| TestEntry {
-            name: (*n).into(),
-            command: Some(vec!["true".into()]),
-            ..TestEntry::default()
-        })
-        .collect();
+    let tests = names.iter().map(|n| true_test(n)).collect();
     let m = Manifest {
         name: "s".into(),
         tests,

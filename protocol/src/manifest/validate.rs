@@ -275,15 +275,7 @@ fn resolve(
 /// Returns a [`ManifestError`] for `field` saying what is wrong.
 pub fn check_callback_url(field: &str, url: &str) -> Result<(), ManifestError> {
     let bad = |why: &str| ManifestError::field(field, format!("`{}` {why}", url.escape_default()));
-    if url.len() > MAX_CALLBACK_URL_BYTES {
-        return Err(ManifestError::field(
-            field,
-            format!(
-                "is {} bytes, more than the limit of {MAX_CALLBACK_URL_BYTES}",
-                url.len()
-            ),
-        ));
-    }
+    check_bytes(field, url, MAX_CALLBACK_URL_BYTES)?;
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad("contains whitespace or a control character"));
     }
@@ -368,16 +360,7 @@ fn check_name(field: &str, name: &str, limits: &Limits) -> Result<(), ManifestEr
     if name.trim().is_empty() {
         return Err(ManifestError::field(field, "must not be empty"));
     }
-    if name.len() > limits.name_bytes {
-        return Err(ManifestError::field(
-            field,
-            format!(
-                "is {} bytes, more than the limit of {}",
-                name.len(),
-                limits.name_bytes
-            ),
-        ));
-    }
+    check_bytes(field, name, limits.name_bytes)?;
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(ManifestError::field(
             field,
@@ -392,16 +375,7 @@ fn check_name(field: &str, name: &str, limits: &Limits) -> Result<(), ManifestEr
 
 /// Text written into a file of the workspace (`code`, a file's `content`).
 fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), ManifestError> {
-    if text.len() > limits.text_bytes {
-        return Err(ManifestError::field(
-            field,
-            format!(
-                "is {} bytes, more than the limit of {}",
-                text.len(),
-                limits.text_bytes
-            ),
-        ));
-    }
+    check_bytes(field, text, limits.text_bytes)?;
     if text.contains('\0') {
         return Err(ManifestError::field(field, "contains a NUL byte"));
     }
@@ -442,6 +416,17 @@ pub fn check_relative_path(field: &str, path: &str) -> Result<(), ManifestError>
     }
     if parts.contains(&"..") {
         return Err(bad("leaves the workspace through `..`"));
+    }
+    Ok(())
+}
+
+/// Refuses `text` over `limit` bytes, saying both.
+fn check_bytes(field: &str, text: &str, limit: usize) -> Result<(), ManifestError> {
+    if text.len() > limit {
+        return Err(ManifestError::field(
+            field,
+            format!("is {} bytes, more than the limit of {limit}", text.len()),
+        ));
     }
     Ok(())
 }
