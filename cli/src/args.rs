@@ -153,6 +153,7 @@ impl SandboxArgs {
             tools: self.toolchain(),
             limits: self.limits(),
             allow_network: self.allow_network,
+            artifact_dir: self.sandbox_config().state_dir.join("artifacts"),
         }
     }
 

@@ -327,6 +327,8 @@ mod tests {
                 retries: 0,
                 environment: None,
                 junit_path: None,
+                build: None,
+                artifact: None,
             },
             workspace: None,
             network: false,

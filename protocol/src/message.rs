@@ -120,6 +120,8 @@ mod tests {
             retries: 1,
             environment: None,
             junit_path: None,
+            build: None,
+            artifact: None,
         }
     }
 
@@ -224,10 +226,15 @@ mod tests {
             retries: 1,
             environment: Some("e".into()),
             junit_path: Some("r.xml".into()),
+            build: Some(crate::manifest::BuildSpec {
+                command: vec!["make".into()],
+                outputs: vec!["out".into()],
+            }),
+            artifact: Some(format!("sha256:{}", "a".repeat(64))),
         };
         let base = outcome_digest(&full, None, false);
         type Change = fn(&mut TestSpec);
-        let changes: [(&str, Change); 10] = [
+        let changes: [(&str, Change); 12] = [
             ("body", |t| t.body = TestBody::Code("true".into())),
             ("framework", |t| t.framework = Framework::Command),
             ("timeout_ms", |t| t.timeout_ms = 2_000),
@@ -237,6 +244,8 @@ mod tests {
             ("teardown", |t| t.teardown = None),
             ("environment", |t| t.environment = None),
             ("junit_path", |t| t.junit_path = None),
+            ("build", |t| t.build = None),
+            ("artifact", |t| t.artifact = None),
             ("setup text", |t| t.setup = Some("other".into())),
         ];
         for (field, change) in changes {

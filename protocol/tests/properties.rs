@@ -397,6 +397,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                         environment: x.environment,
                         test_id: body.test_id,
                         junit_path: body.junit_path,
+                        build: None,
+                        artifact: None,
                     })
                     .collect();
                 Manifest {
@@ -531,6 +533,8 @@ fn to_toml(m: &Manifest) -> String {
                 environment: t.environment.clone(),
                 test_id: t.test_id.clone(),
                 junit_path: t.junit_path.clone(),
+                build: t.build.clone(),
+                artifact: t.artifact.clone(),
             },
         );
     }

@@ -17,7 +17,7 @@ use isotest_sandbox::{
 };
 
 use crate::frameworks::{self, Exit, Observed, Toolchain};
-use crate::prepare::Prepared;
+use crate::prepare::{ArtifactStore, Prepared};
 
 /// Settings of every sandbox a runner creates.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct RunnerConfig {
     /// by default: such a test could reach services on the worker's loopback (its Redis,
     /// say) and forge other suites' results.
     pub allow_network: bool,
+    /// Where prepared builds fetched for tests are unpacked (root-only, like the state dir).
+    pub artifact_dir: std::path::PathBuf,
 }
 
 /// Runs test attempts in sandboxes.
@@ -38,14 +40,22 @@ pub struct RunnerConfig {
 pub struct Runner {
     sandboxer: Arc<Sandboxer>,
     config: Arc<RunnerConfig>,
+    artifacts: Arc<ArtifactStore>,
 }
 
 impl Runner {
     pub fn new(sandboxer: Arc<Sandboxer>, config: RunnerConfig) -> Runner {
+        let artifacts = Arc::new(ArtifactStore::new(config.artifact_dir.clone()));
         Runner {
             sandboxer,
             config: Arc::new(config),
+            artifacts,
         }
+    }
+
+    /// The prepared builds this runner's tests run from.
+    pub fn artifacts(&self) -> &Arc<ArtifactStore> {
+        &self.artifacts
     }
 
     pub fn worker_id(&self) -> &str {

@@ -82,6 +82,7 @@ pub fn assemble(
         finished_at_ms,
         summary,
         tests,
+        builds: Vec::new(),
     }
 }
 

@@ -35,7 +35,7 @@ pub use limits::{
     MAX_NAME_BYTES, MAX_TESTS, MAX_TEXT_BYTES, TEST_BYTES,
 };
 pub use raw::{
-    DiscoverEntry, FileSpec, FlakyResult, Manifest, TEST_FIELDS, TestEntry, TestFields,
+    BuildSpec, DiscoverEntry, FileSpec, FlakyResult, Manifest, TEST_FIELDS, TestEntry, TestFields,
     discovered_name,
 };
 pub use validate::{

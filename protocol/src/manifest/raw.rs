@@ -226,6 +226,30 @@ per_test_fields! {
         retries: u32,
         /// The named sandbox environment (root file system) the test runs in.
         environment: String,
+        /// A `command` or `junit` suite's build, run once by the prepare stage; its
+        /// `outputs` are bound read-only into every test at the same paths.
+        build: BuildSpec,
+        /// The prepared build the test runs from, a blob reference `sha256:<hex>`: set by
+        /// `isotest run`'s prepare stage (cargo, go, or a `build`), not written by hand.
+        artifact: String,
+    }
+}
+
+/// A suite's own build (a Maven, Gradle or CMake build): what to run, what it leaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    /// The build's argv, run in the workspace (with `sh -c` for a shell line).
+    pub command: Vec<String>,
+    /// Workspace-relative directories it writes that the tests need (`target`, `build`).
+    pub outputs: Vec<String>,
+}
+
+impl Layer for BuildSpec {
+    fn expanded_bytes(&self) -> usize {
+        self.command
+            .expanded_bytes()
+            .saturating_add(self.outputs.expanded_bytes())
     }
 }
 
@@ -424,16 +448,12 @@ pub(crate) fn merged_env<'a>(
     own.into_iter().flatten().chain(inherited)
 }
 
-/// A test name for a discovered id: the prefix, then the id without control characters
-/// and with `/` and `\` written `.` (`tests/test_a.py::test_b` is named
-/// `tests.test_a.py::test_b`), as names had to be before they could hold both.
+/// A test name for a discovered id: the prefix, then the id as its framework gives it
+/// (`tests/test_a.py::test_b[x/y]`), so that a user finds the id they know in every report
+/// and `--only` takes it back; only control characters, which no name may hold, are dropped.
 pub fn discovered_name(prefix: &str, id: &str) -> String {
     let mut name = String::with_capacity(prefix.len() + id.len());
     name.push_str(prefix);
-    name.extend(
-        id.chars()
-            .filter(|c| !c.is_control())
-            .map(|c| if c == '/' || c == '\\' { '.' } else { c }),
-    );
+    name.extend(id.chars().filter(|c| !c.is_control()));
     name
 }

@@ -232,7 +232,10 @@ fn discovered_ids_become_tests_with_the_entrys_fields() {
     };
     let suite = manifest.validate().expect("valid");
     let test = &suite.tests[0];
-    assert_eq!(test.name, "py:tests.test_a.py::test_b[x.y]");
+    assert_eq!(
+        test.name, "py:tests/test_a.py::test_b[x/y]",
+        "a discovered test keeps the id its framework gives it"
+    );
     assert_eq!(
         test.body,
         TestBody::TestId("tests/test_a.py::test_b[x/y]".into())
@@ -648,6 +651,11 @@ fn every_per_test_field_is_in_every_place() {
         teardown: Some("t".into()),
         retries: Some(1),
         environment: Some("e".into()),
+        build: Some(crate::manifest::BuildSpec {
+            command: vec!["make".into()],
+            outputs: vec!["out".into()],
+        }),
+        artifact: Some(format!("sha256:{}", "a".repeat(64))),
     };
     let keys = defaults_keys(serde_json::to_value(&full).expect("serializes"));
     assert_eq!(
@@ -671,6 +679,8 @@ fn every_per_test_field_is_in_every_place() {
         "teardown": "t",
         "retries": 1,
         "environment": "e",
+        "build": {"command": ["make"], "outputs": ["out"]},
+        "artifact": format!("sha256:{}", "a".repeat(64)),
     }))
     .expect("a discover entry takes every shared field");
     let test = serde_json::to_value(entry.test_entry("t")).expect("serializes");

@@ -251,6 +251,42 @@ fn resolve(
         }
         (None, _) => {}
     }
+    if let Some(build) = &f.build {
+        if !matches!(framework, Framework::Command | Framework::Junit) {
+            return Err(ManifestError::field(
+                format!("{at}.build"),
+                format!(
+                    "is for `command` and `junit` tests; framework `{framework}` builds its tests itself"
+                ),
+            ));
+        }
+        if build.command.first().is_none_or(String::is_empty) {
+            return Err(ManifestError::field(
+                format!("{at}.build.command"),
+                "must name a program to run",
+            ));
+        }
+        if build.outputs.is_empty() {
+            return Err(ManifestError::field(
+                format!("{at}.build.outputs"),
+                "must name the directories the build leaves for the tests (e.g. [\"target\"])",
+            ));
+        }
+        for (j, output) in build.outputs.iter().enumerate() {
+            check_relative_path(&format!("{at}.build.outputs[{j}]"), output)?;
+        }
+    }
+    if let Some(artifact) = &f.artifact
+        && crate::api::parse_blob_reference(artifact).is_none()
+    {
+        return Err(ManifestError::field(
+            format!("{at}.artifact"),
+            format!(
+                "`{}` is not a blob reference `sha256:<64 hex digits>`",
+                artifact.escape_default()
+            ),
+        ));
+    }
     Ok(TestSpec {
         name: name.to_owned(),
         body,
@@ -263,6 +299,8 @@ fn resolve(
         retries,
         environment: f.environment,
         junit_path: f.junit_path,
+        build: f.build,
+        artifact: f.artifact,
     })
 }
 

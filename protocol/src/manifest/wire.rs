@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw::{FileSpec, FlakyResult};
+use super::raw::{BuildSpec, FileSpec, FlakyResult};
 
 /// How a test is run and how its results are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,6 +109,12 @@ pub struct TestSpec {
     /// Where a `junit` test writes its JUnit XML, relative to the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub junit_path: Option<String>,
+    /// A `command` or `junit` suite's own build, run once by the prepare stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
+    /// The prepared build the test runs from (`sha256:<hex>`), where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 impl TestSpec {

@@ -91,9 +91,17 @@ pub(crate) trait Adapter: Sync {
         Vec::new()
     }
 
-    /// Reads what its build printed into the index of the test binaries it made.
-    fn index_build(&self, _stdout: &str, _key: &str) -> Result<ArtifactIndex, String> {
-        Err("this framework has no build".to_owned())
+    /// Reads what its build printed into the index of the test binaries it made; a build
+    /// without binaries (a suite's own `build`) leaves only its outputs.
+    fn index_build(&self, _stdout: &str, key: &str) -> Result<ArtifactIndex, String> {
+        Ok(ArtifactIndex {
+            schema_version: isotest_protocol::SCHEMA_VERSION,
+            framework: Framework::Command,
+            key: key.to_owned(),
+            mounts: Vec::new(),
+            binaries: Vec::new(),
+            unbuilt: Vec::new(),
+        })
     }
 
     /// The argv that lists every test of a prepared build, run with the build bound in.
@@ -181,13 +189,18 @@ pub fn plan_from(test: &TestSpec, tools: &Toolchain, prepared: Option<&Prepared>
         env: test.env.clone(),
         ..Plan::default()
     };
-    let from_build = prepared.filter(|p| {
-        p.index.framework == test.framework
-            && adapter.lay_out_prepared(test, &p.index, tools, &mut plan)
-    });
-    match from_build {
-        Some(prepared) => plan.binds = crate::prepare::binds(&prepared.dir, &prepared.index),
-        None => adapter.lay_out(test, tools, &mut plan),
+    match prepared.filter(|p| p.index.framework == test.framework) {
+        // A suite's own build: the test runs its own command, with the outputs bound.
+        Some(prepared) if prepared.index.binaries.is_empty() => {
+            adapter.lay_out(test, tools, &mut plan);
+            plan.binds = crate::prepare::binds(&prepared.dir, &prepared.index);
+        }
+        // A framework's build: one of its binaries runs the test, or none does (a doctest)
+        // and the test runs the slow way.
+        Some(prepared) if adapter.lay_out_prepared(test, &prepared.index, tools, &mut plan) => {
+            plan.binds = crate::prepare::binds(&prepared.dir, &prepared.index);
+        }
+        _ => adapter.lay_out(test, tools, &mut plan),
     }
     tool_env(test.framework, tools, &mut plan.env);
     plan.collect = adapter
@@ -317,6 +330,8 @@ mod tests {
             retries: 0,
             environment: None,
             junit_path: None,
+            build: None,
+            artifact: None,
         }
     }
 

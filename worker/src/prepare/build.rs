@@ -184,9 +184,19 @@ async fn run(
         Some(Err(source)) => return Err(BuildError::Export { framework, source }),
         None => {}
     }
-    let index = adapter(framework)
+    let mut index = adapter(framework)
         .index_build(&stdout, key)
         .map_err(|why| BuildError::Index { framework, why })?;
+    index.framework = framework;
+    if index.mounts.is_empty() {
+        // A suite's own build: what it leaves is what it was asked to export.
+        index.mounts = plan
+            .export
+            .iter()
+            .filter(|p| into.join(p).is_dir())
+            .cloned()
+            .collect();
+    }
     let json = serde_json::to_vec_pretty(&index).unwrap_or_default();
     std::fs::write(into.join(ARTIFACT_INDEX), json).map_err(|source| BuildError::Io {
         path: into.join(ARTIFACT_INDEX),

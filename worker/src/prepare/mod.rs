@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use isotest_protocol::artifact::ArtifactIndex;
-use isotest_protocol::manifest::Framework;
+use isotest_protocol::manifest::{BuildSpec, Framework};
 use isotest_sandbox::{Bind, Limits, Sandboxer};
 
 use crate::frameworks::{Toolchain, adapter};
@@ -149,6 +149,8 @@ pub struct Preparer {
     runs: Mutex<HashMap<String, Arc<OnceCell<Outcome>>>>,
     /// How many builds ran (not found in the cache), for the run's figures and its tests.
     built: std::sync::atomic::AtomicUsize,
+    /// Every build of the run, in the order they were first asked for.
+    records: Mutex<Vec<BuildRecord>>,
 }
 
 /// What a test or entry asks to be prepared.
@@ -158,8 +160,43 @@ pub struct Request<'a> {
     /// The tests' own variables.
     pub env: &'a BTreeMap<String, String>,
     pub environment: Option<&'a str>,
+    /// A `command` or `junit` suite's own build.
+    pub build: Option<&'a BuildSpec>,
     /// The packed workspace and its digest.
     pub workspace: Option<(&'a str, &'a Arc<[u8]>)>,
+}
+
+impl Request<'_> {
+    /// The build it asks for: its own, or its framework's; `None` when it needs none.
+    pub fn plan(&self, tools: &Toolchain) -> Option<BuildPlan> {
+        match self.build {
+            Some(spec) => {
+                let mut env = self.env.clone();
+                crate::frameworks::tool_env(self.framework, tools, &mut env);
+                Some(BuildPlan {
+                    framework: self.framework,
+                    environment: self.environment.map(str::to_owned),
+                    command: spec.command.clone(),
+                    env,
+                    export: spec.outputs.clone(),
+                    exclude: Vec::new(),
+                })
+            }
+            None => adapter(self.framework).build(tools, self.env, self.environment),
+        }
+    }
+}
+
+/// What one build of a run came to, for the report.
+#[derive(Debug, Clone)]
+pub struct BuildRecord {
+    pub framework: Framework,
+    pub key: String,
+    /// The build's packed digest where it succeeded, the error where it failed.
+    pub outcome: Result<String, Arc<BuildError>>,
+    /// Whether it was found built by an earlier run.
+    pub cached: bool,
+    pub duration: std::time::Duration,
 }
 
 impl Preparer {
@@ -176,7 +213,33 @@ impl Preparer {
             limits,
             runs: Mutex::new(HashMap::new()),
             built: std::sync::atomic::AtomicUsize::new(0),
+            records: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The builds of the run that succeeded.
+    pub fn builds(&self) -> Vec<CachedBuild> {
+        self.runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(|cell| cell.get().and_then(|o| o.as_ref().ok()).cloned())
+            .collect()
+    }
+
+    /// Every build of the run so far.
+    pub fn records(&self) -> Vec<BuildRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, record: BuildRecord) {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(record);
     }
 
     /// How many builds this preparer ran (a cached one does not count).
@@ -214,30 +277,50 @@ impl Preparer {
             Arc::clone(runs.entry(key.clone()).or_default())
         };
         cell.get_or_init(|| async {
+            let started = std::time::Instant::now();
             if let Some(cached) = self.cache.lookup(&key) {
                 tracing::info!(framework = %request.framework, key = %key, "Prepared build found in the cache.");
+                self.record(BuildRecord {
+                    framework: request.framework,
+                    key: key.clone(),
+                    outcome: Ok(cached.digest.clone()),
+                    cached: true,
+                    duration: started.elapsed(),
+                });
                 return Ok(cached);
             }
             self.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let scratch = self.cache.scratch(&key).map_err(|e| Arc::new(io_error(e)))?;
-            let built = build(
-                &self.sandboxer,
-                &plan,
-                &key,
-                request.workspace.map(|(_, bytes)| Arc::clone(bytes)),
-                self.limits.clone(),
-                &scratch,
-            )
-            .await
-            .map_err(Arc::new)?;
-            tracing::info!(framework = %request.framework, key = %key, seconds = built.duration.as_secs_f64(), "Built once for the suite.");
-            self.cache
-                .keep(&key, &scratch, built.index)
-                .map_err(|e| Arc::new(io_error(e)))
+            let outcome = self.build_and_keep(&plan, &key, request).await;
+            self.record(BuildRecord {
+                framework: request.framework,
+                key: key.clone(),
+                outcome: outcome.as_ref().map(|b| b.digest.clone()).map_err(Arc::clone),
+                cached: false,
+                duration: started.elapsed(),
+            });
+            outcome
         })
         .await
         .clone()
         .map(Some)
+    }
+
+    async fn build_and_keep(&self, plan: &BuildPlan, key: &str, request: Request<'_>) -> Outcome {
+        let scratch = self.cache.scratch(key).map_err(|e| Arc::new(io_error(e)))?;
+        let built = build(
+            &self.sandboxer,
+            plan,
+            key,
+            request.workspace.map(|(_, bytes)| Arc::clone(bytes)),
+            self.limits.clone(),
+            &scratch,
+        )
+        .await
+        .map_err(Arc::new)?;
+        tracing::info!(framework = %request.framework, key = %key, seconds = built.duration.as_secs_f64(), "Built once for the suite.");
+        self.cache
+            .keep(key, &scratch, built.index)
+            .map_err(|e| Arc::new(io_error(e)))
     }
 }
 

@@ -105,6 +105,16 @@ impl ArtifactStore {
         cell
     }
 
+    /// The prepared build of `digest` if this store has it already (registered, or fetched
+    /// before), with no fetch.
+    pub fn get_local(&self, digest: &str) -> Option<Arc<Prepared>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.cells.get(digest).and_then(|c| c.get().cloned())
+    }
+
     /// Registers a build made on this host, kept where it is.
     pub fn insert(&self, digest: &str, dir: PathBuf, index: ArtifactIndex) -> Arc<Prepared> {
         let prepared = Arc::new(Prepared {
