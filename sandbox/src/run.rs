@@ -151,6 +151,7 @@ pub(crate) fn skeleton_ops(
     root: &Path,
     state_dir: &Path,
     devices: &[&str],
+    expose: &[PathBuf],
 ) -> Result<Vec<Op>, SandboxError> {
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -185,6 +186,34 @@ pub(crate) fn skeleton_ops(
                 path: path_c(&root.join(name))?,
             }),
         }
+    }
+    // Exposed toolchain directories, read-only at their own path, over whatever the
+    // environment has there (their parents are made in the skeleton, empty).
+    for dir in expose {
+        let rel = dir.strip_prefix("/").map_err(|_| {
+            SandboxError::InvalidSpec(format!("exposed directory {dir:?} is not absolute"))
+        })?;
+        let mut made = root.to_owned();
+        for component in rel.components() {
+            made.push(component);
+            ops.push(Op::MkdirAll {
+                path: path_c(&made)?,
+                mode: 0o755,
+            });
+        }
+        let target = path_c(&root.join(rel))?;
+        ops.push(Op::Mount {
+            src: Some(path_c(dir)?),
+            target: target.clone(),
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+        ops.push(Op::SetAttr {
+            path: target,
+            set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            recursive: true,
+        });
     }
     // If the state directory lies inside a bound directory, cover it.
     if let Ok(rel) = state_dir.strip_prefix(&env.root) {
@@ -385,6 +414,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             &inner.new_root,
             &inner.config.state_dir,
             &inner.devices,
+            &inner.config.expose,
         )?;
         ops.extend(sandbox_ops(
             &inner.new_root,
@@ -417,7 +447,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     }
     let home = "/workspace";
     let mut env: BTreeMap<&str, &str> = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("PATH", inner.path.as_str()),
         ("HOME", home),
         ("LANG", "C.UTF-8"),
         ("TMPDIR", "/tmp"),

@@ -18,6 +18,8 @@ use crate::prepare::CachedBuild;
 
 /// How many lines of the framework's output a failed discovery quotes.
 const QUOTED_LINES: usize = 40;
+/// What to do when the framework's program is not in the sandbox.
+pub const NOT_FOUND_HINT: &str = "\nA program was not found in the sandbox, which sees the host's /usr and the directories given with --toolchain-dir (ISOTEST_TOOLCHAIN_DIRS): expose the toolchain's directory, e.g. --toolchain-dir ~/.cargo --toolchain-dir ~/.rustup for rustup, ~/.pyenv for pyenv, ~/.nvm/versions/node/<version> for nvm.";
 
 /// A discovery that did not produce tests.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,10 @@ pub async fn discover(
     if let Some(how) = how {
         let both = format!("{stdout}{stderr}");
         let lines: Vec<&str> = both.lines().filter(|l| !l.trim().is_empty()).collect();
-        let output = lines[lines.len().saturating_sub(QUOTED_LINES)..].join("\n");
+        let mut output = lines[lines.len().saturating_sub(QUOTED_LINES)..].join("\n");
+        if how == "exit code 127" || both.contains(": not found") {
+            output.push_str(NOT_FOUND_HINT);
+        }
         return Err(DiscoverError::Failed {
             index,
             framework,

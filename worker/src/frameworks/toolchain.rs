@@ -2,7 +2,7 @@
 //! absolute path: the sandbox binds the host's `/usr` but not `/root` or `/home`, so a
 //! toolchain must live in `/usr` (or a directory the operator exposes) to be seen there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Worker-wide settings the adapters need.
 #[derive(Debug, Clone)]
@@ -46,6 +46,74 @@ impl Default for Toolchain {
             ),
         }
     }
+}
+
+impl Toolchain {
+    /// The toolchain of this host as its sandboxes see it: the usual places under `/usr`,
+    /// then for each of cargo, go, node and jest the one in an `exposed` directory (one
+    /// given with `--toolchain-dir`), where there is one. A rustup proxy (`~/.cargo/bin/cargo`
+    /// runs `rustup`) is resolved to the toolchain it stands for (`rustup which`), which
+    /// needs `~/.rustup` exposed too.
+    pub fn detect(exposed: &[PathBuf]) -> Toolchain {
+        let mut tools = Toolchain::default();
+        let find = |name: &str| {
+            exposed
+                .iter()
+                .map(|dir| dir.join("bin").join(name))
+                .find(|p| p.is_file())
+        };
+        if let Some(cargo) = find("cargo") {
+            tools.cargo = resolve_rustup_proxy(&cargo, "cargo").unwrap_or(cargo);
+        }
+        if let Some(go) = find("go") {
+            tools.go = go;
+        }
+        if let Some(node) = find("node") {
+            tools.node = node;
+        }
+        for dir in exposed {
+            let jest = dir.join("lib/node_modules/jest/bin/jest.js");
+            if jest.is_file() {
+                tools.jest = jest;
+            }
+        }
+        tools
+    }
+
+    /// The programs of the toolchain that are not where sandboxes can see them, each with
+    /// its path: a sandbox sees `/usr`, `/bin`, `/opt`... of the host's root, and the
+    /// exposed directories.
+    pub fn unseen(&self, exposed: &[PathBuf]) -> Vec<(&'static str, &Path)> {
+        let hidden = ["/root", "/home", "/tmp", "/run"];
+        [
+            ("cargo", self.cargo.as_path()),
+            ("go", self.go.as_path()),
+            ("node", self.node.as_path()),
+            ("python", self.python.as_path()),
+        ]
+        .into_iter()
+        .filter(|(_, path)| {
+            path.is_absolute()
+                && hidden.iter().any(|h| path.starts_with(h))
+                && !exposed.iter().any(|d| path.starts_with(d))
+        })
+        .collect()
+    }
+}
+
+/// The real program a rustup proxy stands for (`rustup which NAME`), if `program` is one.
+fn resolve_rustup_proxy(program: &Path, name: &str) -> Option<PathBuf> {
+    let target = std::fs::canonicalize(program).ok()?;
+    if target.file_name()? != "rustup" {
+        return None;
+    }
+    let output = std::process::Command::new(&target)
+        .args(["which", name])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    (output.status.success() && path.is_file()).then_some(path)
 }
 
 /// A path as the string a command line carries.

@@ -33,9 +33,13 @@ impl Adapter for Cargo {
         set("CARGO_TARGET_DIR", "/tmp/cargo-target".into());
         set("CARGO_TERM_COLOR", "never".into());
         set("CARGO_NET_OFFLINE", "true".into());
-        let rustc = tools.cargo.with_file_name("rustc");
-        if rustc.is_absolute() {
-            set("RUSTC", rustc.to_string_lossy().into_owned());
+        // The compiler and rustdoc beside this cargo, not whatever PATH finds (a rustup
+        // proxy there would look for ~/.rustup under the sandbox's home).
+        for (var, program) in [("RUSTC", "rustc"), ("RUSTDOC", "rustdoc")] {
+            let path = tools.cargo.with_file_name(program);
+            if path.is_absolute() {
+                set(var, path.to_string_lossy().into_owned());
+            }
         }
     }
 
