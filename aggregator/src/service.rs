@@ -5,10 +5,8 @@
 //!
 //! It also empties the dead-letter queue: a test message no worker could handle is
 //! recorded as an `error` whose reason starts with `infrastructure`, through the same
-//! idempotent write workers use, so the suite still completes. And [`cancel`] closes a
-//! suite on request, with the same `SET NX` as completion, so exactly one of the two wins.
+//! idempotent write workers use, so the suite still completes.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +23,18 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use isotest_infra::amqp;
-use isotest_infra::metrics::{self, StateLabels, StatusLabels};
+use isotest_infra::error_chain;
+use isotest_infra::metrics::{self, StatusLabels};
+use isotest_infra::reports::{self, Stored};
 use isotest_infra::store::{self, StoreError};
-use isotest_protocol::api::SuiteRecord;
+use isotest_infra::suites::{RecordCache, load_record, load_results};
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
-use isotest_protocol::report::{Report, SuiteState};
+use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::TestResult;
+use isotest_report::assemble;
 
-use crate::report::assemble;
 use crate::webhook::{WebhookConfig, Webhooks};
-use isotest_infra::error_chain;
 
 /// What the aggregator needs to run; [`AggregatorConfig::new`] fills in the timings.
 #[derive(Debug, Clone)]
@@ -390,7 +389,6 @@ impl Aggregator {
                     match outcome {
                         Outcome::Stored => {
                             tracing::info!("Stored the suite's report.");
-                            count_stored(SuiteState::Complete);
                             observe_lag(&entry.id);
                         }
                         Outcome::UnknownSuite => {
@@ -453,12 +451,15 @@ impl Aggregator {
         }
         let callback_url = record.record.callback_url.as_deref();
         let due = callback_url.map(|_| self.webhooks.claimed_until_ms());
-        let outcome = store_report(conn, ns, &report, due).await?;
-        if let (Outcome::Stored, Some(url)) = (outcome, callback_url) {
+        let stored = reports::store(conn, ns, &report, due).await?;
+        if let (Stored::Now, Some(url)) = (stored, callback_url) {
             self.webhooks.spawn(&report, url);
         }
         records.forget(suite_id);
-        Ok(outcome)
+        Ok(match stored {
+            Stored::Now => Outcome::Stored,
+            Stored::AlreadyReported => Outcome::AlreadyReported,
+        })
     }
 
     /// Closes suites past their deadline, every `sweep_interval`, until shutdown.
@@ -589,11 +590,10 @@ impl Aggregator {
         };
         let callback_url = record.callback_url.as_deref();
         let due = callback_url.map(|_| self.webhooks.claimed_until_ms());
-        if store_report(conn, ns, &report, due).await? == Outcome::Stored {
+        if reports::store(conn, ns, &report, due).await? == Stored::Now {
             if let Some(url) = callback_url {
                 self.webhooks.spawn(&report, url);
             }
-            count_stored(report.state);
             tracing::info!(
                 lost = report.summary.lost,
                 state = ?report.state,
@@ -606,13 +606,6 @@ impl Aggregator {
 
 /// This service's name in `/readyz`: ready while Redis answers.
 const READY_PART: &str = "aggregator";
-
-/// Counts a report this process stored.
-fn count_stored(state: SuiteState) {
-    metrics::suites_completed()
-        .get_or_create(&StateLabels::of(state))
-        .inc();
-}
 
 /// Observes the time from a result's stream entry (its id starts with Redis's clock in
 /// milliseconds) to now, when the report it completed is stored.
@@ -781,176 +774,4 @@ fn dead_letter_result(msg: &TestMessage, consumer: &str, death: &str) -> TestRes
         other => format!("infrastructure: the test message was dead-lettered ({other})"),
     };
     TestResult::prepare_error(msg, consumer, why, now)
-}
-
-/// What [`cancel`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cancelled {
-    /// This call stored the cancelled report.
-    Now(Box<Report>),
-    /// The suite had already ended; its report says how.
-    AlreadyEnded(SuiteState),
-    /// No such suite.
-    UnknownSuite,
-}
-
-/// Cancels a suite: stores its report as [`SuiteState::Cancelled`] (tests without a
-/// final result become `cancelled`) unless it already has one. Workers then drop its
-/// queued messages and kill its running tests, as for any closed suite.
-///
-/// # Errors
-///
-/// Returns the [`redis::RedisError`] when Redis fails.
-pub async fn cancel(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    suite_id: &str,
-) -> redis::RedisResult<Cancelled> {
-    if let Some(state) = stored_state(conn, ns, suite_id).await? {
-        return Ok(Cancelled::AlreadyEnded(state));
-    }
-    let Some(record) = load_record(conn, ns, suite_id).await? else {
-        return Ok(Cancelled::UnknownSuite);
-    };
-    let results = load_results(conn, ns, suite_id).await?;
-    let report = assemble(&record, results, SuiteState::Cancelled);
-    // The producer cancels, and it sends no webhooks: queue it due now, for the next
-    // aggregator sweep.
-    let due = record
-        .callback_url
-        .as_ref()
-        .map(|_| isotest_protocol::now_ms());
-    match store_report(conn, ns, &report, due).await? {
-        Outcome::Stored => {
-            count_stored(SuiteState::Cancelled);
-            Ok(Cancelled::Now(Box::new(report)))
-        }
-        // Completed (or swept) between the check and the write: that report stands.
-        _ => Ok(Cancelled::AlreadyEnded(
-            stored_state(conn, ns, suite_id)
-                .await?
-                .unwrap_or(SuiteState::Complete),
-        )),
-    }
-}
-
-/// The state of a stored report, if there is one.
-async fn stored_state(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    suite_id: &str,
-) -> redis::RedisResult<Option<SuiteState>> {
-    #[derive(serde::Deserialize)]
-    struct State {
-        state: SuiteState,
-    }
-    let json: Option<String> = conn.get(ns.report_key(suite_id)).await?;
-    Ok(json
-        .map(|json| serde_json::from_str::<State>(&json).map_or(SuiteState::Complete, |s| s.state)))
-}
-
-/// Stores the report unless one exists, then takes the suite off the open set; with
-/// `webhook_due_ms`, queues the suite's webhook in the same step (see [`crate::webhook`]).
-async fn store_report(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    report: &Report,
-    webhook_due_ms: Option<u64>,
-) -> redis::RedisResult<Outcome> {
-    let stored = crate::webhook::store_report(conn, ns, report, webhook_due_ms).await?;
-    Ok(if stored {
-        Outcome::Stored
-    } else {
-        Outcome::AlreadyReported
-    })
-}
-
-/// The suite's record, or `None` when there is none or it cannot be read (logged).
-async fn load_record(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    suite_id: &str,
-) -> redis::RedisResult<Option<SuiteRecord>> {
-    let json: Option<String> = conn.get(ns.suite_key(suite_id)).await?;
-    Ok(json.and_then(|json| match serde_json::from_str(&json) {
-        Ok(record) => Some(record),
-        Err(error) => {
-            tracing::error!(%error, "Suite record is not valid JSON of a suite record.");
-            None
-        }
-    }))
-}
-
-/// Every result of the suite; one that does not parse is logged and left out.
-async fn load_results(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    suite_id: &str,
-) -> redis::RedisResult<Vec<TestResult>> {
-    let fields: HashMap<String, String> = conn.hgetall(ns.results_key(suite_id)).await?;
-    Ok(fields
-        .into_iter()
-        .filter_map(|(field, json)| match serde_json::from_str(&json) {
-            Ok(result) => Some(result),
-            Err(error) => {
-                tracing::warn!(%error, field, "Result is not valid JSON of a test result; ignoring it.");
-                None
-            }
-        })
-        .collect())
-}
-
-/// A record and the number of distinct tests it lists, which completion compares the
-/// done set against (a name listed twice is one test).
-#[derive(Debug)]
-struct CachedRecord {
-    record: SuiteRecord,
-    distinct_tests: usize,
-}
-
-/// Suite records by id: a record of 20 000 names is too big to fetch and parse for
-/// each of its 20 000 results. Records never change once written, so no invalidation
-/// is needed beyond forgetting finished suites.
-#[derive(Debug, Default)]
-struct RecordCache {
-    records: HashMap<String, Arc<CachedRecord>>,
-}
-
-impl RecordCache {
-    const CAPACITY: usize = 256;
-
-    async fn get(
-        &mut self,
-        conn: &mut ConnectionManager,
-        ns: &Namespace,
-        suite_id: &str,
-    ) -> redis::RedisResult<Option<Arc<CachedRecord>>> {
-        if let Some(record) = self.records.get(suite_id) {
-            return Ok(Some(Arc::clone(record)));
-        }
-        let Some(record) = load_record(conn, ns, suite_id).await? else {
-            return Ok(None);
-        };
-        let distinct_tests = record
-            .tests
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        let cached = Arc::new(CachedRecord {
-            record,
-            distinct_tests,
-        });
-        // Dropping everything at once is crude, but it bounds memory and costs only
-        // re-reads.
-        if self.records.len() >= Self::CAPACITY {
-            self.records.clear();
-        }
-        self.records
-            .insert(suite_id.to_owned(), Arc::clone(&cached));
-        Ok(Some(cached))
-    }
-
-    fn forget(&mut self, suite_id: &str) {
-        self.records.remove(suite_id);
-    }
 }

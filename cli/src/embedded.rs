@@ -71,8 +71,8 @@ pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure>
     };
     progress.finish();
     Ok(match collected {
-        Some(results) => isotest_aggregator::assemble(&record, results, SuiteState::Complete),
-        None => isotest_aggregator::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
+        Some(results) => isotest_report::assemble(&record, results, SuiteState::Complete),
+        None => isotest_report::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
     })
 }
 

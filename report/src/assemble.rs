@@ -225,7 +225,7 @@ fn summarize(tests: &[TestReport], wall_ms: u64) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{record, result};
+    use crate::fixtures::{record, result};
 
     #[test]
     fn entries_follow_the_record_and_take_the_final_attempt() {
