@@ -342,6 +342,7 @@ mod tests {
         // (flaky_result, earlier attempt, want status, want flaky)
         let infra = TestResult {
             reason: Some("infrastructure: sandbox: no space left".into()),
+            infrastructure: true,
             ..result("a", 1, false, Status::Error)
         };
         let table = [

@@ -30,6 +30,7 @@ pub fn result(name: &str, attempt: u32, is_final: bool, status: Status) -> TestR
         is_final,
         status,
         reason: None,
+        infrastructure: false,
         stage: None,
         exit_code: None,
         duration_ms: 100,

@@ -165,10 +165,43 @@ fn dead_letter_result(msg: &TestMessage, consumer: &str, death: &str) -> TestRes
     let now = isotest_protocol::now_ms();
     let why = match death {
         "delivery_limit" => format!(
-            "infrastructure: no worker could handle the test in {} deliveries (dead-lettered)",
+            "no worker could handle the test in {} deliveries (dead-lettered)",
             amqp::DELIVERY_LIMIT
         ),
-        other => format!("infrastructure: the test message was dead-lettered ({other})"),
+        other => format!("the test message was dead-lettered ({other})"),
     };
-    TestResult::prepare_error(msg, consumer, why, now)
+    TestResult::infrastructure_error(msg, consumer, &why, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_is_the_infrastructures_error() {
+        // Built from the wire form, which outlives the Rust structs behind it.
+        let json = serde_json::json!({
+            "schema_version": 1, "suite_id": "s1", "index": 0, "attempt": 1,
+            "test": {"name": "a", "body": {"command": ["true"]}, "framework": "command", "timeout_ms": 1000},
+            "digest": "", "published_at_ms": 0,
+        });
+        let msg = TestMessage::from_bytes(json.to_string().as_bytes()).expect("a test message");
+        let cases = [
+            (
+                "delivery_limit",
+                "infrastructure: no worker could handle the test in 5 deliveries (dead-lettered)",
+            ),
+            (
+                "expired",
+                "infrastructure: the test message was dead-lettered (expired)",
+            ),
+        ];
+        for (death, reason) in cases {
+            let result = dead_letter_result(&msg, "aggregator-1", death);
+            assert!(result.is_infrastructure_failure(), "{death}");
+            assert!(result.is_final, "{death}");
+            assert_eq!(result.reason.as_deref(), Some(reason), "{death}");
+            assert_eq!(result.worker, "aggregator-1");
+        }
+    }
 }
