@@ -3,15 +3,14 @@
 //! through the same idempotent write workers use, so its suite still completes and no
 //! test is dropped silently.
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use isotest_infra::amqp;
+use isotest_infra::amqp::consume::{Consumer, ConsumerConfig, death_reason};
 use isotest_infra::error_chain;
 use isotest_infra::metrics::{self, StatusLabels};
 use isotest_protocol::message::TestMessage;
@@ -24,80 +23,33 @@ const DEAD_LETTER_PREFETCH: u16 = 16;
 
 impl Aggregator {
     /// Consumes the dead-letter queue until shutdown, reconnecting whenever RabbitMQ
-    /// goes away.
+    /// goes away; each dead letter is handled before the next is taken.
     pub(super) async fn dead_letter_loop(&self, url: String, token: CancellationToken) {
-        let name = amqp::connection_name(
-            &format!("{}-dead-letters", self.config.consumer),
-            &self.config.namespace,
-        );
-        loop {
-            let Some(conn) = amqp::reconnect(&url, &name, token.cancelled()).await else {
-                return;
-            };
-            let why = self.consume_dead_letters(&conn, &name, &token).await;
-            let _ = conn
-                .close(200, "aggregator dead-letter consumer".into())
-                .await;
-            match why {
-                None => return,
-                Some(why) => {
-                    tracing::warn!(reason = %why, "Lost the dead-letter queue; reconnecting.");
-                    tokio::select! {
-                        () = tokio::time::sleep(self.config.retry_backoff) => {}
-                        () = token.cancelled() => return,
-                    }
-                }
-            }
-        }
-    }
-
-    /// Handles dead letters on one connection; `None` on shutdown, else why it stopped.
-    async fn consume_dead_letters(
-        &self,
-        conn: &lapin::Connection,
-        tag: &str,
-        token: &CancellationToken,
-    ) -> Option<String> {
         let ns = &self.config.namespace;
-        let channel = match amqp::channel_with_topology(conn, ns).await {
-            Ok(channel) => channel,
-            Err(e) => return Some(error_chain(&e)),
-        };
-        if let Err(e) = channel
-            .basic_qos(DEAD_LETTER_PREFETCH, BasicQosOptions::default())
-            .await
-        {
-            return Some(error_chain(&e));
-        }
-        let consumer = channel
-            .basic_consume(
-                ns.dead_letter_queue().as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let tag = format!("{}-dead-letters", self.config.consumer);
+        let consumer = Consumer::lazy(ConsumerConfig {
+            url,
+            queue: ns.dead_letter_queue(),
+            connection_name: amqp::connection_name(&tag, ns),
+            tag,
+            prefetch: DEAD_LETTER_PREFETCH,
+            namespace: ns.clone(),
+            ready_part: None,
+        });
+        let redis = self.sweeper.clone();
+        let session = consumer
+            .run(&token, |delivery, _| {
+                self.handle_dead_letter(redis.clone(), delivery)
+            })
             .await;
-        let mut consumer = match consumer {
-            Ok(consumer) => consumer,
-            Err(e) => return Some(error_chain(&e)),
-        };
-        tracing::info!(queue = %ns.dead_letter_queue(), "Consuming dead letters.");
-        let mut redis = self.sweeper.clone();
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return None,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => self.handle_dead_letter(&mut redis, delivery).await,
-                    Some(Err(e)) => return Some(error_chain(&e)),
-                    None => return Some("the broker cancelled the consumer".to_owned()),
-                },
-            }
+        if let Some(session) = session {
+            session.close("aggregator dead-letter consumer").await;
         }
     }
 
     /// Records a dead test message as an infrastructure error, then acks; a body that
     /// is no test message belongs to no suite and is only logged.
-    async fn handle_dead_letter(&self, redis: &mut ConnectionManager, delivery: Delivery) {
+    async fn handle_dead_letter(&self, mut redis: ConnectionManager, delivery: Delivery) {
         let reason = death_reason(&delivery);
         let msg = match TestMessage::from_bytes(&delivery.data) {
             Ok(msg) => msg,
@@ -115,7 +67,7 @@ impl Aggregator {
         let span = tracing::info_span!("dead_letter", suite_id = %msg.suite_id, test = %msg.test.name, attempt = msg.attempt);
         async {
             let result = dead_letter_result(&msg, &self.config.consumer, &reason);
-            match isotest_infra::results::record(redis, &self.config.namespace, &result).await {
+            match isotest_infra::results::record(&mut redis, &self.config.namespace, &result).await {
                 Ok(written) => {
                     tracing::warn!(written, death = %reason, "Recorded an infrastructure error for a dead test message.");
                     metrics::aggregator().dead_letters.inc();
@@ -142,21 +94,6 @@ impl Aggregator {
         }
         .instrument(span)
         .await;
-    }
-}
-
-/// Why RabbitMQ dead-lettered a message, from its `x-first-death-reason` header:
-/// `delivery_limit` (its workers kept failing or dying), `rejected`, or `expired`.
-fn death_reason(delivery: &Delivery) -> String {
-    let header = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
-    match header {
-        Some(AMQPValue::LongString(text)) => text.to_string(),
-        Some(AMQPValue::ShortString(text)) => text.to_string(),
-        _ => "unknown".to_owned(),
     }
 }
 
