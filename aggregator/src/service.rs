@@ -1,7 +1,7 @@
 //! The aggregator service: what it is made of and how it runs. Its jobs each have a
-//! file: [`stream`] reads and claims the results stream and completes suites,
-//! [`sweep`] closes suites past their deadline, delivers queued webhooks and trims the
-//! stream, and [`dead_letters`] records dead-lettered test messages as infrastructure
+//! file: `stream` reads and claims the results stream and completes suites,
+//! `sweep` closes suites past their deadline, delivers queued webhooks and trims the
+//! stream, and `dead_letters` records dead-lettered test messages as infrastructure
 //! errors. Any number of replicas may run: every report goes through the one `SET NX`
 //! of [`reports::store`], and assembly is deterministic, so they never store two
 //! different reports.
