@@ -134,13 +134,14 @@ impl Worker {
     /// never started should say so, while one that ran reconnects.
     pub async fn build(config: WorkerConfig, runner: Runner) -> Result<Worker, WorkerError> {
         let ns = config.endpoints.namespace.clone();
+        let concurrency = config.concurrency.max(1);
         let redis = store::connect(&config.endpoints.redis_url).await?;
         let consumer = Consumer::connect(ConsumerConfig {
             url: config.endpoints.amqp_url.clone(),
             queue: ns.tests_queue(),
             connection_name: amqp::connection_name(runner.worker_id(), &ns),
             tag: runner.worker_id().to_owned(),
-            prefetch: config.concurrency.max(1),
+            prefetch: concurrency,
             namespace: ns.clone(),
             ready_part: Some(READY_PART),
         })
@@ -151,7 +152,7 @@ impl Worker {
                 recorder: Recorder::new(redis, ns.clone()),
                 ns,
                 runner,
-                permits: Semaphore::new(usize::from(config.concurrency.max(1))),
+                permits: Semaphore::new(usize::from(concurrency)),
                 max_test_timeout: config.max_test_timeout,
             }),
             drain_timeout: config.drain_timeout,
