@@ -80,8 +80,8 @@ pub async fn run(
     };
     progress.finish();
     Ok(match collected {
-        Some(results) => isotest_aggregator::assemble(&record, results, SuiteState::Complete),
-        None => isotest_aggregator::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
+        Some(results) => isotest_report::assemble(&record, results, SuiteState::Complete),
+        None => isotest_report::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
     })
 }
 

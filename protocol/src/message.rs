@@ -103,11 +103,12 @@ pub fn outcome_digest(test: &TestSpec, workspace: Option<&str>, network: bool) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::manifest::{Framework, TestBody};
 
-    fn spec(name: &str) -> TestSpec {
+    /// A command test of one second; other modules' tests build messages with it.
+    pub(crate) fn spec(name: &str) -> TestSpec {
         TestSpec {
             name: name.to_owned(),
             body: TestBody::Command(vec!["true".into()]),

@@ -9,9 +9,7 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
-use isotest_protocol::result::{
-    INFRASTRUCTURE_REASON_PREFIX, Stage, Status, TestResult, Timings, Usage,
-};
+use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
 use isotest_sandbox::{
     Limits, RunOutcome, RunSpec, SandboxError, Sandboxer, StageExit, Termination,
 };
@@ -214,6 +212,8 @@ impl Runner {
             is_final: !verdict.status.is_retryable() || msg.is_last_attempt(),
             status: verdict.status,
             reason: verdict.reason,
+            // The test ran: whatever happened is its own.
+            infrastructure: false,
             stage: verdict.stage,
             exit_code,
             duration_ms: 0,
@@ -248,13 +248,9 @@ pub fn input_problem(e: &SandboxError) -> Option<String> {
 }
 
 /// The result recorded when the worker itself fails a test over and over (a poison
-/// message): an `error` whose reason says it was the infrastructure, not the test.
+/// message): an `error` marked as the infrastructure's, not the test's.
 pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
-    error_verdict(
-        msg,
-        worker_id,
-        format!("{INFRASTRUCTURE_REASON_PREFIX}{why}"),
-    )
+    TestResult::infrastructure_error(msg, worker_id, why, now_ms())
 }
 
 /// A final `error` verdict given before the test ran (stage `prepare`).
