@@ -207,7 +207,7 @@ pub fn report_failed_build(loaded: &LoadedSuite, failure: &BuildError) -> Report
         .iter()
         .map(|msg| TestResult::prepare_error(msg, "prepare", reason.clone(), now))
         .collect();
-    isotest_aggregator::assemble(&record, results, SuiteState::Complete)
+    isotest_report::assemble(&record, results, SuiteState::Complete)
 }
 
 /// The packed builds some test of `tests` runs from, to upload beside the workspace.
