@@ -29,6 +29,7 @@ use isotest_protocol::now_ms;
 use isotest_protocol::result::TestResult;
 use isotest_sandbox::SandboxError;
 
+use crate::prepare::Prepared;
 use crate::record::{RecordError, Recorded, Recorder};
 use crate::run::{Runner, infrastructure_error};
 use isotest_infra::error_chain;
@@ -316,10 +317,14 @@ impl Shared {
             Some(reference) => Some(self.recorder.workspace(reference).await?),
             None => None,
         };
+        let prepared = match &msg.test.artifact {
+            Some(reference) => Some(self.prepared(reference).await?),
+            None => None,
+        };
         // Dropping the run kills its sandbox: a cancelled suite's test stops within
         // about a poll interval.
         let result: TestResult = tokio::select! {
-            result = self.runner.run(msg, workspace, taken_at_ms) => result.map_err(HandleError::from_sandbox)?,
+            result = self.runner.run_from(msg, workspace, prepared.as_deref(), taken_at_ms) => result.map_err(HandleError::from_sandbox)?,
             () = self.closed(&msg.suite_id) => {
                 info!("Suite closed while the test ran (cancelled or past its deadline); killed the test.");
                 return Ok(());
@@ -342,6 +347,41 @@ impl Shared {
             publish::publish_confirmed(publish, &self.ns, &[next]).await?;
         }
         Ok(())
+    }
+
+    /// The prepared build a test runs from, unpacked once per worker from its blob.
+    async fn prepared(&self, reference: &str) -> Result<Arc<Prepared>, HandleError> {
+        // Redis going away is worth a retry; a missing or broken build is the suite's.
+        let transient = std::sync::Mutex::new(None);
+        let fetched = self
+            .runner
+            .artifacts()
+            .get(reference, || async {
+                self.recorder.blob(reference).await.map_err(|e| {
+                    let why = isotest_infra::error_chain(&e);
+                    if e.is_transient() {
+                        *transient
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    }
+                    why
+                })
+            })
+            .await;
+        match fetched {
+            Ok(prepared) => Ok(prepared),
+            Err(e) => match transient
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                Some(redis) => Err(HandleError::Record(redis)),
+                None => Err(HandleError::Input(format!(
+                    "its prepared build cannot be used: {}",
+                    isotest_infra::error_chain(&e)
+                ))),
+            },
+        }
     }
 
     /// Completes once the suite has a report; Redis failures only delay the check.

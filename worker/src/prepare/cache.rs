@@ -145,9 +145,15 @@ impl BuildCache {
         if let Some(parent) = entry.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        // Another run may have kept the same build meanwhile: either copy is right.
-        let _ = std::fs::remove_dir_all(&entry);
-        std::fs::rename(&staging, &entry).map_err(io(&entry))?;
+        // Another run may have kept the same build meanwhile, and its tests may be running
+        // from it: keep that one (either is right) and never replace it under them.
+        if let Err(e) = std::fs::rename(&staging, &entry) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return self.lookup(key).ok_or(CacheError::Io {
+                path: entry,
+                source: e,
+            });
+        }
         self.prune(key);
         Ok(CachedBuild {
             dir: entry.join("tree"),

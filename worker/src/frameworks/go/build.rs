@@ -75,12 +75,7 @@ pub fn index(stdout: &str, key: &str) -> Result<ArtifactIndex, String> {
             exe: exe.to_owned(),
             cwd,
             env: BTreeMap::new(),
-            wrapper: vec![
-                format!("{tooldir}/test2json"),
-                "-t".into(),
-                "-p".into(),
-                path.to_owned(),
-            ],
+            wrapper: vec![format!("{tooldir}/test2json")],
         });
     }
     Ok(ArtifactIndex {
@@ -157,12 +152,7 @@ mod tests {
         assert_eq!(sub.cwd, "sub");
         assert_eq!(
             sub.wrapper,
-            [
-                "/usr/lib/go-1.19/pkg/tool/linux_amd64/test2json",
-                "-t",
-                "-p",
-                "example.com/m/sub"
-            ]
+            ["/usr/lib/go-1.19/pkg/tool/linux_amd64/test2json"]
         );
         assert!(super::index("", "k").is_err(), "no tool dir");
     }

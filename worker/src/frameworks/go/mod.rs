@@ -7,17 +7,17 @@
 mod build;
 mod events;
 
-use events::{package_output, parse};
+use events::{package_output, parse, unfinished_as_errors};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use isotest_protocol::artifact::ArtifactIndex;
 use isotest_protocol::manifest::{DiscoverEntry, TestBody, TestSpec};
-use isotest_protocol::result::CaseResult;
+use isotest_protocol::result::{CaseResult, CaseStatus};
 
 use crate::frameworks::toolchain::path_str;
-use crate::frameworks::verdict::{Exit, Observed, Verdict, judge_runner};
+use crate::frameworks::verdict::{Exit, Observed, Verdict, errored, judge_runner};
 use crate::frameworks::{Adapter, Plan, Toolchain, sh};
 use crate::prepare::BuildPlan;
 
@@ -26,6 +26,10 @@ pub const GO_CODE_FILE: &str = "isotest_test.go";
 
 /// The Go adapter.
 pub(crate) struct Go;
+
+/// `sh -c` this with `TEST2JSON PACKAGE BINARY ARGS...`: runs the binary under test2json
+/// and exits with the binary's own status.
+const TEST2JSON_KEEPING_STATUS: &str = r#"t=$0; p=$1; shift; "$t" -t -p "$p" /bin/sh -c '"$0" "$@"; s=$?; echo $s > /tmp/.isotest-exit; exit $s' "$@"; exit "$(cat /tmp/.isotest-exit 2>/dev/null || echo 1)""#;
 
 /// Splits a Go test id, `[package.]TestName`, into the package pattern and the name.
 pub fn split_go_id(id: &str) -> (&str, &str) {
@@ -103,11 +107,29 @@ impl Adapter for Go {
     }
 
     fn cases(&self, seen: &Observed<'_>) -> (Vec<CaseResult>, Option<String>) {
-        (parse(seen.stdout), None)
+        let mut cases = parse(seen.stdout);
+        if let Some(Exit::Code(code)) = seen.command
+            && code != 0
+            && code != 1
+        {
+            unfinished_as_errors(seen.stdout, &mut cases);
+        }
+        (cases, None)
     }
 
     fn verdict(&self, exit: Exit, cases: &[CaseResult], _problem: Option<&str>) -> Verdict {
-        judge_runner("go test", exit, cases, &[1])
+        match exit {
+            // Run from its binary, a test that exits the binary under it (os.Exit) leaves the
+            // binary's own code and a case that never finished.
+            Exit::Code(code) if code > 2 && cases.iter().any(|c| c.status == CaseStatus::Error) => {
+                errored(&format!(
+                    "the test binary exited with code {code} while a test ran (os.Exit or a crash)"
+                ))
+            }
+            // `go test` exits 1 on a failure; a test binary run alone exits 2 when a test
+            // panicked, after reporting it failed.
+            _ => judge_runner("go test", exit, cases, &[1, 2]),
+        }
     }
 
     fn error_text(&self, seen: &Observed<'_>) -> String {
@@ -189,16 +211,24 @@ impl Adapter for Go {
         let Some(binary) = index.binary(package) else {
             return false;
         };
-        // As `go test -json` runs it: under test2json, verbose, in the package's directory.
-        let mut argv = binary.wrapper.clone();
-        argv.extend([
+        // As `go test -json` runs it: verbose, through test2json, in the package's
+        // directory. test2json exits 1 for any failure, so the binary's own status is kept
+        // aside: a binary that exits under a test (os.Exit, a panic) is told apart.
+        let Some(test2json) = binary.wrapper.first() else {
+            return false;
+        };
+        plan.command = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            TEST2JSON_KEEPING_STATUS.into(),
+            test2json.clone(),
+            binary.id.clone(),
             format!("/workspace/{}", binary.exe),
             "-test.v".into(),
             "-test.paniconexit0".into(),
             "-test.run".into(),
             go_run_pattern(name),
-        ]);
-        plan.command = argv;
+        ];
         plan.workdir = binary.cwd.clone();
         true
     }
