@@ -199,10 +199,8 @@ pub fn report_failed_build(loaded: &LoadedSuite, failure: &BuildError) -> Report
         now,
         isotest_producer::config::DEFAULT_DEADLINE,
     );
-    let reason = format!(
-        "not run: {}; its output is in the report's `builds`",
-        failure.reason()
-    );
+    // One line per test; the build's output is in the report once (`builds`).
+    let reason = format!("not run: {failure}; its output is in the report's builds");
     let results: Vec<TestResult> = isotest_producer::suite::messages(&id, &loaded.suite, now)
         .iter()
         .map(|msg| TestResult::prepare_error(msg, "prepare", reason.clone(), now))

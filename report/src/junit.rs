@@ -30,6 +30,9 @@ pub fn junit(report: &Report) -> String {
             suite.add_test_cases(case_test_cases(report, test));
         }
     }
+    if let Some(builds) = builds_text(report) {
+        suite.set_system_err(builds);
+    }
     let mut junit = JunitReport::new(report.suite.as_str());
     junit.set_time(ms_to_duration(report.summary.wall_ms));
     junit.add_test_suite(suite);
@@ -38,6 +41,23 @@ pub fn junit(report: &Report) -> String {
         tracing::error!(suite_id = %report.suite_id, %error, "Could not serialize the JUnit report.");
         String::new()
     })
+}
+
+/// The prepare stage's failed builds, once for the whole suite (its `<system-err>`): each
+/// test they left unrun says so in its own error, without repeating the output.
+fn builds_text(report: &Report) -> Option<String> {
+    let failed: Vec<String> = report
+        .builds
+        .iter()
+        .filter(|b| b.status == isotest_protocol::report::BuildStatus::Failed)
+        .map(|b| {
+            format!(
+                "The {} build failed. Its output:\n{}",
+                b.framework, b.output
+            )
+        })
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("\n"))
 }
 
 /// The one `<testcase>` of a test that reported no cases.

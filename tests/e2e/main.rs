@@ -10,5 +10,6 @@ mod frameworks;
 mod metrics;
 mod modes;
 mod pipeline;
+mod prepare;
 mod support;
 mod webhooks;

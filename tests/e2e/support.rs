@@ -133,6 +133,8 @@ impl TestEnv {
             .env("AMQP_URL", &self.servers.amqp_url)
             .env("REDIS_URL", &self.servers.redis_url)
             .env("ISOTEST_NAMESPACE", &self.ns)
+            // Each test keeps its own prepared builds, so that one test's builds are its own.
+            .env("ISOTEST_CACHE_DIR", self.dir.join("cache"))
             .env("ISOTEST_LOG_FORMAT", "text")
             // Many services run on this one host: each takes a free port for /metrics.
             .env("ISOTEST_METRICS_LISTEN", "127.0.0.1:0")

@@ -172,6 +172,12 @@ async fn run(
         (_, None) => Some("it did not run to its end".to_owned()),
     };
     if let Some(how) = how {
+        // What a person reads: cargo's machine messages (one JSON object a line) left out.
+        let stdout: String = stdout
+            .lines()
+            .filter(|l| !l.starts_with("{\"reason\":"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         return Err(BuildError::Failed {
             framework,
             how,
