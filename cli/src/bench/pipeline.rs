@@ -1,6 +1,6 @@
 //! `isotest bench pipeline`: pushes trivial tests through producer → RabbitMQ → workers
 //! → Redis → aggregator, all in this process on this machine, and prints throughput
-//! and each stage's median and p99. A measurement, never an assertion.
+//! and each stage's median and p99.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,19 +20,7 @@ use isotest_worker::{Runner, Worker, WorkerConfig};
 use crate::args::SandboxArgs;
 use crate::exit::Failure;
 
-/// What to measure.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub what: BenchKind,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchKind {
-    /// Throughput and per-stage latency of the whole distributed pipeline.
-    Pipeline(PipelineArgs),
-}
-
+/// Throughput and per-stage latency of the whole distributed pipeline.
 #[derive(Debug, clap::Args)]
 pub struct PipelineArgs {
     /// RabbitMQ and Redis to use; a fresh namespace is made and removed.
@@ -54,18 +42,12 @@ pub struct PipelineArgs {
     pub sandbox: SandboxArgs,
 }
 
-/// Runs a benchmark and prints its figures.
+/// Runs the pipeline benchmark and prints its figures.
 ///
 /// # Errors
 ///
 /// Returns a [`Failure`] when the servers cannot be reached or the pipeline fails.
-pub async fn bench(args: BenchArgs) -> Result<(), Failure> {
-    match args.what {
-        BenchKind::Pipeline(args) => pipeline(args).await,
-    }
-}
-
-async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
+pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
     let ns = Namespace::new(&format!(
         "bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
