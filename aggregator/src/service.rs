@@ -8,7 +8,7 @@
 //! idempotent write workers use, so the suite still completes. And [`cancel`] closes a
 //! suite on request, with the same `SET NX` as completion, so exactly one of the two wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -467,6 +467,7 @@ impl Aggregator {
         let mut interval = tokio::time::interval(self.config.sweep_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_trim = tokio::time::Instant::now() + self.config.trim_interval;
+        let mut unfinished = Unfinished::default();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -478,14 +479,12 @@ impl Aggregator {
             if let Err(error) = self.webhooks.sweep(&mut conn).await {
                 tracing::warn!(%error, "Could not sweep queued webhooks.");
             }
-            match conn
-                .zcard::<_, i64>(self.config.namespace.open_suites_key())
-                .await
-            {
-                Ok(open) => {
-                    metrics::aggregator().suites_open.set(open);
+            match unfinished.count(&mut conn, &self.config.namespace).await {
+                Ok((suites, tests)) => {
+                    metrics::aggregator().suites_open.set(suites);
+                    metrics::aggregator().tests_unfinished.set(tests);
                 }
-                Err(error) => tracing::debug!(%error, "Could not count the open suites."),
+                Err(error) => tracing::debug!(%error, "Could not count the open suites' tests."),
             }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + self.config.trim_interval;
@@ -900,6 +899,61 @@ async fn load_results(
         .collect())
 }
 
+/// The number of distinct tests a record lists (a name listed twice is one test).
+fn distinct_tests(record: &SuiteRecord) -> usize {
+    record.tests.iter().collect::<HashSet<_>>().len()
+}
+
+/// Counts the tests of open suites that have no final result yet, wherever they wait
+/// (queued, held by a worker, awaiting a retry) or run: what workers are scaled on. A suite's
+/// number of distinct tests is read from its record once and kept while the suite is open.
+#[derive(Debug, Default)]
+struct Unfinished {
+    distinct_tests: HashMap<String, usize>,
+}
+
+impl Unfinished {
+    /// (open suites, their tests without a final result).
+    async fn count(
+        &mut self,
+        conn: &mut ConnectionManager,
+        ns: &Namespace,
+    ) -> redis::RedisResult<(i64, i64)> {
+        let open: Vec<String> = conn.zrange(ns.open_suites_key(), 0, -1).await?;
+        let still_open: HashSet<&str> = open.iter().map(String::as_str).collect();
+        self.distinct_tests
+            .retain(|id, _| still_open.contains(id.as_str()));
+        for id in &open {
+            if !self.distinct_tests.contains_key(id)
+                && let Some(record) = load_record(conn, ns, id).await?
+            {
+                self.distinct_tests
+                    .insert(id.clone(), distinct_tests(&record));
+            }
+        }
+        let done: Vec<usize> = if open.is_empty() {
+            Vec::new()
+        } else {
+            let mut pipe = redis::pipe();
+            for id in &open {
+                pipe.scard(ns.done_key(id));
+            }
+            pipe.query_async(conn).await?
+        };
+        let tests: usize = open
+            .iter()
+            .zip(done)
+            .map(|(id, done)| {
+                self.distinct_tests
+                    .get(id)
+                    .map_or(0, |n| n.saturating_sub(done))
+            })
+            .sum();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok((count(open.len()), count(tests)))
+    }
+}
+
 /// A record and the number of distinct tests it lists, which completion compares the
 /// done set against (a name listed twice is one test).
 #[derive(Debug)]
@@ -931,11 +985,7 @@ impl RecordCache {
         let Some(record) = load_record(conn, ns, suite_id).await? else {
             return Ok(None);
         };
-        let distinct_tests = record
-            .tests
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len();
+        let distinct_tests = distinct_tests(&record);
         let cached = Arc::new(CachedRecord {
             record,
             distinct_tests,
