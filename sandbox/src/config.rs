@@ -14,6 +14,10 @@ pub struct SandboxConfig {
     pub environments: BTreeMap<String, PathBuf>,
     /// Run even where a limit cannot be applied, logging what is missing.
     pub allow_weaker_isolation: bool,
+    /// Host directories every sandbox sees read-only at the same path (toolchains installed
+    /// outside `/usr`: rustup's `~/.cargo` and `~/.rustup`, pyenv, nvm, `/opt/...`); their
+    /// `bin` directories go on the sandbox's `PATH`.
+    pub expose: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -27,6 +31,7 @@ impl Default for SandboxConfig {
             state_dir,
             environments: BTreeMap::new(),
             allow_weaker_isolation: false,
+            expose: Vec::new(),
         }
     }
 }

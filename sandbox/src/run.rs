@@ -126,6 +126,9 @@ pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom
 struct PlanInputs<'a> {
     env: &'a EnvPlan,
     workspace: &'a Workspace,
+    /// One per `spec.binds`: the detached read-only tree to move into place (as root), or
+    /// `None` where the child binds the host path itself (without root, before its pivot).
+    binds: &'a [Option<OwnedFd>],
     fds: ChildFds,
     spec: &'a RunSpec,
 }
@@ -148,6 +151,7 @@ pub(crate) fn skeleton_ops(
     root: &Path,
     state_dir: &Path,
     devices: &[&str],
+    expose: &[PathBuf],
 ) -> Result<Vec<Op>, SandboxError> {
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -182,6 +186,34 @@ pub(crate) fn skeleton_ops(
                 path: path_c(&root.join(name))?,
             }),
         }
+    }
+    // Exposed toolchain directories, read-only at their own path, over whatever the
+    // environment has there (their parents are made in the skeleton, empty).
+    for dir in expose {
+        let rel = dir.strip_prefix("/").map_err(|_| {
+            SandboxError::InvalidSpec(format!("exposed directory {dir:?} is not absolute"))
+        })?;
+        let mut made = root.to_owned();
+        for component in rel.components() {
+            made.push(component);
+            ops.push(Op::MkdirAll {
+                path: path_c(&made)?,
+                mode: 0o755,
+            });
+        }
+        let target = path_c(&root.join(rel))?;
+        ops.push(Op::Mount {
+            src: Some(path_c(dir)?),
+            target: target.clone(),
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+        ops.push(Op::SetAttr {
+            path: target,
+            set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            recursive: true,
+        });
     }
     // If the state directory lies inside a bound directory, cover it.
     if let Ok(rel) = state_dir.strip_prefix(&env.root) {
@@ -286,6 +318,7 @@ pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxErro
 fn sandbox_ops(
     root: &Path,
     workspace: &Workspace,
+    binds: &[(&crate::spec::Bind, Option<&OwnedFd>)],
     size: u64,
     pivot: bool,
 ) -> Result<Vec<Op>, SandboxError> {
@@ -304,6 +337,31 @@ fn sandbox_ops(
             flags: libc::MS_BIND,
             data: None,
         }),
+    }
+    // Prepared builds over the workspace, read-only: each a detached tree made by the host
+    // (as root), or the host path bound before the pivot (without root).
+    for (bind, fd) in binds {
+        let target = path_c(&root.join("workspace").join(&bind.target))?;
+        match fd {
+            Some(fd) => ops.push(Op::MoveMount {
+                fd: fd.as_raw_fd(),
+                target,
+            }),
+            None => {
+                ops.push(Op::Mount {
+                    src: Some(path_c(&bind.host)?),
+                    target: target.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                });
+                ops.push(Op::SetAttr {
+                    path: target,
+                    set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                    recursive: true,
+                });
+            }
+        }
     }
     ops.push(tmpfs_op(
         at("tmp")?,
@@ -341,18 +399,30 @@ fn sandbox_ops(
 fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
     let spec = input.spec;
     let size = spec.limits.workspace_bytes.max(4096);
+    let binds: Vec<_> = spec
+        .binds
+        .iter()
+        .zip(input.binds.iter().map(Option::as_ref))
+        .collect();
     let ops = if input.env.pivoted {
         // The child's mount namespace is a copy of its launcher's, whose root already is the
         // environment's skeleton: only the per-sandbox mounts are left to add.
-        sandbox_ops(Path::new("/"), input.workspace, size, false)?
+        sandbox_ops(Path::new("/"), input.workspace, &binds, size, false)?
     } else {
         let mut ops = skeleton_ops(
             input.env,
             &inner.new_root,
             &inner.config.state_dir,
             &inner.devices,
+            &inner.config.expose,
         )?;
-        ops.extend(sandbox_ops(&inner.new_root, input.workspace, size, true)?);
+        ops.extend(sandbox_ops(
+            &inner.new_root,
+            input.workspace,
+            &binds,
+            size,
+            true,
+        )?);
         ops
     };
 
@@ -377,7 +447,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     }
     let home = "/workspace";
     let mut env: BTreeMap<&str, &str> = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("PATH", inner.path.as_str()),
         ("HOME", home),
         ("LANG", "C.UTF-8"),
         ("TMPDIR", "/tmp"),
@@ -408,12 +478,28 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             (libc::RLIMIT_CORE, 0),
         ],
         cap_last: inner.cap_last,
-        workdir: c"/workspace".to_owned(),
+        workdir: workdir(&spec.workdir)?,
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
         init: (!staged).then(|| inner.init_program.as_raw_fd()),
     })
+}
+
+/// The absolute directory the stages run in: the workspace, or a relative path beneath it.
+fn workdir(rel: &str) -> Result<CString, SandboxError> {
+    let path = Path::new(rel);
+    if !path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(SandboxError::InvalidSpec(format!(
+            "working directory {rel:?} is not a relative path inside the workspace"
+        )));
+    }
+    path_c(&Path::new("/workspace").join(path))
 }
 
 /// Duplicates cgroup files for a launcher request, which must own what it uses.
@@ -524,21 +610,24 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
             .map_err(|e| SandboxError::io("create workspace directory", e))?
     };
     let owner = inner.isolation.workspace_tmpfs.then_some((uid, gid));
-    let workspace = if spec.workspace_bundle.is_some() || !spec.files.is_empty() {
-        let bundle = spec.workspace_bundle.clone();
-        let files = std::mem::take(&mut { spec.files.clone() });
-        let max = spec.limits.workspace_bytes;
-        tokio::task::spawn_blocking(move || {
+    let workspace =
+        if spec.workspace_bundle.is_some() || !spec.files.is_empty() || !spec.binds.is_empty() {
+            let bundle = spec.workspace_bundle.clone();
+            let files = std::mem::take(&mut { spec.files.clone() });
+            let mount_points: Vec<String> = spec.binds.iter().map(|b| b.target.clone()).collect();
+            let max = spec.limits.workspace_bytes;
+            tokio::task::spawn_blocking(move || {
+                workspace
+                    .populate(bundle.as_deref(), &files, max, owner)
+                    .and_then(|()| workspace.make_dirs(&mount_points, owner))
+                    .map(|()| workspace)
+            })
+            .await
+            .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?
+            .map_err(SandboxError::Bundle)?
+        } else {
             workspace
-                .populate(bundle.as_deref(), &files, max, owner)
-                .map(|()| workspace)
-        })
-        .await
-        .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?
-        .map_err(SandboxError::Bundle)?
-    } else {
-        workspace
-    };
+        };
 
     let cgroup = match &inner.cgroups {
         Some(parent) => Some(take_cgroup(
@@ -570,11 +659,24 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         go: go_r.as_raw_fd(),
         go_write: go_w.as_raw_fd(),
     };
+    let bind_fds = spec
+        .binds
+        .iter()
+        .map(|bind| {
+            if !inner.isolation.workspace_tmpfs {
+                return Ok(None);
+            }
+            sys::clone_tree_readonly(&path_c(&bind.host)?)
+                .map(Some)
+                .map_err(|e| SandboxError::io(format!("bind {:?} read-only", bind.host), e))
+        })
+        .collect::<Result<Vec<_>, SandboxError>>()?;
     let plan = Arc::new(build_plan(
         inner,
         PlanInputs {
             env,
             workspace: &workspace,
+            binds: &bind_fds,
             fds,
             spec: &spec,
         },
@@ -664,6 +766,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     // Exec'd or gone: the child no longer uses the memory it shared with this process.
     drop(child_memory);
     drop(plan);
+    drop(bind_fds);
 
     let stdout_rx =
         pipe::Receiver::from_owned_fd(stdout_r).map_err(|e| SandboxError::io("watch stdout", e))?;
@@ -723,12 +826,13 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         wall,
     };
 
-    let collected = if spec.collect.is_empty() {
-        BTreeMap::new()
+    let (collected, exported) = if spec.collect.is_empty() && spec.export.is_none() {
+        (BTreeMap::new(), None)
     } else {
         let paths = spec.collect.clone();
+        let export = spec.export.clone();
         let cap = limits.collect_bytes;
-        let (workspace, collected) = tokio::task::spawn_blocking(move || {
+        let (workspace, collected, exported) = tokio::task::spawn_blocking(move || {
             let collected = paths
                 .into_iter()
                 .map(|p| {
@@ -736,12 +840,13 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
                     (p, got)
                 })
                 .collect();
-            (workspace, collected)
+            let exported = export.map(|e| workspace.export(&e));
+            (workspace, collected, exported)
         })
         .await
         .map_err(|e| SandboxError::io("collect files", io::Error::other(e)))?;
         drop(workspace);
-        collected
+        (collected, exported)
     };
     drop(cgroup);
     drop(slot);
@@ -754,6 +859,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         stdout,
         stderr,
         collected,
+        exported,
         usage,
         startup,
     })

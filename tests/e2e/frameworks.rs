@@ -243,7 +243,7 @@ async fn pytest_project_matches_a_direct_pytest_run() -> Result<()> {
         "one test per id: {:?}",
         names(&report)
     );
-    let crash = test(&report, "tests.test_crash.py::test_crashes_the_interpreter");
+    let crash = test(&report, "tests/test_crash.py::test_crashes_the_interpreter");
     assert_eq!(crash.status, Status::Error);
     assert!(
         crash
@@ -320,13 +320,13 @@ async fn node_project_matches_a_direct_node_test_run() -> Result<()> {
     assert_eq!(
         names(&report),
         [
-            "test.basic.test.js",
-            "test.crash.test.js",
-            "test.more.test.js"
+            "test/basic.test.js",
+            "test/crash.test.js",
+            "test/more.test.js"
         ]
     );
     // Node runs each file in its own process and reports one that aborts as failed.
-    let crash = test(&report, "test.crash.test.js");
+    let crash = test(&report, "test/crash.test.js");
     assert_eq!(crash.status, Status::Failed, "{crash:?}");
     assert!(crash.cases.iter().all(|c| c.status == CaseStatus::Failed));
     env.stop();
@@ -379,13 +379,13 @@ async fn jest_project_matches_a_direct_jest_run() -> Result<()> {
     assert_eq!(
         names(&report),
         [
-            "test.basic.test.js",
-            "test.crash.test.js",
-            "test.more.test.js"
+            "test/basic.test.js",
+            "test/crash.test.js",
+            "test/more.test.js"
         ]
     );
     // Jest runs in band, so a test file that aborts takes Jest down with it: an error.
-    let crash = test(&report, "test.crash.test.js");
+    let crash = test(&report, "test/crash.test.js");
     assert_eq!(crash.status, Status::Error, "{crash:?}");
     assert!(crash.cases.is_empty(), "{crash:?}");
     env.stop();
@@ -432,13 +432,13 @@ async fn go_project_matches_a_direct_go_test_run() -> Result<()> {
         want.insert((package.to_owned(), name.to_owned()), status);
     }
     assert_eq!(want.len(), 4, "the direct run has every case");
-    let got = isotest_cases(&report, |name| !name.contains(".crash."));
+    let got = isotest_cases(&report, |name| !name.contains("/crash."));
     assert_eq!(got, want);
     // os.Exit in a test ends its binary under it: an error, not a verdict of the test's.
-    let crash = test(&report, "example.com.fixture.crash.TestCrashesTheBinary");
+    let crash = test(&report, "example.com/fixture/crash.TestCrashesTheBinary");
     assert_eq!(crash.status, Status::Error, "{crash:?}");
     // Run alone, the crashing test's neighbour passes.
-    let neighbour = test(&report, "example.com.fixture.crash.TestAlsoHere");
+    let neighbour = test(&report, "example.com/fixture/crash.TestAlsoHere");
     assert_eq!(neighbour.status, Status::Passed, "{neighbour:?}");
     env.stop();
     env.cleanup().await
@@ -473,9 +473,11 @@ async fn cargo_project_matches_a_direct_cargo_test_run() -> Result<()> {
         })
         .collect();
     assert_eq!(want.len(), 5, "the direct run has every case");
-    let got = isotest_cases(&report, |name| name != "crashes_the_binary");
+    // Ids are nextest's: the binary (`fixture` for the library's unit tests,
+    // `fixture::crash` for tests/crash.rs), then the test's name.
+    let got = isotest_cases(&report, |name| name != "fixture::crash crashes_the_binary");
     assert_eq!(got, want);
-    let crash = test(&report, "crashes_the_binary");
+    let crash = test(&report, "fixture::crash crashes_the_binary");
     assert_eq!(crash.status, Status::Error, "{crash:?}");
     assert!(
         crash

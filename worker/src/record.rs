@@ -142,6 +142,26 @@ impl Recorder {
             .map_err(RecordError::Read)
     }
 
+    /// A blob a reference names, straight from Redis (a prepared build: the worker unpacks
+    /// it once and keeps the unpacked tree, not the bytes).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RecordError`] for a malformed reference, a missing blob, or Redis failing.
+    pub async fn blob(&self, reference: &str) -> Result<Arc<[u8]>, RecordError> {
+        let hex = parse_blob_reference(reference)
+            .ok_or_else(|| RecordError::BadReference(reference.to_owned()))?;
+        let bytes: Option<Vec<u8>> = self
+            .redis
+            .clone()
+            .get(self.ns.blob_key(hex))
+            .await
+            .map_err(RecordError::Read)?;
+        Ok(bytes
+            .ok_or_else(|| RecordError::MissingBlob(reference.to_owned()))?
+            .into())
+    }
+
     /// The packed workspace a reference names, from a local cache or Redis.
     ///
     /// # Errors

@@ -1,6 +1,6 @@
-//! Per-case results from `go test -json`: one JSON event a line (`run`, `output`,
-//! `pass`, `fail`, `skip`), each naming its package and test. A test that started and
-//! never ended (its binary exited or crashed under it) is an error.
+//! Per-case results from `go test -json` (or `test2json` over a test binary): one JSON event
+//! a line (`run`, `output`, `pass`, `fail`, `skip`), each naming its package and test. A test
+//! that started and never ended (its binary exited or crashed under it) is an error.
 
 use serde::Deserialize;
 
@@ -109,6 +109,45 @@ pub fn parse(stdout: &str) -> Vec<CaseResult> {
         .collect()
 }
 
+/// Failed cases that never printed the testing package's verdict on themselves: test2json
+/// run over a binary (not by `go test`) ends the test a binary exited under with a `fail`
+/// of its own, so when the binary's exit says it did not end normally (a code other than
+/// 0 or 1), those cases are errors of a test that did not finish.
+pub fn unfinished_as_errors(stdout: &str, cases: &mut [CaseResult]) {
+    let printed: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        .filter_map(|e| {
+            let test = e.test?;
+            let text = e.output?;
+            is_verdict_line(&text, &test).then_some((e.package, test))
+        })
+        .collect();
+    for case in cases.iter_mut().filter(|c| c.status == CaseStatus::Failed) {
+        if !printed
+            .iter()
+            .any(|(p, t)| *p == case.classname && *t == case.name)
+        {
+            case.status = CaseStatus::Error;
+            case.message =
+                Some("the test did not finish: its test binary exited or crashed".into());
+        }
+    }
+}
+
+/// Whether `line` is the testing package's verdict on `test`: `--- FAIL: NAME (0.00s)`,
+/// indented for a subtest.
+fn is_verdict_line(line: &str, test: &str) -> bool {
+    let line = line.trim_start();
+    ["--- FAIL: ", "--- PASS: ", "--- SKIP: "]
+        .iter()
+        .any(|mark| {
+            line.strip_prefix(mark).is_some_and(|rest| {
+                rest.split_once(' ').map_or(rest.trim_end(), |(n, _)| n) == test
+            })
+        })
+}
+
 /// The output events that belong to no test (build errors, `FAIL pkg`), as text.
 pub fn package_output(stdout: &str) -> String {
     let events = stdout
@@ -194,5 +233,25 @@ not json at all
     fn garbage_gives_no_cases() {
         assert!(parse("# m/p\n./a.go:3:1: syntax error\n").is_empty());
         assert!(parse(r#"{"Action": 3}"#).is_empty());
+    }
+
+    #[test]
+    fn a_fail_without_its_verdict_line_is_a_binary_that_exited_under_the_test() {
+        // test2json over a binary: os.Exit(3) inside TestCrash, then test2json's own fail.
+        let exited = r#"{"Action":"run","Package":"m/c","Test":"TestCrash"}
+{"Action":"output","Package":"m/c","Test":"TestCrash","Output":"=== RUN   TestCrash\n"}
+{"Action":"fail","Package":"m/c","Test":"TestCrash","Elapsed":0.02}
+"#;
+        let mut cases = parse(exited);
+        unfinished_as_errors(exited, &mut cases);
+        assert_eq!(cases[0].status, CaseStatus::Error, "{cases:?}");
+        let failed = r#"{"Action":"run","Package":"m/c","Test":"TestF"}
+{"Action":"output","Package":"m/c","Test":"TestF","Output":"    f_test.go:9: no\n"}
+{"Action":"output","Package":"m/c","Test":"TestF","Output":"--- FAIL: TestF (0.00s)\n"}
+{"Action":"fail","Package":"m/c","Test":"TestF","Elapsed":0}
+"#;
+        let mut cases = parse(failed);
+        unfinished_as_errors(failed, &mut cases);
+        assert_eq!(cases[0].status, CaseStatus::Failed);
     }
 }
