@@ -182,6 +182,9 @@ pub fn suites_completed() -> &'static Family<StateLabels, Counter> {
 pub struct AggregatorMetrics {
     /// Suites not yet reported, read from Redis (the same for every replica).
     pub suites_open: Gauge,
+    /// Tests of open suites without a final result (queued, waiting for a retry, or
+    /// running), read from Redis: what KEDA scales workers on.
+    pub tests_unfinished: Gauge,
     pub aggregation_lag: Histogram,
     pub dead_letters: Counter,
 }
@@ -191,6 +194,7 @@ pub fn aggregator() -> &'static AggregatorMetrics {
     static METRICS: LazyLock<AggregatorMetrics> = LazyLock::new(|| {
         let m = AggregatorMetrics {
             suites_open: Gauge::default(),
+            tests_unfinished: Gauge::default(),
             aggregation_lag: histogram(&AGGREGATION_LAG_BUCKETS),
             dead_letters: Counter::default(),
         };
@@ -198,6 +202,11 @@ pub fn aggregator() -> &'static AggregatorMetrics {
             "suites_open",
             "Suites accepted and not yet reported (read from Redis; every replica sees the same)",
             &m.suites_open,
+        );
+        register(
+            "tests_unfinished",
+            "Tests of open suites without a final result: queued, waiting for a retry, or running (read from Redis; every replica sees the same)",
+            &m.tests_unfinished,
         );
         register(
             "aggregation_lag_seconds",

@@ -4,12 +4,18 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// The variable holding the log filter, in `RUST_LOG` syntax.
+pub const LOG_FILTER_ENV: &str = "RUST_LOG";
+
+/// The variable choosing the log format: `json` or `text`.
+pub const LOG_FORMAT_ENV: &str = "ISOTEST_LOG_FORMAT";
+
 /// Installs the global subscriber; `ISOTEST_LOG_FORMAT=json|text` overrides the choice
 /// made from whether stderr is a terminal. Safe to call twice (the second call is a no-op).
 pub fn init(default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let json = match std::env::var("ISOTEST_LOG_FORMAT").as_deref() {
+        EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = match std::env::var(LOG_FORMAT_ENV).as_deref() {
         Ok("json") => true,
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),

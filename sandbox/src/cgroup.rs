@@ -471,6 +471,26 @@ fn move_into_leaf(base: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's cgroup below the v1 hierarchy mounted at `mount`. `/proc/self/cgroup` names
+/// it from the hierarchy's root, but a container runtime on a v1 host mounts only the
+/// container's own subtree there (the mount's root in `/proc/self/mountinfo`, such as
+/// `/kubepods/pod…/<id>`), so that prefix comes off: the cgroup is the mount itself.
+fn own_below_mount<'a>(own: &'a str, mountinfo: &str, mount: &Path) -> &'a str {
+    let root = mountinfo.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        (Path::new(point) == mount).then_some(root)
+    });
+    match root {
+        Some(root) if root != "/" => own
+            .strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .unwrap_or(own),
+        _ => own,
+    }
+}
+
 fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
     remove_stale_parents(&mount.join(own.trim_start_matches('/')), name);
     let dir = mount.join(own.trim_start_matches('/')).join(name);
@@ -484,11 +504,15 @@ fn make_parent(mount: &Path, own: &str, name: &str) -> io::Result<PathBuf> {
 fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option<CgroupParent> {
     // The controller files exist only below the root of some hierarchies (pids.max), so check
     // the mount and this process's membership, then the file in the created parent.
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own_in = |ctrl: &str, mount: &Path| {
+        own_path(self_cgroups, ctrl).map(|own| own_below_mount(own, &mountinfo, mount))
+    };
     let mut controller = |ctrl: &str, dir: &str, file: &str, words: &str| {
         let mount = Path::new(CGROUP_ROOT).join(dir);
         let usable = mount.join("cgroup.procs").exists();
         let dir = usable
-            .then(|| own_path(self_cgroups, ctrl))
+            .then(|| own_in(ctrl, &mount))
             .flatten()
             .and_then(|own| make_parent(&mount, own, name).ok())
             .filter(|dir| dir.join(file).exists());
@@ -514,11 +538,9 @@ fn probe_v1(self_cgroups: &str, name: &str, missing: &mut Vec<String>) -> Option
         .into_iter()
         .filter(|(_, dir)| dir.is_some())
         .filter_map(|(ctrl, _)| {
-            let own = own_path(self_cgroups, ctrl)?;
-            let path = Path::new(CGROUP_ROOT)
-                .join(ctrl)
-                .join(own.trim_start_matches('/'))
-                .join("tasks");
+            let mount = Path::new(CGROUP_ROOT).join(ctrl);
+            let own = own_in(ctrl, &mount)?;
+            let path = mount.join(own.trim_start_matches('/')).join("tasks");
             fs::OpenOptions::new().write(true).open(path).ok()
         })
         .collect();
@@ -646,6 +668,33 @@ mod tests {
         assert_eq!(own_path(text, "cpuacct"), Some("/c"));
         assert_eq!(own_path(text, ""), Some("/unified"));
         assert_eq!(own_path(text, "pids"), None);
+    }
+
+    #[test]
+    fn takes_a_containers_mount_root_off_its_own_path() {
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
+             31 25 0:27 /libpod_parent/libpod-1 /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let cases = [
+            // A container: the runtime mounted the container's own subtree.
+            ("/libpod_parent/libpod-1", "/sys/fs/cgroup/memory", ""),
+            ("/libpod_parent/libpod-1/x", "/sys/fs/cgroup/memory", "/x"),
+            // A sibling that merely shares a prefix is not below the root.
+            (
+                "/libpod_parent/libpod-10",
+                "/sys/fs/cgroup/memory",
+                "/libpod_parent/libpod-10",
+            ),
+            // The host: the hierarchy's root is mounted.
+            ("/user.slice/a", "/sys/fs/cgroup/pids", "/user.slice/a"),
+            ("/a", "/sys/fs/cgroup/cpuacct", "/a"),
+        ];
+        for (own, mount, expected) in cases {
+            assert_eq!(
+                own_below_mount(own, mountinfo, Path::new(mount)),
+                expected,
+                "{own} in {mount}"
+            );
+        }
     }
 
     #[test]

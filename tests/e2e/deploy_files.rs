@@ -5,20 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_yaml_ng::Value;
 
+use crate::deploy_commands::deploy;
 use crate::support::{TestEnv, poll};
-
-/// The repository's `deploy/` folder.
-fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(path)
-}
 
 fn yaml(path: &str) -> Result<Value> {
     let text = std::fs::read_to_string(deploy(path)).with_context(|| path.to_owned())?;
@@ -44,8 +38,9 @@ fn free_port() -> Result<u16> {
 }
 
 /// Starts producer, aggregator and worker with compose's commands (the producer's
-/// `--listen` moved to a free local port) and waits until they serve.
-async fn start_as_composed(env: &mut TestEnv) -> Result<()> {
+/// `--listen` moved to a free local port), waits until they serve, and gives an API token
+/// (compose's producer requires one).
+async fn start_as_composed(env: &mut TestEnv) -> Result<String> {
     let compose = yaml("compose.yaml")?;
     let listen = format!("127.0.0.1:{}", free_port()?);
     let mut producer = compose_command(&compose, "producer")?;
@@ -81,7 +76,9 @@ async fn start_as_composed(env: &mut TestEnv) -> Result<()> {
     .await
     .with_context(|| env.log("worker-0").join("\n"))?;
     env.producer_url = Some(url);
-    Ok(())
+    let added = env.command(&["token", "add", "compose"]).output()?;
+    ensure!(added.status.success(), "{added:?}");
+    Ok(String::from_utf8(added.stdout)?.trim().to_owned())
 }
 
 /// A small suite: two passing tests, one of them pytest with two cases.
@@ -98,9 +95,9 @@ fn small_suite(env: &TestEnv) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_services_run_a_suite() -> Result<()> {
     let mut env = TestEnv::new().await;
-    start_as_composed(&mut env).await?;
+    let token = start_as_composed(&mut env).await?;
     let suite = small_suite(&env);
-    let run = env.run_suite(&suite, "compose", true, &[]);
+    let run = env.run_suite(&suite, "compose", true, &["--token", &token]);
     assert_eq!(run.code(), Some(0), "{}", run.stderr());
     let report = run.report();
     assert_eq!(report.summary.total, 2);
@@ -208,6 +205,21 @@ fn gitlab_ci() -> Result<CiJob> {
     })
 }
 
+/// The arguments of the Jenkinsfile's `junit` step, named-argument form.
+fn junit_step(jenkinsfile: &str) -> Option<&str> {
+    jenkinsfile
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("junit "))
+}
+
+/// The quoted value of a Groovy named argument: `name: 'value'`.
+fn named_string(args: &str, name: &str) -> Option<String> {
+    let rest = args.split_once(&format!("{name}:"))?.1.trim_start();
+    let rest = rest.strip_prefix('\'')?;
+    rest.split_once('\'').map(|(value, _)| value.to_owned())
+}
+
 /// Jenkinsfiles are Groovy: the command is the string of an `sh '…'` step, and the
 /// report the string of the `junit '…'` step.
 fn jenkinsfile() -> Result<CiJob> {
@@ -223,8 +235,10 @@ fn jenkinsfile() -> Result<CiJob> {
     };
     let shells = quoted_after("sh ");
     let line = the_isotest_line(file, shells.iter().map(String::as_str))?;
+    // `junit allowEmptyResults: true, testResults: '…'`, or the short `junit '…'`.
     let published_junit = quoted_after("junit ")
         .into_iter()
+        .chain(junit_step(&text).and_then(|step| named_string(step, "testResults")))
         .next()
         .context("a junit step")?;
     Ok(CiJob {
@@ -331,4 +345,338 @@ fn shell_words_reads_quotes_and_variables() {
     }
     assert!(shell_words("$UNSET", &vars).is_err());
     assert!(shell_words("\"open", &vars).is_err());
+}
+
+/// The CI jobs inside the cluster name the producer by its Service: `http://NAME.NAMESPACE.svc`
+/// must be a Service of the Kubernetes base, on a port it serves.
+#[test]
+fn the_ci_jobs_name_the_producer_service() -> Result<()> {
+    let objects = crate::deploy_commands::documents(&crate::deploy_commands::kustomize(&deploy(
+        "k8s/base",
+    ))?)?;
+    let gitlab = yaml("ci/gitlab-ci.yml")?;
+    let jenkins = std::fs::read_to_string(deploy("ci/Jenkinsfile"))?;
+    let jenkins_server = jenkins
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ISOTEST_SERVER = '"))
+        .and_then(|rest| rest.split_once('\''))
+        .map(|(url, _)| url.to_owned())
+        .context("Jenkinsfile: ISOTEST_SERVER = '…'")?;
+    let gitlab_server = gitlab["isotest"]["variables"]["ISOTEST_SERVER"]
+        .as_str()
+        .context("gitlab-ci.yml: variables.ISOTEST_SERVER")?
+        .to_owned();
+    for (file, url) in [
+        ("gitlab-ci.yml", gitlab_server),
+        ("Jenkinsfile", jenkins_server),
+    ] {
+        let url = reqwest::Url::parse(&url).with_context(|| format!("{file}: {url}"))?;
+        let host = url.host_str().unwrap_or_default();
+        let (service, namespace) = host
+            .strip_suffix(".svc")
+            .and_then(|h| h.split_once('.'))
+            .with_context(|| format!("{file}: {host} is not NAME.NAMESPACE.svc"))?;
+        let port = url.port_or_known_default().context("a port")?;
+        let found = objects.iter().any(|o| {
+            o["kind"].as_str() == Some("Service")
+                && o["metadata"]["name"].as_str() == Some(service)
+                && o["metadata"]["namespace"].as_str() == Some(namespace)
+                && o["spec"]["ports"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["port"].as_u64() == Some(u64::from(port)))
+        });
+        assert!(
+            found,
+            "{file}: {url} names no Service {service} in namespace {namespace} with port {port}"
+        );
+    }
+    Ok(())
+}
+
+/// Each CI system runs the job as it would: GitLab runs the script through the image's
+/// shell, so an image whose ENTRYPOINT is isotest needs it cleared; GitHub Actions does not
+/// build isotest on every run and lets action-junit-report write its check run; Jenkins'
+/// junit step does not hide isotest's own failure behind "no test report found".
+#[test]
+fn the_ci_jobs_run_as_their_systems_run_them() -> Result<()> {
+    let targets = crate::deploy_commands::dockerfile_targets(&std::fs::read_to_string(deploy(
+        "Dockerfile",
+    ))?)?;
+
+    let gitlab = yaml("ci/gitlab-ci.yml")?;
+    let image = &gitlab["isotest"]["image"];
+    let name = image["name"]
+        .as_str()
+        .or(image.as_str())
+        .unwrap_or_default();
+    let target = targets
+        .get(crate::deploy_commands::image_target(name))
+        .with_context(|| format!("gitlab-ci.yml: image {name} is not built by the Dockerfile"))?;
+    if !target.entrypoint.is_empty() {
+        assert_eq!(
+            image["entrypoint"],
+            Value::Sequence(vec![Value::String(String::new())]),
+            "gitlab-ci.yml: image {name} has ENTRYPOINT {:?}: the job needs entrypoint: [\"\"]",
+            target.entrypoint
+        );
+    }
+
+    let github = yaml("ci/github-actions.yml")?;
+    for (name, job) in github["jobs"].as_mapping().context("jobs")? {
+        let steps = job["steps"].as_sequence().context("steps")?;
+        for step in steps {
+            let run = step["run"].as_str().unwrap_or_default();
+            assert!(
+                !run.contains("cargo "),
+                "github-actions.yml: job {name:?} builds isotest: {run}"
+            );
+        }
+        let reports = steps.iter().any(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("mikepenz/action-junit-report"))
+        });
+        if reports {
+            assert_eq!(
+                job["permissions"]["checks"].as_str(),
+                Some("write"),
+                "github-actions.yml: job {name:?} publishes a check run without checks: write"
+            );
+        }
+    }
+
+    let jenkins = std::fs::read_to_string(deploy("ci/Jenkinsfile"))?;
+    let junit = junit_step(&jenkins).context("Jenkinsfile: a junit step")?;
+    assert!(
+        junit.contains("allowEmptyResults: true"),
+        "Jenkinsfile: `junit {junit}` fails the build when isotest wrote no report"
+    );
+    Ok(())
+}
+
+/// The value KEDA's `metrics-api` scaler reads with `format: prometheus`: the first sample
+/// of the family `location` names (a bare metric name here), from Prometheus' text format.
+fn keda_prometheus_value(text: &str, location: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == location).then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[test]
+fn keda_reads_the_first_sample_of_the_named_family() {
+    let text = "# HELP isotest_tests_unfinished Tests\n# TYPE isotest_tests_unfinished gauge\n\
+                isotest_tests_unfinished_other 9\nisotest_tests_unfinished 7\n# EOF\n";
+    assert_eq!(
+        keda_prometheus_value(text, "isotest_tests_unfinished"),
+        Some(7.0)
+    );
+    assert_eq!(keda_prometheus_value(text, "isotest_absent"), None);
+}
+
+/// KEDA's trigger, as the Kubernetes base declares it, resolved to what serves it: the
+/// metric, the aggregator container port its URL reaches, and the tests per worker.
+struct Trigger {
+    metric: String,
+    aggregator_port: u16,
+    target: u64,
+}
+
+fn scaled_object_trigger(objects: &[Value]) -> Result<Trigger> {
+    use crate::deploy_commands::image_target;
+    let of = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"].as_str() == Some(kind) && o["metadata"]["name"].as_str() == Some(name)
+            })
+            .with_context(|| format!("no {kind} {name} in the Kubernetes base"))
+    };
+    let scaled = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("ScaledObject"))
+        .context("no ScaledObject")?;
+    let worker = of(
+        "Deployment",
+        scaled["spec"]["scaleTargetRef"]["name"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let triggers = scaled["spec"]["triggers"]
+        .as_sequence()
+        .context("triggers")?;
+    ensure!(triggers.len() == 1, "one trigger, not {}", triggers.len());
+    let trigger = &triggers[0];
+    ensure!(
+        trigger["type"].as_str() == Some("metrics-api")
+            && trigger["metadata"]["format"].as_str() == Some("prometheus"),
+        "a metrics-api trigger reading Prometheus text: {trigger:?}"
+    );
+    let meta = &trigger["metadata"];
+    let url = reqwest::Url::parse(meta["url"].as_str().context("url")?)?;
+    ensure!(url.path() == "/metrics", "{url} is not /metrics");
+    let host = url.host_str().unwrap_or_default();
+    let (service_name, rest) = host.split_once('.').context("NAME.NAMESPACE.svc")?;
+    let namespace = rest.strip_suffix(".svc").context("NAME.NAMESPACE.svc")?;
+    let service = of("Service", service_name)?;
+    ensure!(
+        service["metadata"]["namespace"].as_str() == Some(namespace),
+        "{host}"
+    );
+    let port = url.port().context("a port in the url")?;
+    let target_port = service["spec"]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"].as_u64() == Some(u64::from(port)))
+        .map(|p| p["targetPort"].clone())
+        .with_context(|| format!("Service {service_name} has no port {port}"))?;
+    // The Deployment the Service selects, and its container port the targetPort names.
+    let selector = service["spec"]["selector"]
+        .as_mapping()
+        .context("selector")?;
+    let aggregator = objects
+        .iter()
+        .find(|o| {
+            o["kind"].as_str() == Some("Deployment")
+                && selector
+                    .iter()
+                    .all(|(k, v)| &o["spec"]["template"]["metadata"]["labels"][k] == v)
+        })
+        .context("no Deployment behind the trigger's Service")?;
+    let container = &aggregator["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        image_target(container["image"].as_str().unwrap_or_default()) == "isotest"
+            && container["args"][0].as_str() == Some("aggregator"),
+        "the trigger's Service does not reach an aggregator: {container:?}"
+    );
+    let aggregator_port = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == target_port || p["containerPort"] == target_port)
+        .and_then(|p| p["containerPort"].as_u64())
+        .context("the Service's targetPort is no port of the aggregator")?;
+    let worker_args: Vec<&str> = worker["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let concurrency = worker_args
+        .iter()
+        .position(|a| *a == "--concurrency")
+        .and_then(|i| worker_args.get(i + 1))
+        .context("the worker sets --concurrency")?;
+    let target: u64 = meta["targetValue"]
+        .as_str()
+        .context("targetValue")?
+        .parse()?;
+    ensure!(
+        concurrency.parse::<u64>()? == target,
+        "targetValue {target} is not the worker's --concurrency {concurrency}: one worker per that many tests"
+    );
+    Ok(Trigger {
+        metric: meta["valueLocation"]
+            .as_str()
+            .context("valueLocation")?
+            .to_owned(),
+        aggregator_port: u16::try_from(aggregator_port)?,
+        target,
+    })
+}
+
+/// The autoscaler's query and threshold against what the services expose: the aggregator
+/// serves the metric on the port the ScaledObject's URL reaches (its default
+/// --metrics-listen), and the value counts every test without a final result, waiting or
+/// running, so that ceil(value / target) workers are asked for, and none once all are done.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scaled_object_reads_the_tests_waiting_and_running() -> Result<()> {
+    use clap::CommandFactory;
+    let objects = crate::deploy_commands::documents(&crate::deploy_commands::kustomize(&deploy(
+        "k8s/base",
+    ))?)?;
+    let trigger = scaled_object_trigger(&objects)?;
+    let listen = isotest::args::Cli::command()
+        .try_get_matches_from(["isotest", "aggregator"])?
+        .subcommand_matches("aggregator")
+        .and_then(|m| m.get_one::<std::net::SocketAddr>("metrics_listen").copied())
+        .context("the aggregator's --metrics-listen")?;
+    assert_eq!(
+        listen.port(),
+        trigger.aggregator_port,
+        "the aggregator's default metrics port"
+    );
+
+    let mut env = TestEnv::new().await;
+    let metrics_port = crate::support::free_port()?;
+    let metrics_env = (
+        "ISOTEST_METRICS_LISTEN".to_owned(),
+        format!("127.0.0.1:{metrics_port}"),
+    );
+    env.service_env.push(metrics_env);
+    env.start(0, 1).await?;
+    let tests: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"name": format!("t{i}"), "command": ["sleep", "1"]}))
+        .collect();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/suites",
+            env.producer_url.as_deref().context("producer")?
+        ))
+        .json(&serde_json::json!({"name": "scaling", "tests": tests}))
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 202,
+        "{}",
+        response.text().await?
+    );
+
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let read = || async {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        keda_prometheus_value(&text, &trigger.metric)
+            .with_context(|| format!("{} is not in the aggregator's /metrics", trigger.metric))
+    };
+    // No worker yet: all five wait, and KEDA asks for ceil(5 / 2) = 3 workers.
+    poll(
+        Duration::from_secs(15),
+        "the metric to count 5 waiting tests",
+        || async { Ok(read().await? == 5.0) },
+    )
+    .await
+    .with_context(|| env.log("aggregator").join("\n"))?;
+    assert_eq!(5_u64.div_ceil(trigger.target), 3);
+
+    // One worker taking one test at a time: once the queue is empty, its running test still
+    // counts (KEDA must not scale it away), and when all are done the value is 0.
+    env.service_env.clear();
+    env.spawn("worker-0", &["worker", "--concurrency", "1"]);
+    let seen_running_with_empty_queue = std::sync::atomic::AtomicBool::new(false);
+    poll(
+        Duration::from_secs(60),
+        "the metric to fall to 0",
+        || async {
+            let (ready, _) = env.queue_state().await?;
+            let value = read().await?;
+            if ready == 0 && value >= 1.0 {
+                seen_running_with_empty_queue.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(value == 0.0)
+        },
+    )
+    .await
+    .with_context(|| env.log("worker-0").join("\n"))?;
+    assert!(
+        seen_running_with_empty_queue.load(std::sync::atomic::Ordering::Relaxed),
+        "the running test was not counted once the queue was empty"
+    );
+    env.stop();
+    env.cleanup().await
 }

@@ -1,7 +1,9 @@
 //! The sweeper: every `sweep_interval` it closes suites past their deadline (tests
 //! without a final result become `lost`), delivers queued webhooks that are due, and
-//! counts the open suites; every `trim_interval` it trims handled entries off the
+//! counts the open suites and their unfinished tests; every `trim_interval` it trims handled entries off the
 //! results stream.
+
+use std::collections::HashSet;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -10,7 +12,8 @@ use tracing::Instrument;
 
 use isotest_infra::metrics;
 use isotest_infra::reports::Stored;
-use isotest_infra::suites::{load_record, load_results};
+use isotest_infra::suites::{RecordCache, load_record, load_results};
+use isotest_protocol::names::Namespace;
 use isotest_protocol::report::SuiteState;
 use isotest_report::assemble;
 
@@ -23,6 +26,7 @@ impl Aggregator {
         let mut interval = tokio::time::interval(self.config.sweep_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_trim = tokio::time::Instant::now() + self.config.trim_interval;
+        let mut unfinished = Unfinished::default();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -34,14 +38,12 @@ impl Aggregator {
             if let Err(error) = self.webhooks.sweep(&mut conn).await {
                 tracing::warn!(%error, "Could not sweep queued webhooks.");
             }
-            match conn
-                .zcard::<_, i64>(self.config.namespace.open_suites_key())
-                .await
-            {
-                Ok(open) => {
-                    metrics::aggregator().suites_open.set(open);
+            match unfinished.count(&mut conn, &self.config.namespace).await {
+                Ok((suites, tests)) => {
+                    metrics::aggregator().suites_open.set(suites);
+                    metrics::aggregator().tests_unfinished.set(tests);
                 }
-                Err(error) => tracing::debug!(%error, "Could not count the open suites."),
+                Err(error) => tracing::debug!(%error, "Could not count the open suites' tests."),
             }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + self.config.trim_interval;
@@ -151,5 +153,47 @@ impl Aggregator {
             );
         }
         Ok(())
+    }
+}
+
+/// Counts the tests of open suites that have no final result yet, wherever they wait
+/// (queued, held by a worker, awaiting a retry) or run: what workers are scaled on. A suite's
+/// number of distinct tests is read from its record once and kept while the suite is open.
+#[derive(Debug, Default)]
+struct Unfinished {
+    records: RecordCache,
+    open: HashSet<String>,
+}
+
+impl Unfinished {
+    /// (open suites, their tests without a final result).
+    async fn count(
+        &mut self,
+        conn: &mut ConnectionManager,
+        ns: &Namespace,
+    ) -> redis::RedisResult<(i64, i64)> {
+        let open: Vec<String> = conn.zrange(ns.open_suites_key(), 0, -1).await?;
+        let now_open: HashSet<String> = open.iter().cloned().collect();
+        for closed in self.open.difference(&now_open) {
+            self.records.forget(closed);
+        }
+        self.open = now_open;
+        let done: Vec<usize> = if open.is_empty() {
+            Vec::new()
+        } else {
+            let mut pipe = redis::pipe();
+            for id in &open {
+                pipe.scard(ns.done_key(id));
+            }
+            pipe.query_async(conn).await?
+        };
+        let mut tests = 0usize;
+        for (id, done) in open.iter().zip(done) {
+            if let Some(record) = self.records.get(conn, ns, id).await? {
+                tests += record.distinct_tests.saturating_sub(done);
+            }
+        }
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok((count(open.len()), count(tests)))
     }
 }
