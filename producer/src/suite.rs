@@ -77,6 +77,7 @@ pub fn messages(id: &str, suite: &Suite, now_ms: u64) -> Vec<TestMessage> {
             test: test.clone(),
             workspace: suite.workspace.clone(),
             network: suite.network,
+            warm: suite.warm,
             digest: outcome_digest(test, workspace, suite.network),
             published_at_ms: now_ms,
         })

@@ -21,10 +21,22 @@ pub struct TestMessage {
     pub workspace: Option<String>,
     #[serde(default)]
     pub network: bool,
+    /// Whether the test may start warm (the suite's `warm`; messages of older producers
+    /// say nothing, and may).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub warm: bool,
     /// sha256 of everything that decides the outcome (see [`outcome_digest`]).
     pub digest: String,
     /// When the message was published, ms since the epoch (for queue-wait figures).
     pub published_at_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(warm: &bool) -> bool {
+    *warm
 }
 
 /// A message body that is not an isotest test message this worker can run.
@@ -136,6 +148,7 @@ pub(crate) mod tests {
             test: spec("a"),
             workspace: None,
             network: false,
+            warm: true,
             digest: outcome_digest(&spec("a"), None, false),
             published_at_ms: 1,
         };
@@ -170,6 +183,7 @@ pub(crate) mod tests {
             test: spec("a"),
             workspace: None,
             network: false,
+            warm: true,
             digest: String::new(),
             published_at_ms: 0,
         };

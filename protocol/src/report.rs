@@ -113,6 +113,10 @@ pub struct TestReport {
     pub usage: Usage,
     #[serde(default)]
     pub attempt_history: Vec<AttemptReport>,
+    /// How the final attempt's process started (warm or cold, and why), where the
+    /// framework can start warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::result::Start>,
 }
 
 /// The whole suite's report.

@@ -158,6 +158,46 @@ pub struct TestResult {
     pub usage: Usage,
     #[serde(default)]
     pub timings: Timings,
+    /// How the test's process started, where its framework can start warm (Python): forked
+    /// from a warm interpreter, or cold and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
+}
+
+/// How a test's process started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    pub mode: StartMode,
+    /// Why a test that could have started warm started cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Warm: forked, in a fresh sandbox of its own, from an interpreter that had already
+/// imported the framework and collected the test's file. Cold: started from nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    Warm,
+    Cold,
+}
+
+impl Start {
+    /// A warm start.
+    pub fn warm() -> Start {
+        Start {
+            mode: StartMode::Warm,
+            reason: None,
+        }
+    }
+
+    /// A cold start of a test that could have started warm, and why it did not.
+    pub fn cold(reason: impl Into<String>) -> Start {
+        Start {
+            mode: StartMode::Cold,
+            reason: Some(reason.into()),
+        }
+    }
 }
 
 /// How the reason of an attempt the infrastructure failed (not the test) begins, so a
@@ -194,6 +234,7 @@ impl TestResult {
             cases: Vec::new(),
             usage: Usage::default(),
             timings: Timings::default(),
+            start: None,
         }
     }
 
@@ -256,6 +297,7 @@ mod tests {
             test: crate::message::tests::spec("a"),
             workspace: None,
             network: false,
+            warm: true,
             digest: String::new(),
             published_at_ms: 0,
         }

@@ -424,6 +424,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     tests,
                     discover: Vec::new(),
                     callback_url: None,
+                    warm: None,
                 }
             },
         )
@@ -642,6 +643,7 @@ proptest! {
                     test: test.clone(),
                     workspace: Some(blob.clone()),
                     network: suite.network,
+                    warm: suite.warm,
                     digest: outcome_digest(test, Some(&blob), suite.network),
                     published_at_ms: u64::MAX,
                 }

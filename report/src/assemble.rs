@@ -160,6 +160,7 @@ fn test_report(
                 cases: last.cases.clone(),
                 usage: last.usage,
                 attempt_history,
+                start: last.start.clone(),
             }
         }
         None => {
@@ -186,6 +187,7 @@ fn test_report(
                 cases: Vec::new(),
                 usage: Usage::default(),
                 attempt_history,
+                start: None,
             }
         }
     }

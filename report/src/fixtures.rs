@@ -42,5 +42,6 @@ pub fn result(name: &str, attempt: u32, is_final: bool, status: Status) -> TestR
         cases: Vec::new(),
         usage: Usage::default(),
         timings: Timings::default(),
+        start: None,
     }
 }

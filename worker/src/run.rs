@@ -229,6 +229,7 @@ impl Runner {
                 wall_ms: u64::try_from(outcome.usage.wall.as_millis()).unwrap_or(u64::MAX),
             },
             timings: Timings::default(),
+            start: None,
         }
     }
 }

@@ -272,5 +272,6 @@ pub fn result(
         cases: Vec::new(),
         usage: Usage::default(),
         timings: Timings::default(),
+        start: None,
     }
 }

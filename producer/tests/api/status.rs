@@ -45,6 +45,7 @@ fn report(id: &str, names: &[&str]) -> Report {
                 cases: vec![],
                 usage: Default::default(),
                 attempt_history: vec![],
+                start: None,
             })
             .collect(),
         builds: vec![],

@@ -47,6 +47,11 @@ pub struct Manifest {
     /// An `http` or `https` URL the aggregator POSTs the suite's summary to when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// Whether Python tests may start warm, forked from an interpreter that has imported
+    /// their framework and collected their file (on by default; `false` starts every test
+    /// from nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt

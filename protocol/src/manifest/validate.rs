@@ -102,6 +102,7 @@ impl Manifest {
             tests,
             flaky_result: self.flaky_result,
             callback_url: self.callback_url.clone(),
+            warm: self.warm.unwrap_or(true),
         })
     }
 }

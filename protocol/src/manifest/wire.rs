@@ -139,4 +139,11 @@ pub struct Suite {
     /// [`super::check_callback_url`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// Whether Python tests may start warm (see the manifest's `warm`).
+    #[serde(default = "yes")]
+    pub warm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
