@@ -460,6 +460,71 @@ mod tests {
         }
     }
 
+    /// How long the kernel takes to install the program (convert, JIT, and fill its
+    /// per-syscall cache by emulating it for every syscall number): the cost each sandbox
+    /// pays once. Not a check; run it by hand, in a release build:
+    /// `cargo test --release -p isotest-sandbox --lib install_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn install_cost() {
+        let program = program();
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(program.len()).expect("short program"),
+            filter: program.as_ptr().cast_mut(),
+        };
+        let mut fds = [0; 2];
+        // SAFETY: pipe with a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut samples = Vec::new();
+        for _ in 0..2000 {
+            // SAFETY: the child runs only async-signal-safe calls and exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: plain syscalls on valid pointers; the child exits without unwinding.
+                unsafe {
+                    let mut start: libc::timespec = std::mem::zeroed();
+                    let mut end: libc::timespec = std::mem::zeroed();
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut start);
+                    let ok = libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                        &fprog as *const libc::sock_fprog,
+                        0,
+                        0,
+                    ) == 0;
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut end);
+                    let ns: u64 = if ok {
+                        ((end.tv_sec - start.tv_sec) * 1_000_000_000 + end.tv_nsec - start.tv_nsec)
+                            as u64
+                    } else {
+                        u64::MAX
+                    };
+                    libc::write(fds[1], (&ns as *const u64).cast(), 8);
+                    libc::_exit(0);
+                }
+            }
+            let mut ns = 0u64;
+            // SAFETY: reading 8 bytes into a u64, then reaping our own child.
+            unsafe {
+                assert_eq!(libc::read(fds[0], (&mut ns as *mut u64).cast(), 8), 8);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            assert_ne!(ns, u64::MAX, "the kernel rejected the program");
+            samples.push(ns);
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        println!(
+            "seccomp install: {} instructions, median {:.1} µs, p10 {:.1} µs, p90 {:.1} µs",
+            program.len(),
+            at(0.5),
+            at(0.1),
+            at(0.9)
+        );
+    }
+
     /// The kernel accepts the program, and it does what the interpreter says: a forked child
     /// installs it, then reports by its exit code.
     #[test]
