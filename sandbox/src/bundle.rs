@@ -78,7 +78,9 @@ fn pack_into(
         let rel = rel.join(&name);
         let meta = std::fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         let kind = meta.file_type();
-        if kind.is_file() || kind.is_symlink() || kind.is_dir() {
+        if kind.is_symlink() {
+            append_symlink(builder, &path, &rel, &meta).map_err(io_err("pack", &path))?;
+        } else if kind.is_file() || kind.is_dir() {
             let name = header_name(builder, &rel).map_err(io_err("pack", &path))?;
             builder
                 .append_path_with_name(&path, name)
@@ -101,16 +103,52 @@ fn header_name<'a>(builder: &mut tar::Builder<Vec<u8>>, rel: &'a Path) -> io::Re
     if bytes.len() < NAME_FIELD || std::str::from_utf8(bytes).is_ok() {
         return Ok(rel);
     }
+    append_long(builder, tar::EntryType::GNULongName, bytes)?;
+    Ok(Path::new("@LongName"))
+}
+
+/// Appends a GNU long-name or long-link entry holding `bytes`, which applies to the next
+/// header.
+fn append_long(
+    builder: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    bytes: &[u8],
+) -> io::Result<()> {
     let mut long = bytes.to_vec();
     long.push(0);
     let mut header = tar::Header::new_gnu();
     header.set_path("././@LongLink")?;
-    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_entry_type(kind);
     header.set_mode(0o644);
     header.set_size(long.len() as u64);
     header.set_cksum();
-    builder.append(&header, long.as_slice())?;
-    Ok(Path::new("@LongName"))
+    builder.append(&header, long.as_slice())
+}
+
+/// Appends the symlink at `path` as the entry `rel`, its target stored byte for byte as
+/// `readlink` gives it. The tar crate stores a target through `Path::components`, which
+/// rewrites it: `a/.` becomes `a` (another link where `a` is not a directory) and `/.` becomes
+/// `/`, which it then writes as `//`, so unpacking and packing again gave other bytes.
+fn append_symlink(
+    builder: &mut tar::Builder<Vec<u8>>,
+    path: &Path,
+    rel: &Path,
+    meta: &std::fs::Metadata,
+) -> io::Result<()> {
+    let target = std::fs::read_link(path)?;
+    let target = target.as_os_str().as_bytes();
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Deterministic);
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    let field = &mut header.as_old_mut().linkname;
+    if target.len() < field.len() {
+        field[..target.len()].copy_from_slice(target);
+    } else {
+        append_long(builder, tar::EntryType::GNULongLink, target)?;
+    }
+    let name = header_name(builder, rel)?;
+    builder.append_data(&mut header, name, io::empty())
 }
 
 /// What an unpack should do besides writing the entries.
@@ -438,6 +476,26 @@ mod tests {
             std::fs::read_link(dst.join("link")).expect("readlink"),
             Path::new("a/b/f.txt")
         );
+        let _ = std::fs::remove_dir_all(src);
+        let _ = std::fs::remove_dir_all(dst);
+    }
+
+    #[test]
+    fn symlink_targets_are_kept_byte_for_byte() {
+        let long = format!("{}/./x/", "d".repeat(120));
+        let targets = ["/.", "/", "a/.", "a//b", "dir/", "./x", "..", long.as_str()];
+        let src = tempdir("links-src");
+        for (i, target) in targets.iter().enumerate() {
+            std::os::unix::fs::symlink(target, src.join(format!("l{i}"))).expect("symlink");
+        }
+        let bundle = pack_dir(&src).expect("pack");
+        let dst = tempdir("links-dst");
+        unpack(&bundle, open(&dst).as_fd(), OPTS).expect("unpack");
+        for (i, target) in targets.iter().enumerate() {
+            let got = std::fs::read_link(dst.join(format!("l{i}"))).expect("readlink");
+            assert_eq!(got.as_os_str().as_bytes(), target.as_bytes(), "{target}");
+        }
+        assert_eq!(pack_dir(&dst).expect("repack"), bundle);
         let _ = std::fs::remove_dir_all(src);
         let _ = std::fs::remove_dir_all(dst);
     }
