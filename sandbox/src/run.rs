@@ -286,9 +286,11 @@ pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxErro
 fn sandbox_ops(
     root: &Path,
     workspace: &Workspace,
-    size: u64,
+    limits: &crate::spec::Limits,
     pivot: bool,
 ) -> Result<Vec<Op>, SandboxError> {
+    let size = limits.workspace_bytes.max(4096);
+    let inodes = limits.workspace_inodes.max(1);
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let mut ops = Vec::new();
@@ -307,12 +309,12 @@ fn sandbox_ops(
     }
     ops.push(tmpfs_op(
         at("tmp")?,
-        format!("mode=1777,size={size}"),
+        format!("mode=1777,size={size},nr_inodes={inodes}"),
         nosuid_nodev,
     )?);
     ops.push(tmpfs_op(
         at("dev/shm")?,
-        format!("mode=1777,size={size}"),
+        format!("mode=1777,size={size},nr_inodes={inodes}"),
         nosuid_nodev,
     )?);
     ops.push(Op::Mount {
@@ -340,11 +342,10 @@ fn sandbox_ops(
 
 fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
     let spec = input.spec;
-    let size = spec.limits.workspace_bytes.max(4096);
     let ops = if input.env.pivoted {
         // The child's mount namespace is a copy of its launcher's, whose root already is the
         // environment's skeleton: only the per-sandbox mounts are left to add.
-        sandbox_ops(Path::new("/"), input.workspace, size, false)?
+        sandbox_ops(Path::new("/"), input.workspace, &spec.limits, false)?
     } else {
         let mut ops = skeleton_ops(
             input.env,
@@ -352,7 +353,12 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             &inner.config.state_dir,
             &inner.devices,
         )?;
-        ops.extend(sandbox_ops(&inner.new_root, input.workspace, size, true)?);
+        ops.extend(sandbox_ops(
+            &inner.new_root,
+            input.workspace,
+            &spec.limits,
+            true,
+        )?);
         ops
     };
 
@@ -517,7 +523,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let name = format!("sb-{}", inner.next_id());
 
     let workspace = if inner.isolation.workspace_tmpfs {
-        Workspace::tmpfs(spec.limits.workspace_bytes, uid, gid)
+        Workspace::tmpfs(&spec.limits, uid, gid)
             .map_err(|e| SandboxError::io("create workspace tmpfs", e))?
     } else {
         Workspace::dir(inner.config.state_dir.join(&name))

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::bundle::{self, BundleError, UnpackOptions};
 use crate::outcome::CollectError;
+use crate::spec::Limits;
 use crate::sys;
 
 /// A workspace: a detached size-limited tmpfs (as root), or a plain directory under the state
@@ -24,17 +25,21 @@ pub(crate) enum Workspace {
 }
 
 impl Workspace {
-    /// Creates a detached tmpfs of `size` bytes owned by `uid:gid`.
+    /// Creates a detached tmpfs of the limits' size and inodes, owned by `uid:gid`.
     ///
     /// # Errors
     /// Fails without CAP_SYS_ADMIN.
-    pub fn tmpfs(size: u64, uid: u32, gid: u32) -> io::Result<Workspace> {
-        let size = CString::new(size.max(4096).to_string()).map_err(io::Error::other)?;
+    pub fn tmpfs(limits: &Limits, uid: u32, gid: u32) -> io::Result<Workspace> {
+        let size = limits.workspace_bytes.max(4096).to_string();
+        let size = CString::new(size).map_err(io::Error::other)?;
+        let inodes = limits.workspace_inodes.max(1).to_string();
+        let inodes = CString::new(inodes).map_err(io::Error::other)?;
         let uid = CString::new(uid.to_string()).map_err(io::Error::other)?;
         let gid = CString::new(gid.to_string()).map_err(io::Error::other)?;
         let root = sys::detached_tmpfs(
             &[
                 (c"size", size.as_c_str()),
+                (c"nr_inodes", inodes.as_c_str()),
                 (c"mode", c"0755"),
                 (c"uid", uid.as_c_str()),
                 (c"gid", gid.as_c_str()),

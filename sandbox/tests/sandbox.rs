@@ -717,3 +717,20 @@ async fn the_init_holds_nothing_of_the_worker() {
     running.abort();
     let _ = running.await;
 }
+
+#[tokio::test]
+async fn inodes_are_capped_in_the_workspace_tmp_and_shm() {
+    for dir in ["/workspace", "/tmp", "/dev/shm"] {
+        let mut spec = sh(&format!(
+            "cd {dir} && i=0; while [ $i -lt 300 ] && printf x > f$i 2>/dev/null; do i=$((i+1)); done; echo $i"
+        ));
+        spec.limits.workspace_inodes = 100;
+        let o = run(spec).await;
+        let made: u32 = stdout(&o)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{dir}: {o:?}"));
+        // The root directory takes one inode of the hundred.
+        assert!((90..100).contains(&made), "{dir}: made {made} files");
+    }
+}
