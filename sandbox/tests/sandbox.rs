@@ -734,3 +734,95 @@ async fn inodes_are_capped_in_the_workspace_tmp_and_shm() {
         assert!((90..100).contains(&made), "{dir}: made {made} files");
     }
 }
+
+/// What test programs do at start and at work passes the allow list: threads, epoll, pipes,
+/// sleeping, getrandom, memfd, rseq (glibc registers it), clone3 (answered ENOSYS, so libc
+/// falls back to clone), subprocesses, every allowed socket family; in Python, Node.js, a JVM
+/// and a cargo-built libtest binary (this one).
+#[tokio::test]
+async fn real_programs_run_under_the_allow_list() {
+    let python = r#"python3 - <<'EOF'
+import ctypes, os, selectors, socket, subprocess, threading, time
+done = []
+threads = [threading.Thread(target=done.append, args=(i,)) for i in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+assert sorted(done) == list(range(8)), done
+r, w = os.pipe()
+sel = selectors.EpollSelector(); sel.register(r, selectors.EVENT_READ)
+os.write(w, b"ping"); assert sel.select(5) and os.read(r, 4) == b"ping"
+before = time.monotonic(); time.sleep(0.01); assert time.monotonic() - before >= 0.01
+assert len(os.getrandom(16)) == 16
+m = os.memfd_create("isotest"); os.write(m, b"x"); assert os.pread(m, 1, 0) == b"x"
+libc = ctypes.CDLL(None)
+assert ctypes.c_uint.in_dll(libc, "__rseq_size").value > 0, "rseq not registered"
+assert subprocess.run(["sh", "-c", "exit 3"]).returncode == 3
+for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+    socket.socket(family, socket.SOCK_STREAM).close()
+socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE).close()
+a, b = socket.socketpair(); a.send(b"y"); assert b.recv(1) == b"y"
+print("python ok")
+EOF"#;
+    let node = r#"node -e '
+const { Worker } = require("worker_threads");
+const { execFileSync } = require("child_process");
+const fs = require("fs");
+fs.writeFileSync("/tmp/n", "z"); if (fs.readFileSync("/tmp/n", "utf8") !== "z") throw 1;
+if (execFileSync("sh", ["-c", "echo sub"]).toString() !== "sub\n") throw 2;
+new Worker("require(\"worker_threads\").parentPort.postMessage(6*7)", { eval: true })
+  .on("message", (m) => { if (m !== 42) throw 3; setTimeout(() => console.log("node ok"), 10); });
+'"#;
+    let java = "java -Xmx64m -XX:+UseSerialGC -version 2>&1 | grep -q 'version' && echo java ok";
+    let test_binary = std::env::current_exe().expect("own path");
+    let libtest = format!(
+        "{} --list --test-threads 2 real_programs | grep -q ': test' && echo libtest ok",
+        test_binary.display()
+    );
+    for (script, want) in [
+        (python, "python ok\n"),
+        (node, "node ok\n"),
+        (java, "java ok\n"),
+        (libtest.as_str(), "libtest ok\n"),
+    ] {
+        let o = run(sh(script)).await;
+        assert_eq!(
+            stdout(&o),
+            want,
+            "{script}\nstderr: {}",
+            o.stderr.render("stderr")
+        );
+    }
+}
+
+/// Socket families other than local, IP and netlink, and calls that reach beyond the sandbox,
+/// are refused (AF_ALG: CVE-2026-31431; AF_VSOCK: not confined by a network namespace).
+#[cfg(target_arch = "x86_64")]
+#[tokio::test]
+async fn seccomp_refuses_other_socket_families_and_calls_beyond_the_sandbox() {
+    let script = r#"python3 - <<'EOF'
+import ctypes, errno, socket
+for name in ("AF_ALG", "AF_VSOCK", "AF_PACKET"):
+    try:
+        socket.socket(getattr(socket, name), socket.SOCK_SEQPACKET if name == "AF_ALG" else socket.SOCK_STREAM)
+        print(name, "ALLOWED")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr in [("name_to_handle_at", 303), ("kcmp", 312), ("syslog", 103),
+                 ("statmount", 457), ("listmount", 458), ("open_tree_attr", 467),
+                 ("unknown", 470)]:
+    ret = libc.syscall(nr, 0, 0, 0, 0, 0)
+    print(name, "ALLOWED" if ret != -1 else errno.errorcode[ctypes.get_errno()])
+print("personality", libc.personality(0x0040000), errno.errorcode.get(ctypes.get_errno()))
+print("query", libc.personality(0xffffffff) >= 0)
+EOF"#;
+    let o = run(sh(script)).await;
+    assert_eq!(
+        stdout(&o),
+        "AF_ALG EAFNOSUPPORT\nAF_VSOCK EAFNOSUPPORT\nAF_PACKET EAFNOSUPPORT\n\
+         name_to_handle_at EPERM\nkcmp EPERM\nsyslog EPERM\nstatmount EPERM\n\
+         listmount EPERM\nopen_tree_attr EPERM\nunknown ENOSYS\n\
+         personality -1 EPERM\nquery True\n",
+        "stderr: {}",
+        o.stderr.render("stderr")
+    );
+}
