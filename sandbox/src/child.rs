@@ -144,7 +144,8 @@ pub(crate) struct ChildPlan {
     pub set_groups: bool,
     /// Bring `lo` up (the sandbox has its own network namespace).
     pub loopback_up: bool,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Each resource with its soft and hard limit.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub cap_last: u32,
     pub workdir: CString,
     pub program: CString,
@@ -398,10 +399,10 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
                 fail(fds, index as u32);
             }
         }
-        for &(resource, value) in &plan.rlimits {
+        for &(resource, soft, hard) in &plan.rlimits {
             let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(resource, &limit) != 0 {
                 fail(fds, step(S_RLIMIT));

@@ -281,6 +281,36 @@ pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxErro
     ])
 }
 
+/// Files and directories of a fresh proc that still describe the host, not the sandbox:
+/// Docker's masked paths (`/sys`, the rest of that list, is not mounted at all). Docker's
+/// read-only paths need nothing: they are the host root's, which a sandbox's root is not.
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "timer_stats",
+    "interrupts",
+    "sysrq-trigger",
+];
+const MASKED_PROC_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// The masked proc paths this kernel has, each with whether it is a directory (covered by an
+/// empty read-only tmpfs; a file gets `/dev/null` bound over it). Looked up once: a mount
+/// each costs every sandbox's start-up, so only those that exist are masked.
+fn masked_proc_paths() -> &'static [(&'static str, bool)] {
+    static PATHS: std::sync::OnceLock<Vec<(&'static str, bool)>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let files = MASKED_PROC_FILES.iter().map(|&f| (f, false));
+        let dirs = MASKED_PROC_DIRS.iter().map(|&d| (d, true));
+        files
+            .chain(dirs)
+            .filter(|(name, _)| Path::new("/proc").join(name).exists())
+            .collect()
+    })
+}
+
 /// Ops each sandbox runs on top of a skeleton at `root`: its workspace, private /tmp,
 /// /dev/shm, /dev/pts and /proc, then (with `pivot`) pivot_root into it.
 fn sandbox_ops(
@@ -331,6 +361,24 @@ fn sandbox_ops(
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: None,
     });
+    for &(name, dir) in masked_proc_paths() {
+        let target = at(&format!("proc/{name}"))?;
+        ops.push(if dir {
+            tmpfs_op(
+                target,
+                "size=4k,nr_inodes=1,mode=555".into(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            )?
+        } else {
+            Op::Mount {
+                src: Some(at("dev/null")?),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            }
+        });
+    }
     ops.push(Op::Chdir {
         path: path_c(root)?,
     });
@@ -409,10 +457,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         make_private: !input.env.pivoted,
         set_groups: matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
         loopback_up: !spec.network,
-        rlimits: vec![
-            (libc::RLIMIT_FSIZE, spec.limits.file_size_bytes),
-            (libc::RLIMIT_CORE, 0),
-        ],
+        rlimits: rlimits(&spec.limits),
         cap_last: inner.cap_last,
         workdir: c"/workspace".to_owned(),
         program: c"/bin/sh".to_owned(),
@@ -420,6 +465,46 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         envp,
         init: (!staged).then(|| inner.init_program.as_raw_fd()),
     })
+}
+
+/// Soft limit on open files: what `select` can handle. Go, the JVM and Node.js raise their own
+/// soft limit to the hard one at start.
+const NOFILE_SOFT: u64 = 1024;
+/// Hard limit on open files per process (their kernel memory is charged to the memory cgroup;
+/// this bounds one process's descriptor table).
+const NOFILE_HARD: u64 = 65536;
+
+/// The rlimits of a sandbox, as nsjail sets them where they make sense: no core dumps, a file
+/// size cap, open files, processes and threads (a backstop to the pids cgroup: counted per
+/// user, and each sandbox has its own), and no real-time or raised CPU priority (a real-time
+/// busy loop would starve the host). Not the address space: Go, the JVM and V8 reserve
+/// gigabytes they never use, and the memory cgroup counts what is used. Each is clamped to the
+/// worker's own hard limit, which a sandbox cannot raise.
+fn rlimits(limits: &crate::spec::Limits) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    [
+        (libc::RLIMIT_CORE, 0, 0),
+        (
+            libc::RLIMIT_FSIZE,
+            limits.file_size_bytes,
+            limits.file_size_bytes,
+        ),
+        (libc::RLIMIT_NOFILE, NOFILE_SOFT, NOFILE_HARD),
+        (libc::RLIMIT_NPROC, limits.pids, limits.pids),
+        (libc::RLIMIT_RTPRIO, 0, 0),
+        (libc::RLIMIT_NICE, 0, 0),
+    ]
+    .into_iter()
+    .map(|(resource, soft, hard)| {
+        let mut own = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        unsafe { libc::getrlimit(resource, &mut own) };
+        let hard = hard.min(own.rlim_max);
+        (resource, soft.min(hard), hard)
+    })
+    .collect()
 }
 
 /// Duplicates cgroup files for a launcher request, which must own what it uses.

@@ -826,3 +826,72 @@ EOF"#;
         o.stderr.render("stderr")
     );
 }
+
+/// The rlimits nsjail sets where they make sense here (see docs/isolation.md for those left
+/// alone, such as the address space, which Go, the JVM and V8 reserve by gigabytes).
+#[tokio::test]
+async fn rlimits_are_set() {
+    let mut spec = sh("cat /proc/self/limits");
+    spec.limits.pids = 77;
+    let o = run(spec).await;
+    let limits = stdout(&o);
+    let row = |name: &str| -> Vec<String> {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {limits}"));
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let own_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("own limit")
+        .1;
+    let nofile_hard = own_hard.min(65536).to_string();
+    assert_eq!(row("Max open files"), ["1024", nofile_hard.as_str()]);
+    assert_eq!(row("Max processes"), ["77", "77"]);
+    assert_eq!(row("Max core file size"), ["0", "0"]);
+    assert_eq!(row("Max file size"), ["536870912", "536870912"]);
+    assert_eq!(row("Max realtime priority"), ["0", "0"]);
+    assert_eq!(row("Max nice priority"), ["0", "0"]);
+    assert_eq!(row("Max address space"), ["unlimited", "unlimited"]);
+}
+
+/// The host's proc files that a fresh proc still shares with the host, and that tell about it
+/// (Docker's masked paths where they exist), read as empty.
+#[tokio::test]
+async fn proc_files_about_the_host_are_masked() {
+    let files = [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+        "timer_stats",
+        "interrupts",
+        "sysrq-trigger",
+    ];
+    let dirs = ["acpi", "asound", "scsi"];
+    let present = |name: &&str| std::path::Path::new("/proc").join(name).exists();
+    let files: Vec<&str> = files.into_iter().filter(present).collect();
+    let dirs: Vec<&str> = dirs.into_iter().filter(present).collect();
+    assert!(
+        !files.is_empty() && !dirs.is_empty(),
+        "nothing to mask on this host"
+    );
+    let mut script = String::new();
+    for f in &files {
+        script.push_str(&format!("printf '{f} '; wc -c < /proc/{f} 2>&1; "));
+    }
+    for d in &dirs {
+        script.push_str(&format!("printf '{d} '; ls -A /proc/{d} | wc -l; "));
+    }
+    script.push_str("[ \"$(head -c1 /proc/cpuinfo)\" ] && echo cpuinfo readable");
+    let o = run(sh(&script)).await;
+    let mut want: String = files.iter().map(|f| format!("{f} 0\n")).collect();
+    want.extend(dirs.iter().map(|d| format!("{d} 0\n")));
+    want.push_str("cpuinfo readable\n");
+    assert_eq!(stdout(&o), want, "stderr: {}", o.stderr.render("stderr"));
+}
