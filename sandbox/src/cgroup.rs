@@ -226,18 +226,6 @@ impl SandboxCgroup {
         &self.procs
     }
 
-    /// The host pids of every process in the cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        let Some(dir) = self.dirs.first() else {
-            return Vec::new();
-        };
-        fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
     /// CPU time used by the cgroup so far.
     pub fn cpu_usage(&self) -> Option<Duration> {
         let dir = self.cpu.as_ref()?;
@@ -276,14 +264,6 @@ impl SandboxCgroup {
             .ok()
             .and_then(|text| keyed_value(&text, key))
             .unwrap_or(0)
-    }
-
-    /// Sends `signal` to every process in the cgroup.
-    pub fn signal_all(&self, signal: i32) {
-        for pid in self.pids() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, signal) };
-        }
     }
 
     /// Whether this cgroup can serve another run: v1 only, where the peak-memory and CPU

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,24 +22,6 @@ use crate::spec::RunSpec;
 use crate::sys;
 use crate::workspace::Workspace;
 use crate::{Inner, UidMapping};
-
-/// The init script of a run with a setup or teardown stage: pid 1 of the sandbox is `/bin/sh`
-/// running this with the stages as positional arguments (a run with only a command uses the
-/// freestanding `isotest-init`, which spares the shell's start-up and fork). It reports
-/// `stage status` lines on fd 3, which no stage inherits.
-/// The command runs via `exec` in a subshell so a builtin name (`exit`, `exec`) cannot act on
-/// the init itself.
-const INIT_SCRIPT: &str = r#"s=$1 t=$2 hs=$3 ht=$4
-shift 4
-if [ "$hs" = 1 ]; then
-  /bin/sh -c "$s" 3>&-; c=$?; echo "setup $c" >&3
-  [ "$c" = 0 ] || exit 0
-fi
-(exec "$@") 3>&-; echo "command $?" >&3
-if [ "$ht" = 1 ]; then
-  /bin/sh -c "$t" 3>&-; echo "teardown $?" >&3
-fi
-"#;
 
 /// The top-level entries of an environment root, listed once at start.
 #[derive(Debug, Clone)]
@@ -410,22 +392,20 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         ops
     };
 
-    // A single command runs under `isotest-init`; stages need the init script.
-    let staged = spec.setup.is_some() || spec.teardown.is_some();
-    let mut argv = if staged {
-        vec![
-            c"sh".to_owned(),
-            c"-c".to_owned(),
-            cstr(INIT_SCRIPT)?,
-            c"isotest-init".to_owned(),
-            cstr(spec.setup.as_deref().unwrap_or(""))?,
-            cstr(spec.teardown.as_deref().unwrap_or(""))?,
-            cstr(if spec.setup.is_some() { "1" } else { "0" })?,
-            cstr(if spec.teardown.is_some() { "1" } else { "0" })?,
-        ]
-    } else {
-        vec![c"isotest-init".to_owned()]
-    };
+    // Every run's pid 1 is `isotest-init`: with stages, an empty first argument, which names
+    // no program, then which stages follow, then the stages' scripts (see the program's usage).
+    let mut argv = vec![c"isotest-init".to_owned()];
+    if spec.setup.is_some() || spec.teardown.is_some() {
+        let stages = match (&spec.setup, &spec.teardown) {
+            (Some(_), Some(_)) => c"st",
+            (Some(_), None) => c"s",
+            _ => c"t",
+        };
+        argv.extend([c"".to_owned(), stages.to_owned()]);
+        for script in [&spec.setup, &spec.teardown].into_iter().flatten() {
+            argv.push(cstr(script)?);
+        }
+    }
     for arg in &spec.command {
         argv.push(cstr(arg)?);
     }
@@ -463,7 +443,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
-        init: (!staged).then(|| inner.init_program.as_raw_fd()),
+        init: Some(inner.init_program.as_raw_fd()),
     })
 }
 
@@ -592,8 +572,12 @@ fn parse_report(report: &[u8]) -> [Option<StageExit>; 3] {
 
 pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
-    if spec.command.is_empty() {
-        return Err(SandboxError::InvalidSpec("empty command".to_owned()));
+    match spec.command.first() {
+        None => return Err(SandboxError::InvalidSpec("empty command".to_owned())),
+        Some(program) if program.is_empty() => {
+            return Err(SandboxError::InvalidSpec("empty program name".to_owned()));
+        }
+        Some(_) => {}
     }
     let env_name = spec.environment.as_deref().unwrap_or("default");
     let env = inner
@@ -941,13 +925,13 @@ async fn supervise(
             }
             () = tokio::time::sleep_until(deadline), if reason.is_none() => {
                 reason = Some(Termination::TimedOut);
-                kill_at = Some(begin_stop(cgroup, limits));
+                kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
             }
             _ = cpu_tick.tick(), if reason.is_none() && cpu_limit.is_some() => {
                 let used = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default();
                 if cpu_limit.is_some_and(|limit| used > limit) {
                     reason = Some(Termination::CpuTimeExceeded);
-                    kill_at = Some(begin_stop(cgroup, limits));
+                    kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
                 }
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
@@ -959,18 +943,15 @@ async fn supervise(
     }
 }
 
-/// Sends SIGTERM to every process of the sandbox and returns when to SIGKILL.
-fn begin_stop(
-    cgroup: Option<&crate::cgroup::SandboxCgroup>,
-    limits: &crate::spec::Limits,
-) -> tokio::time::Instant {
-    match cgroup {
-        Some(cg) if !limits.kill_grace.is_zero() => {
-            cg.signal_all(libc::SIGTERM);
-            tokio::time::Instant::now() + limits.kill_grace
-        }
-        _ => tokio::time::Instant::now(),
+/// Asks every process of the sandbox to stop and returns when to SIGKILL: SIGTERM to the init
+/// through its pidfd, which `isotest-init` passes on to every other process of its pid
+/// namespace. (Signalling pids read from `cgroup.procs` would race with their reuse: a process
+/// may exit and its pid go to a host process between the read and the kill.)
+fn begin_stop(pidfd: BorrowedFd<'_>, limits: &crate::spec::Limits) -> tokio::time::Instant {
+    if limits.kill_grace.is_zero() || sys::pidfd_send_signal(pidfd, libc::SIGTERM).is_err() {
+        return tokio::time::Instant::now();
     }
+    tokio::time::Instant::now() + limits.kill_grace
 }
 
 #[cfg(test)]
