@@ -273,8 +273,7 @@ impl SandboxCgroup {
         self.version == CgroupVersion::V1
     }
 
-    /// Makes a kept cgroup ready for the next run: kills anything left, waits until it is
-    /// empty, resets its peak memory and CPU counters, rebases its OOM count and writes the
+    /// Makes a kept cgroup ready for the next run: waits until it is empty, resets its peak memory and CPU counters, rebases its OOM count and writes the
     /// limits that changed.
     ///
     /// # Errors
@@ -303,8 +302,9 @@ impl SandboxCgroup {
         Ok(())
     }
 
-    /// Kills what is left in the cgroup and waits (5 s at most) until it is empty; exiting
-    /// tasks may still be listed for a moment after the pid namespace's init was reaped.
+    /// Waits (5 s at most) until the cgroup is empty, killing what is left where that is safe
+    /// (see [`kill_all`]); exiting tasks may still be listed for a moment after the pid
+    /// namespace's init was reaped.
     fn wait_empty(&self) -> Result<(), CgroupError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for dir in &self.dirs {
@@ -354,15 +354,15 @@ impl SandboxCgroup {
     }
 }
 
-/// SIGKILLs every process in `dir`: on v2 at once through `cgroup.kill` (Linux 5.14), which also
-/// catches processes forked meanwhile; else (or when that fails) each listed process.
+/// SIGKILLs every process in `dir` on v2, through `cgroup.kill` (Linux 5.14), which also catches
+/// processes forked meanwhile. On v1 nothing is killed: pids read from `cgroup.procs` may be
+/// reused by host processes before a kill lands, and the worker itself is listed while its
+/// launcher thread sits in the cgroup to clone. Nothing needs it either: every process of a
+/// sandbox is in its pid namespace, which dies with its init (reaped before a cgroup is reset
+/// or removed), and what is still listed then is only exiting.
 fn kill_all(version: CgroupVersion, dir: &Path) {
-    if version == CgroupVersion::V2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-        return;
-    }
-    for pid in read_procs(dir) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    if version == CgroupVersion::V2 {
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
     }
 }
 

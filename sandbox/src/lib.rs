@@ -140,19 +140,9 @@ struct Slots {
     used: Mutex<Vec<bool>>,
 }
 
-struct SlotGuard<'a> {
-    slots: &'a Slots,
-    index: u32,
-}
-
-impl SlotGuard<'_> {
-    fn index(&self) -> u32 {
-        self.index
-    }
-}
-
 impl Slots {
-    fn acquire(&self) -> Result<SlotGuard<'_>, SandboxError> {
+    /// A free slot, taken until [`Slots::release`].
+    fn acquire(&self) -> Result<u32, SandboxError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let index = match used.iter().position(|u| !u) {
             Some(i) => i,
@@ -168,17 +158,12 @@ impl Slots {
             }
         };
         used[index] = true;
-        Ok(SlotGuard {
-            slots: self,
-            index: index as u32,
-        })
+        Ok(index as u32)
     }
-}
 
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        let mut used = self.slots.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = used.get_mut(self.index as usize) {
+    fn release(&self, index: u32) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = used.get_mut(index as usize) {
             *u = false;
         }
     }

@@ -585,8 +585,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         .get(env_name)
         .ok_or_else(|| SandboxError::UnknownEnvironment(env_name.to_owned()))?;
     let slot = inner.slots.acquire()?;
+    // Frees the slot however the run ends, and from below its cgroup too.
+    let mut lease = Lease {
+        inner: Arc::clone(inner),
+        slot,
+        cgroup: None,
+    };
     let (uid, gid) = match inner.isolation.uid_mapping {
-        UidMapping::PerSandbox { base } => (base + slot.index(), base + slot.index()),
+        UidMapping::PerSandbox { base } => (base + slot, base + slot),
         UidMapping::Caller { uid } => (uid, nix::unistd::getegid().as_raw()),
     };
     let name = format!("sb-{}", inner.next_id());
@@ -615,21 +621,10 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         workspace
     };
 
-    let cgroup = match &inner.cgroups {
-        Some(parent) => Some(take_cgroup(
-            inner,
-            parent,
-            slot.index(),
-            &name,
-            &spec.limits,
-        )?),
-        None => None,
-    };
-    let cgroup = CgroupGuard {
-        cgroup,
-        inner,
-        slot: slot.index(),
-    };
+    if let Some(parent) = &inner.cgroups {
+        lease.cgroup = Some(take_cgroup(inner, parent, slot, &name, &spec.limits)?);
+    }
+    let lease = Arc::new(lease);
 
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -662,7 +657,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if !spec.network {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    let thread_entry = cgroup
+    let thread_entry = lease
         .cgroup
         .as_ref()
         .map(|c| c.thread_entry())
@@ -678,13 +673,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         CgroupMove {
             enter: duplicate(thread_entry)?,
             leave: home.iter().map(AsRawFd::as_raw_fd).collect(),
+            _lease: Some(Arc::clone(&lease) as _),
         }
     } else {
         CgroupMove::default()
     };
     // The launcher adds the child to its cgroup (unless it is born there), maps its ids and
     // releases it, with no wait for this task to be scheduled again.
-    let cgroup_procs = match cgroup.cgroup.as_ref().filter(|_| !by_thread) {
+    let cgroup_procs = match lease.cgroup.as_ref().filter(|_| !by_thread) {
         Some(cg) => duplicate(cg.procs_files())?,
         None => Vec::new(),
     };
@@ -762,7 +758,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let (dead_tx, dead) = tokio::sync::watch::channel(false);
     let limits = &spec.limits;
     let supervise = async {
-        let result = supervise(&pidfd, cgroup.cgroup.as_ref(), limits).await;
+        let result = supervise(&pidfd, lease.cgroup.as_ref(), limits).await;
         let _ = dead_tx.send(true);
         result
     };
@@ -779,7 +775,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let wall = exec_at.elapsed();
     let [setup, command, teardown] = parse_report(&report.data);
 
-    let cg = cgroup.cgroup.as_ref();
+    let cg = lease.cgroup.as_ref();
     let oom = cg.is_some_and(|c| c.oom_kills() > 0);
     let termination = reason.unwrap_or(if oom {
         Termination::OutOfMemory
@@ -818,8 +814,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         drop(workspace);
         collected
     };
-    drop(cgroup);
-    drop(slot);
+    drop(lease);
 
     Ok(RunOutcome {
         setup,
@@ -868,33 +863,37 @@ fn take_cgroup(
         .map_err(|e| SandboxError::io("create cgroup", io::Error::other(e)))
 }
 
-/// Returns the run's cgroup to its slot, or removes it, when the run ends, however it ends.
-struct CgroupGuard<'a> {
-    cgroup: Option<crate::cgroup::SandboxCgroup>,
-    inner: &'a Inner,
+/// A run's slot (and so its uid) and its cgroup. When the last holder lets go, however the run
+/// ends, the cgroup goes back to the slot's pool (v1) or is removed, then the slot is freed.
+/// On v1 the launcher thread holds it too while it sits in the cgroup to clone: a run cancelled
+/// meanwhile must not hand the cgroup (nor the slot, whose next run would take the cgroup) to
+/// the next run, whose reset would find the worker in it.
+struct Lease {
+    inner: Arc<Inner>,
     slot: u32,
+    cgroup: Option<crate::cgroup::SandboxCgroup>,
 }
 
-impl Drop for CgroupGuard<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(cg) = self.cgroup.take() else {
-            return;
-        };
-        if cg.reusable() {
-            // The next run of this slot kills anything left and resets it.
-            let mut pool = self
-                .inner
-                .cgroup_pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let slot = self.slot as usize;
-            if pool.len() <= slot {
-                pool.resize_with(slot + 1, || None);
+        if let Some(cg) = self.cgroup.take() {
+            if cg.reusable() {
+                // The next run of this slot waits until it is empty and resets it.
+                let mut pool = self
+                    .inner
+                    .cgroup_pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let slot = self.slot as usize;
+                if pool.len() <= slot {
+                    pool.resize_with(slot + 1, || None);
+                }
+                pool[slot] = Some(cg);
+            } else if let Err(e) = cg.destroy() {
+                tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
             }
-            pool[slot] = Some(cg);
-        } else if let Err(e) = cg.destroy() {
-            tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
         }
+        self.inner.slots.release(self.slot);
     }
 }
 
@@ -957,6 +956,85 @@ fn begin_stop(pidfd: BorrowedFd<'_>, limits: &crate::spec::Limits) -> tokio::tim
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launcher::hooks;
+
+    /// A run cancelled while the launcher thread sits in its sandbox's cgroup (v1 moves the
+    /// thread there to clone) must not hand that cgroup, nor its slot, to the next run before
+    /// the thread has left: that run's reset would find this process in it and kill it. (Were
+    /// this process killed, the whole test binary would die.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_cancelled_mid_spawn_leaves_its_cgroup_alone() {
+        let sandboxer = crate::Sandboxer::new(crate::SandboxConfig {
+            state_dir: "/run/isotest-sandbox-unit".into(),
+            ..crate::SandboxConfig::default()
+        })
+        .expect("this host supports full isolation");
+        let spec = |script: &str| RunSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..RunSpec::default()
+        };
+        let wait_for = |paused: bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut pause = hooks::PAUSE.lock().expect("lock");
+            while pause.paused != paused {
+                assert!(Instant::now() < deadline, "the launcher never paused");
+                pause = hooks::CHANGED
+                    .wait_timeout(pause, Duration::from_millis(100))
+                    .expect("lock")
+                    .0;
+            }
+        };
+        *hooks::PAUSE.lock().expect("lock") = hooks::Pause {
+            armed: true,
+            ..hooks::Pause::default()
+        };
+        let first = tokio::spawn({
+            let sandboxer = sandboxer.clone();
+            async move { sandboxer.run(spec("sleep 30")).await }
+        });
+        tokio::task::spawn_blocking(move || wait_for(true))
+            .await
+            .expect("join");
+        first.abort();
+        assert!(first.await.expect_err("cancelled").is_cancelled());
+        // Neither its slot nor its cgroup is handed out while the launcher is in the cgroup.
+        let inner = &sandboxer.inner;
+        let slot_taken = |slot: usize| {
+            let used = inner.slots.used.lock().expect("lock");
+            used.get(slot).copied().unwrap_or(false)
+        };
+        let pooled = |slot: usize| {
+            let pool = inner.cgroup_pool.lock().expect("lock");
+            pool.get(slot).is_some_and(Option::is_some)
+        };
+        assert!(slot_taken(0) && !pooled(0));
+        // The next run (which may queue behind the paused launcher) gets another slot and
+        // cgroup, and resets no cgroup the launcher is in.
+        let next = tokio::spawn({
+            let sandboxer = sandboxer.clone();
+            async move { sandboxer.run(spec("echo ok")).await }
+        });
+        {
+            let mut pause = hooks::PAUSE.lock().expect("lock");
+            pause.released = true;
+            hooks::CHANGED.notify_all();
+        }
+        let o = next.await.expect("join").expect("runs");
+        assert_eq!(o.stdout.data, b"ok\n");
+        tokio::task::spawn_blocking(move || wait_for(false))
+            .await
+            .expect("join");
+        // Once the launcher has left, slot 0 and its cgroup serve runs again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while slot_taken(0) || !pooled(0) {
+            assert!(Instant::now() < deadline, "slot 0 never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..3 {
+            let o = sandboxer.run(spec("echo ok")).await.expect("runs");
+            assert_eq!(o.stdout.data, b"ok\n");
+        }
+    }
 
     #[test]
     fn report_parsing_is_defensive() {
