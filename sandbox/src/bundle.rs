@@ -1,6 +1,7 @@
 //! Workspace bundles: a directory packed as tar + zstd, deterministically, and unpacked without
 //! ever following a link, so a hostile bundle cannot write outside the target directory.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -21,7 +22,7 @@ pub enum BundleError {
         /// The entry's path.
         path: PathBuf,
         /// The kind, e.g. "hard link".
-        kind: &'static str,
+        kind: Cow<'static, str>,
     },
     /// The unpacked content would exceed the size cap.
     #[error("stay within {cap} bytes unpacked")]
@@ -45,7 +46,7 @@ pub enum BundleError {
     #[error("accept a {what} of {size} bytes (at most {cap})")]
     RecordTooLarge {
         /// Which record, e.g. "GNU long name".
-        what: &'static str,
+        what: Cow<'static, str>,
         /// The size its header gives.
         size: u64,
         /// The cap in bytes.
@@ -55,13 +56,19 @@ pub enum BundleError {
     #[error("read tar: {why}")]
     Malformed {
         /// What is wrong, e.g. "two long names or links for one entry".
-        why: &'static str,
+        why: Cow<'static, str>,
+    },
+    /// The unpacked workspace, charged to the test's memory cgroup, would not fit in it.
+    #[error("fit the workspace in the test's memory limit of {limit} bytes")]
+    OutOfMemory {
+        /// The test's memory limit in bytes.
+        limit: u64,
     },
     /// Reading, writing or creating something failed (including refusing to go through a link).
     #[error("{what} {path:?}")]
     Io {
         /// What was being done.
-        what: &'static str,
+        what: Cow<'static, str>,
         /// Which path.
         path: PathBuf,
         /// The underlying error.
@@ -72,7 +79,94 @@ pub enum BundleError {
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BundleError {
     let path = path.to_owned();
-    move |source| BundleError::Io { what, path, source }
+    move |source| BundleError::Io {
+        what: what.into(),
+        path,
+        source,
+    }
+}
+
+impl BundleError {
+    /// The error as bytes for a process that unpacks for another (see `workspace`): a tag and
+    /// the fields, each ended by a NUL, which no path and no message holds.
+    pub(crate) fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |field: &[u8]| {
+            out.extend(field.iter().filter(|&&b| b != 0));
+            out.push(0);
+        };
+        let path = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let num = |n: &u64| n.to_string().into_bytes();
+        let fields: Vec<Vec<u8>> = match self {
+            BundleError::BadPath(p) => vec![b"path".to_vec(), path(p)],
+            BundleError::RefusedKind { path: p, kind } => {
+                vec![b"kind".to_vec(), path(p), kind.as_bytes().to_vec()]
+            }
+            BundleError::TooLarge { cap } => vec![b"size".to_vec(), num(cap)],
+            BundleError::StreamTooLarge { cap } => vec![b"stream".to_vec(), num(cap)],
+            BundleError::TooManyEntries { cap } => vec![b"entries".to_vec(), num(cap)],
+            BundleError::RecordTooLarge { what, size, cap } => vec![
+                b"record".to_vec(),
+                what.as_bytes().to_vec(),
+                num(size),
+                num(cap),
+            ],
+            BundleError::Malformed { why } => vec![b"malformed".to_vec(), why.as_bytes().to_vec()],
+            BundleError::OutOfMemory { limit } => vec![b"memory".to_vec(), num(limit)],
+            BundleError::Io {
+                what,
+                path: p,
+                source,
+            } => vec![
+                b"io".to_vec(),
+                what.as_bytes().to_vec(),
+                path(p),
+                source.raw_os_error().unwrap_or(0).to_string().into_bytes(),
+                source.to_string().into_bytes(),
+            ],
+        };
+        for field in &fields {
+            put(field);
+        }
+        out
+    }
+
+    /// Reads back what [`BundleError::to_wire`] wrote; `None` if it is not such bytes.
+    pub(crate) fn from_wire(bytes: &[u8]) -> Option<BundleError> {
+        let fields: Vec<&[u8]> = bytes.strip_suffix(&[0])?.split(|&b| b == 0).collect();
+        let text = |i: usize| -> Option<Cow<'static, str>> {
+            Some(String::from_utf8_lossy(fields.get(i)?).into_owned().into())
+        };
+        let path = |i: usize| Some(PathBuf::from(OsStr::from_bytes(fields.get(i)?)));
+        let num =
+            |i: usize| -> Option<u64> { std::str::from_utf8(fields.get(i)?).ok()?.parse().ok() };
+        Some(match *fields.first()? {
+            b"path" => BundleError::BadPath(path(1)?),
+            b"kind" => BundleError::RefusedKind {
+                path: path(1)?,
+                kind: text(2)?,
+            },
+            b"size" => BundleError::TooLarge { cap: num(1)? },
+            b"stream" => BundleError::StreamTooLarge { cap: num(1)? },
+            b"entries" => BundleError::TooManyEntries { cap: num(1)? },
+            b"record" => BundleError::RecordTooLarge {
+                what: text(1)?,
+                size: num(2)?,
+                cap: num(3)?,
+            },
+            b"malformed" => BundleError::Malformed { why: text(1)? },
+            b"memory" => BundleError::OutOfMemory { limit: num(1)? },
+            b"io" => BundleError::Io {
+                what: text(1)?,
+                path: path(2)?,
+                source: match num(3)? {
+                    0 => io::Error::other(text(4)?.into_owned()),
+                    errno => io::Error::from_raw_os_error(i32::try_from(errno).ok()?),
+                },
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// Packs `dir` as tar + zstd: regular files, directories and symlinks (others skipped), in
@@ -319,7 +413,7 @@ fn unpack_capped(
     }
     if !unpacker.pending.is_empty() {
         return Err(BundleError::Malformed {
-            why: "a long name or PAX record with no entry after it",
+            why: "a long name or PAX record with no entry after it".into(),
         });
     }
     Ok(())
@@ -369,7 +463,7 @@ impl Unpacker<'_> {
                 };
                 if slot.replace(bytes).is_some() {
                     return Err(BundleError::Malformed {
-                        why: "two long names or links for one entry",
+                        why: "two long names or links for one entry".into(),
                     });
                 }
                 return Ok(());
@@ -385,7 +479,7 @@ impl Unpacker<'_> {
                         // would make this reader and others see different entries.
                         b"size" => {
                             return Err(BundleError::Malformed {
-                                why: "a PAX size record",
+                                why: "a PAX size record".into(),
                             });
                         }
                         _ => continue,
@@ -429,7 +523,7 @@ impl Unpacker<'_> {
         let (dir, options) = (self.dir, self.options);
         let refuse = |kind: &'static str| BundleError::RefusedKind {
             path: path.to_owned(),
-            kind,
+            kind: kind.into(),
         };
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -489,7 +583,11 @@ fn read_record<R: Read>(
 ) -> Result<Vec<u8>, BundleError> {
     let size = entry.header().entry_size().unwrap_or(u64::MAX);
     if size > cap {
-        return Err(BundleError::RecordTooLarge { what, size, cap });
+        return Err(BundleError::RecordTooLarge {
+            what: what.into(),
+            size,
+            cap,
+        });
     }
     let mut data = Vec::with_capacity(size as usize);
     entry
@@ -627,7 +725,7 @@ fn create_file(
     if !meta.is_file() {
         return Err(BundleError::RefusedKind {
             path: path.to_owned(),
-            kind: "non-regular file in the way",
+            kind: "non-regular file in the way".into(),
         });
     }
     if let Some((uid, gid)) = owner {
@@ -859,7 +957,7 @@ mod tests {
             let started = std::time::Instant::now();
             let got = unpack(&bomb, open(&dst).as_fd(), OPTS);
             assert!(
-                matches!(got, Err(BundleError::RecordTooLarge { what: w, size: EIGHT_GIB, .. }) if w == what),
+                matches!(&got, Err(BundleError::RecordTooLarge { what: w, size: EIGHT_GIB, .. }) if w == what),
                 "{what}: {got:?}"
             );
             assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -969,6 +1067,39 @@ mod tests {
         let got = unpack(&bundle, open(&dst).as_fd(), OPTS);
         assert!(matches!(got, Err(BundleError::Malformed { .. })), "{got:?}");
         let _ = std::fs::remove_dir_all(dst);
+    }
+
+    /// An error sent back by the process that unpacks reads the same on this side.
+    #[test]
+    fn errors_cross_the_wire_unchanged() {
+        let path = PathBuf::from(OsStr::from_bytes(b"a/\xffb"));
+        let errors = [
+            BundleError::BadPath(path.clone()),
+            BundleError::RefusedKind {
+                path: path.clone(),
+                kind: "hard link".into(),
+            },
+            BundleError::TooLarge { cap: 7 },
+            BundleError::StreamTooLarge { cap: 8 },
+            BundleError::TooManyEntries { cap: 9 },
+            BundleError::RecordTooLarge {
+                what: "PAX header".into(),
+                size: u64::MAX,
+                cap: 1,
+            },
+            BundleError::Malformed {
+                why: "a PAX size record".into(),
+            },
+            BundleError::OutOfMemory { limit: 64 << 20 },
+            io_err("create file", &path)(io::Error::from_raw_os_error(libc::ENOSPC)),
+            io_err("read tar", &path)(io::Error::other("archive header checksum mismatch")),
+        ];
+        for error in errors {
+            let back = BundleError::from_wire(&error.to_wire()).expect("decodes");
+            assert_eq!(format!("{back:?}"), format!("{error:?}"));
+        }
+        assert!(BundleError::from_wire(b"no such tag\0").is_none());
+        assert!(BundleError::from_wire(b"size\0not a number\0").is_none());
     }
 
     #[test]

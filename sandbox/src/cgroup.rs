@@ -107,6 +107,7 @@ impl CgroupParent {
             cpu: None,
             tasks: Vec::new(),
             oom_base: 0,
+            cpu_base: Duration::ZERO,
             limits: (memory_bytes, pids),
         };
         // Each distinct directory once: on v2 all controllers share one.
@@ -207,6 +208,8 @@ pub(crate) struct SandboxCgroup {
     tasks: Vec<File>,
     /// OOM kills counted before this run (a reused cgroup keeps its count).
     oom_base: u64,
+    /// CPU time counted before the test started (v2: the workspace's unpacking).
+    cpu_base: Duration,
     /// The limits last written, so a reused cgroup is written only what changed.
     limits: (u64, u64),
 }
@@ -226,8 +229,29 @@ impl SandboxCgroup {
         &self.procs
     }
 
-    /// CPU time used by the cgroup so far.
+    /// The file a single-threaded process writes "0" to, to be charged for memory here: v1
+    /// the memory hierarchy's `tasks` (moving one thread takes no threadgroup lock, and the
+    /// other hierarchies, CPU time among them, are left alone), v2 `cgroup.procs`.
+    pub fn memory_entry(&self) -> Option<&File> {
+        let memory = self.memory.as_ref()?;
+        let index = self.dirs.iter().position(|d| d == memory)?;
+        match self.version {
+            CgroupVersion::V1 => self.tasks.get(index),
+            CgroupVersion::V2 => self.procs.get(index),
+        }
+    }
+
+    /// Counts CPU time from now on only (after the workspace was unpacked here).
+    pub fn rebase_cpu(&mut self) {
+        self.cpu_base = self.cpu_total().unwrap_or_default();
+    }
+
+    /// CPU time used by the cgroup since it was reset or rebased.
     pub fn cpu_usage(&self) -> Option<Duration> {
+        Some(self.cpu_total()?.saturating_sub(self.cpu_base))
+    }
+
+    fn cpu_total(&self) -> Option<Duration> {
         let dir = self.cpu.as_ref()?;
         match self.version {
             CgroupVersion::V1 => read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos),
@@ -299,6 +323,7 @@ impl SandboxCgroup {
         }
         self.limits = (memory_bytes, pids);
         self.oom_base = self.oom_count();
+        self.cpu_base = Duration::ZERO;
         Ok(())
     }
 

@@ -14,13 +14,14 @@ use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
+use crate::bundle::BundleError;
 use crate::child::{ChildFds, ChildPlan, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
 use crate::spec::RunSpec;
 use crate::sys;
-use crate::workspace::Workspace;
+use crate::workspace::{PopulateError, Workspace};
 use crate::{Inner, UidMapping};
 
 /// The top-level entries of an environment root, listed once at start.
@@ -605,24 +606,16 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
             .map_err(|e| SandboxError::io("create workspace directory", e))?
     };
     let owner = inner.isolation.workspace_tmpfs.then_some((uid, gid));
+    if let Some(parent) = &inner.cgroups {
+        lease.cgroup = Some(take_cgroup(inner, parent, slot, &name, &spec.limits)?);
+    }
     let workspace = if spec.workspace_bundle.is_some() || !spec.files.is_empty() {
-        let bundle = spec.workspace_bundle.clone();
-        let files = std::mem::take(&mut { spec.files.clone() });
-        let max = spec.limits.workspace_bytes;
-        tokio::task::spawn_blocking(move || {
-            workspace
-                .populate(bundle.as_deref(), &files, max, owner)
-                .map(|()| workspace)
-        })
-        .await
-        .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?
-        .map_err(SandboxError::Bundle)?
+        populate(workspace, &spec, owner, lease.cgroup.as_ref()).await?
     } else {
         workspace
     };
-
-    if let Some(parent) = &inner.cgroups {
-        lease.cgroup = Some(take_cgroup(inner, parent, slot, &name, &spec.limits)?);
+    if let Some(cg) = lease.cgroup.as_mut() {
+        cg.rebase_cpu();
     }
     let lease = Arc::new(lease);
 
@@ -795,6 +788,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     };
 
     let collected = if spec.collect.is_empty() {
+        drop(workspace);
         BTreeMap::new()
     } else {
         let paths = spec.collect.clone();
@@ -814,6 +808,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         drop(workspace);
         collected
     };
+    // After the workspace, whose pages are charged to the cgroup the lease may remove.
     drop(lease);
 
     Ok(RunOutcome {
@@ -827,6 +822,64 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         usage,
         startup,
     })
+}
+
+/// Fills the workspace with the spec's bundle and files. With a bundle and a memory cgroup,
+/// from a process in that cgroup, so that the workspace counts against the test's memory
+/// (see [`Workspace::populate_charged`]); the manifest's files alone, small and bounded by the
+/// manifest's own limits, are written from here, sparing that process's fork.
+async fn populate(
+    workspace: Workspace,
+    spec: &RunSpec,
+    owner: Option<(u32, u32)>,
+    cgroup: Option<&crate::cgroup::SandboxCgroup>,
+) -> Result<Workspace, SandboxError> {
+    let bundle = spec.workspace_bundle.clone();
+    let files = spec.files.clone();
+    let max = spec.limits.workspace_bytes;
+    let entry = match cgroup
+        .filter(|_| bundle.is_some())
+        .and_then(|c| c.memory_entry())
+    {
+        Some(file) => Some(
+            file.try_clone()
+                .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
+        ),
+        None => None,
+    };
+    // Bounded by the bundle's caps; this only guards against a wedged process.
+    let deadline = spec.limits.timeout.max(Duration::from_secs(60));
+    let (workspace, populated) = tokio::task::spawn_blocking(move || {
+        let populated = match &entry {
+            Some(entry) => workspace.populate_charged(
+                entry.as_fd(),
+                bundle.as_deref(),
+                &files,
+                max,
+                owner,
+                deadline,
+            ),
+            None => workspace
+                .populate(bundle.as_deref(), &files, max, owner)
+                .map_err(PopulateError::Bundle),
+        };
+        (workspace, populated)
+    })
+    .await
+    .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?;
+    match populated {
+        Ok(()) => Ok(workspace),
+        Err(PopulateError::Bundle(e)) => Err(SandboxError::Bundle(e)),
+        Err(PopulateError::Killed(_)) if cgroup.is_some_and(|c| c.oom_kills() > 0) => {
+            Err(SandboxError::Bundle(BundleError::OutOfMemory {
+                limit: spec.limits.memory_bytes,
+            }))
+        }
+        Err(e) => Err(SandboxError::io(
+            "populate workspace",
+            io::Error::other(e.to_string()),
+        )),
+    }
 }
 
 /// The cgroup of a run: v1 keeps one per slot between runs (mkdir and rmdir of v1 cgroups cost

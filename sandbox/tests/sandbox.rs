@@ -929,3 +929,53 @@ async fn a_stop_reaches_every_process_and_starts_no_further_stage() {
         "waited for the SIGKILL"
     );
 }
+
+/// A workspace bundle of one file `name` of `size` zero bytes, as tar in a zstd frame of
+/// run-length blocks (a few bytes per 128 KiB).
+fn bundle_of_zeros(name: &str, size: u64) -> Arc<[u8]> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).expect("path");
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(size);
+    header.set_cksum();
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3];
+    let mut block = |kind: u32, len: u64, last: bool, body: &[u8]| {
+        let head = u32::from(last) | (kind << 1) | ((len as u32) << 3);
+        frame.extend_from_slice(&head.to_le_bytes()[..3]);
+        frame.extend_from_slice(body);
+    };
+    block(0, 512, false, header.as_bytes());
+    // The file, its padding to 512 bytes and the two zero blocks that end the archive.
+    let mut left = size.div_ceil(512) * 512 + 1024;
+    while left > 0 {
+        let len = left.min(128 << 10);
+        left -= len;
+        block(1, len, left == 0, &[0]);
+    }
+    frame.into()
+}
+
+/// The workspace is charged to the test's memory cgroup, not the worker's: what a bundle unpacks
+/// to counts in the test's peak, and one larger than the test's memory limit is refused.
+#[tokio::test]
+async fn the_workspace_counts_against_the_tests_memory() {
+    let mut spec = sh("wc -c < big");
+    spec.workspace_bundle = Some(bundle_of_zeros("big", 48 << 20));
+    spec.limits.memory_bytes = 128 << 20;
+    let o = run(spec).await;
+    assert_eq!(stdout(&o), format!("{}\n", 48 << 20));
+    assert!(o.usage.max_rss_bytes >= 48 << 20, "{:?}", o.usage);
+
+    let mut spec = sh("echo ran");
+    spec.workspace_bundle = Some(bundle_of_zeros("big", 200 << 20));
+    spec.limits.memory_bytes = 64 << 20;
+    match sandboxer().run(spec).await {
+        Err(SandboxError::Bundle(e)) => assert!(e.to_string().contains("memory"), "{e}"),
+        other => panic!("a workspace over the memory limit: {other:?}"),
+    }
+    // The slot's cgroup serves the next run as usual.
+    let mut spec = sh("echo fine");
+    spec.limits.memory_bytes = 64 << 20;
+    assert_eq!(stdout(&run(spec).await), "fine\n");
+}
