@@ -14,6 +14,18 @@ pub enum SandboxError {
         /// Every missing piece, e.g. "cgroup memory controller".
         missing: Vec<String>,
     },
+    /// The uids or gids configured for sandboxes cannot be used here.
+    #[error("give sandboxes {kind}s {start}..{end}: {why}")]
+    IdRange {
+        /// "uid" or "gid".
+        kind: &'static str,
+        /// The first id of the range.
+        start: u64,
+        /// One past its last id.
+        end: u64,
+        /// Why not, e.g. "200000 is not mapped in this user namespace, which maps 0..65536".
+        why: String,
+    },
     /// The run named an environment the config does not know.
     #[error("find environment {0:?}")]
     UnknownEnvironment(String),

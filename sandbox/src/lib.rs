@@ -36,7 +36,7 @@
 //! a shell's start-up cost.
 //!
 //! Requirements: root on the host for full isolation (per-sandbox uids from
-//! [`SANDBOX_UID_BASE`], a workspace tmpfs, cgroups); user namespaces enabled; the
+//! [`SandboxConfig::uid_base`], a workspace tmpfs, cgroups); user namespaces enabled; the
 //! environment roots world-readable. Without root, `allow_weaker_isolation` runs sandboxes
 //! mapped to the caller's uid with a plain workspace directory and no cgroup limits.
 
@@ -44,6 +44,7 @@ mod cgroup;
 mod child;
 mod config;
 mod error;
+mod ids;
 mod init;
 mod isolation;
 mod launcher;
@@ -74,9 +75,11 @@ use cgroup::CgroupParent;
 use launcher::Launcher;
 use run::EnvPlan;
 
-/// First outside uid/gid of per-sandbox users when running as root.
+/// The default first outside uid/gid of per-sandbox users when running as root
+/// ([`SandboxConfig::uid_base`]).
 pub const SANDBOX_UID_BASE: u32 = 200_000;
-/// How many sandboxes may run at once (each needs its own outside uid).
+/// How many sandboxes may run at once by default (each needs its own outside uid;
+/// [`SandboxConfig::uid_count`]).
 pub const MAX_CONCURRENT: u32 = 65_536;
 /// Launcher threads per environment (as root), so that sandboxes of one environment can be
 /// cloned on two cores at once.
@@ -135,18 +138,27 @@ impl Inner {
 }
 
 /// Allocates per-sandbox slots (and so outside uids) so no two live sandboxes share a uid.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slots {
     used: Mutex<Vec<bool>>,
+    /// How many slots there are (the uids from the base).
+    count: u32,
 }
 
 impl Slots {
+    fn new(count: u32) -> Slots {
+        Slots {
+            used: Mutex::new(Vec::new()),
+            count,
+        }
+    }
+
     /// A free slot, taken until [`Slots::release`].
     fn acquire(&self) -> Result<u32, SandboxError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let index = match used.iter().position(|u| !u) {
             Some(i) => i,
-            None if used.len() < MAX_CONCURRENT as usize => {
+            None if used.len() < self.count as usize => {
                 used.push(false);
                 used.len() - 1
             }
@@ -180,6 +192,19 @@ impl Sandboxer {
     /// the launcher cannot be set up.
     pub fn new(config: SandboxConfig) -> Result<Sandboxer, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
+        if root {
+            for kind in [ids::IdKind::Uid, ids::IdKind::Gid] {
+                ids::check(kind, config.uid_base, config.uid_count).map_err(|why| {
+                    let start = u64::from(config.uid_base);
+                    SandboxError::IdRange {
+                        kind: kind.name(),
+                        start,
+                        end: start + u64::from(config.uid_count),
+                        why,
+                    }
+                })?;
+            }
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -318,7 +343,7 @@ impl Sandboxer {
             namespaces,
             uid_mapping: if root {
                 UidMapping::PerSandbox {
-                    base: SANDBOX_UID_BASE,
+                    base: config.uid_base,
                 }
             } else {
                 UidMapping::Caller {
@@ -346,6 +371,11 @@ impl Sandboxer {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
+        let slots = Slots::new(if root {
+            config.uid_count
+        } else {
+            MAX_CONCURRENT
+        });
         Ok(Sandboxer {
             inner: Arc::new(Inner {
                 config,
@@ -354,7 +384,7 @@ impl Sandboxer {
                 cgroup_pool: Mutex::new(Vec::new()),
                 cgroups,
                 environments,
-                slots: Slots::default(),
+                slots,
                 dev_null,
                 cap_last,
                 new_root,

@@ -979,3 +979,39 @@ async fn the_workspace_counts_against_the_tests_memory() {
     spec.limits.memory_bytes = 64 << 20;
     assert_eq!(stdout(&run(spec).await), "fine\n");
 }
+
+/// The sandboxes' uids are configurable, and a range that cannot be used (not mapped in this
+/// user namespace, as in a pod with `hostUsers: false`, or holding the worker's own uid) is
+/// refused at start with one line saying why.
+#[tokio::test]
+async fn the_uid_range_is_configurable_and_checked() {
+    let config = |tag: &str, base: u32, count: u32| SandboxConfig {
+        state_dir: format!("/run/isotest-sandbox-test-uids-{tag}").into(),
+        uid_base: base,
+        uid_count: count,
+        ..SandboxConfig::default()
+    };
+    let sandboxer = Sandboxer::new(config("ok", 300_000, 16)).expect("a mapped range");
+    let o = sandboxer
+        .run(sh("cat /proc/self/uid_map"))
+        .await
+        .expect("runs");
+    let map: Vec<String> = stdout(&o).split_whitespace().map(str::to_owned).collect();
+    assert_eq!(map.len(), 3, "{map:?}");
+    let outside: u32 = map[1].parse().expect("a uid");
+    assert!((300_000..300_016).contains(&outside), "{map:?}");
+    drop(sandboxer);
+    for (tag, base, count, why) in [
+        ("own", 0, 65_536, "own id 0"),
+        ("empty", 300_000, 0, "empty"),
+        ("past", u32::MAX - 10, 65_536, "passes the largest"),
+    ] {
+        let err = Sandboxer::new(config(tag, base, count)).expect_err(tag);
+        assert!(
+            matches!(err, SandboxError::IdRange { .. }),
+            "{tag}: {err:?}"
+        );
+        let line = err.to_string();
+        assert!(line.contains(why) && !line.contains('\n'), "{tag}: {line}");
+    }
+}
