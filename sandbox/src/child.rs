@@ -100,6 +100,8 @@ const S_BOUNDING: u32 = 13;
 const S_CAPS: u32 = 14;
 const S_SECCOMP: u32 = 15;
 const S_EXEC: u32 = 16;
+/// The code the child reports when its exec failed.
+pub(crate) const EXEC_STEP: u32 = STEP_BASE + S_EXEC;
 const S_PRIVATE: u32 = 17;
 const S_CGROUPNS: u32 = 18;
 

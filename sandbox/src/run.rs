@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use crate::bundle::BundleError;
-use crate::child::{ChildFds, ChildPlan, Op, step_name};
+use crate::child::{ChildFds, ChildPlan, EXEC_STEP, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
@@ -488,6 +488,22 @@ fn rlimits(limits: &crate::spec::Limits) -> Vec<(libc::__rlimit_resource_t, u64,
     .collect()
 }
 
+/// Whether an exec that failed with `errno` failed because of the test: the argv and
+/// environment are the test's, so E2BIG always is; a missing or unrunnable program only where
+/// the program is the test's own, not `isotest-init` (`via_init`), which never is missing.
+fn exec_failed_for_the_test(errno: i32, via_init: bool) -> bool {
+    match errno {
+        libc::E2BIG => true,
+        libc::ENOENT
+        | libc::ENOTDIR
+        | libc::EACCES
+        | libc::ENOEXEC
+        | libc::ELOOP
+        | libc::ENAMETOOLONG => !via_init,
+        _ => false,
+    }
+}
+
 /// Duplicates cgroup files for a launcher request, which must own what it uses.
 fn duplicate(files: &[std::fs::File]) -> Result<Vec<OwnedFd>, SandboxError> {
     files
@@ -719,6 +735,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if failure.len() >= 8 {
         let step = u32::from_ne_bytes([failure[0], failure[1], failure[2], failure[3]]);
         let errno = i32::from_ne_bytes([failure[4], failure[5], failure[6], failure[7]]);
+        if step == EXEC_STEP && exec_failed_for_the_test(errno, plan.init.is_some()) {
+            return Err(SandboxError::ExecRefused { errno });
+        }
         return Err(SandboxError::ChildSetup {
             step: step_name(&plan, step),
             errno,

@@ -1015,3 +1015,21 @@ async fn the_uid_range_is_configurable_and_checked() {
         assert!(line.contains(why) && !line.contains('\n'), "{tag}: {line}");
     }
 }
+
+/// A command the kernel will not start for a reason of the test's own (an environment value
+/// over the 128 KiB `execve` takes) is an error of its own kind, named, not an infrastructure
+/// failure with an errno number.
+#[tokio::test]
+async fn an_exec_the_test_made_impossible_is_its_own_error() {
+    let mut spec = sh("true");
+    spec.env.insert("HUGE".into(), "x".repeat(200 << 10));
+    let err = sandboxer().run(spec).await.expect_err("no exec");
+    assert!(
+        matches!(err, SandboxError::ExecRefused { errno } if errno == libc::E2BIG),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "exec the test's command: E2BIG: argument list too long"
+    );
+}
