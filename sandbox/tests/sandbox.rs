@@ -867,10 +867,7 @@ async fn proc_files_about_the_host_are_masked() {
     let present = |name: &&str| std::path::Path::new("/proc").join(name).exists();
     let files: Vec<&str> = files.into_iter().filter(present).collect();
     let dirs: Vec<&str> = dirs.into_iter().filter(present).collect();
-    assert!(
-        !files.is_empty() && !dirs.is_empty(),
-        "nothing to mask on this host"
-    );
+    assert!(!files.is_empty(), "nothing to mask on this host");
     let mut script = String::new();
     for f in &files {
         script.push_str(&format!("printf '{f} '; wc -c < /proc/{f} 2>&1; "));
@@ -1000,7 +997,9 @@ async fn the_uid_range_is_configurable_and_checked() {
     assert_eq!(map.len(), 3, "{map:?}");
     let outside: u32 = map[1].parse().expect("a uid");
     assert!((300_000..300_016).contains(&outside), "{map:?}");
-    drop(sandboxer);
+    // Kept, not dropped: every sandboxer of a process names its parent cgroup after the
+    // process, and dropping one removes that parent under the other tests' sandboxer.
+    std::mem::forget(sandboxer);
     for (tag, base, count, why) in [
         ("own", 0, 65_536, "own id 0"),
         ("empty", 300_000, 0, "empty"),
