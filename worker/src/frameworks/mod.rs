@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use isotest_protocol::manifest::{Framework, TestBody, TestSpec};
 use isotest_protocol::result::{CaseResult, CaseStatus, Stage, Status};
 
+pub use jest::parse as parse_jest;
 pub use junit::{JunitError, parse as parse_junit};
 
 /// Where a framework that writes JUnit XML is told to write it, relative to the workspace.
