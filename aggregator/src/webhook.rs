@@ -2,8 +2,8 @@
 //! ends, its summary is POSTed there as JSON, signed with the aggregator's secret.
 //!
 //! Deliveries are recorded in Redis ([`Namespace::webhooks_key`], a sorted set of suite
-//! ids scored by when one may next be tried) in the same script that stores the report,
-//! so a stored report always has its delivery queued. The aggregator that stored the
+//! ids scored by when one may next be tried) in the same script that stores the report
+//! (`isotest_infra::reports::store`), so a stored report always has its delivery queued. The aggregator that stored the
 //! report claims it at once (a lease) and delivers it on its own task tracker, with
 //! retries and exponential backoff; the sweeper of any aggregator delivers the queued
 //! ones whose lease ran out (their aggregator died, or shut down mid-delivery) and
@@ -185,48 +185,6 @@ if score and tonumber(score) <= tonumber(ARGV[2]) then
 end
 return 0
 ";
-
-/// Stores a report unless one exists and takes its suite off the open set, and in the
-/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none).
-/// KEYS: report, open suites, webhooks; ARGV: report JSON, suite id, due. 1 if stored.
-const STORE_REPORT: &str = r"
-local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-redis.call('ZREM', KEYS[2], ARGV[2])
-if not stored then
-  return 0
-end
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-end
-return 1
-";
-
-/// Stores `report` unless the suite has one, then takes the suite off the open set;
-/// when `webhook_due_ms` is given, queues its webhook in the same script. `true` if
-/// this call stored the report.
-///
-/// # Errors
-///
-/// Returns the [`redis::RedisError`] when Redis fails; nothing is then written.
-pub(crate) async fn store_report(
-    conn: &mut ConnectionManager,
-    ns: &Namespace,
-    report: &Report,
-    webhook_due_ms: Option<u64>,
-) -> redis::RedisResult<bool> {
-    // A report of strings and numbers always serializes.
-    let json = serde_json::to_string(report).unwrap_or_default();
-    let stored: i64 = Script::new(STORE_REPORT)
-        .key(ns.report_key(&report.suite_id))
-        .key(ns.open_suites_key())
-        .key(ns.webhooks_key())
-        .arg(json)
-        .arg(&report.suite_id)
-        .arg(webhook_due_ms.map(|ms| ms.to_string()).unwrap_or_default())
-        .invoke_async(conn)
-        .await?;
-    Ok(stored == 1)
-}
 
 impl Webhooks {
     /// A sender for the namespace `ns`.
@@ -529,9 +487,9 @@ mod tests {
 
     #[test]
     fn the_event_carries_the_reports_summary_and_path() {
-        let report = crate::assemble(
-            &crate::report::fixtures::record(&["a"]),
-            [crate::report::fixtures::result(
+        let report = isotest_report::assemble(
+            &isotest_report::fixtures::record(&["a"]),
+            [isotest_report::fixtures::result(
                 "a",
                 1,
                 true,
@@ -603,8 +561,8 @@ mod tests {
     }
 
     fn sample_event() -> SuiteFinished {
-        let report = crate::assemble(
-            &crate::report::fixtures::record(&["a"]),
+        let report = isotest_report::assemble(
+            &isotest_report::fixtures::record(&["a"]),
             [],
             isotest_protocol::report::SuiteState::Cancelled,
         );

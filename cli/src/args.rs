@@ -106,6 +106,28 @@ pub struct SandboxArgs {
     /// then reach its loopback services); refused with an `error` verdict otherwise.
     #[arg(long, env = "ISOTEST_ALLOW_NETWORK")]
     pub allow_network: bool,
+    /// A toolchain installed outside /usr (rustup's ~/.cargo and ~/.rustup, pyenv, nvm,
+    /// /opt/...), seen read-only at the same path in every sandbox, its bin/ on PATH
+    /// (repeatable; the variable takes a colon-separated list).
+    #[arg(
+        long = "toolchain-dir",
+        value_name = "DIR",
+        env = "ISOTEST_TOOLCHAIN_DIRS",
+        value_delimiter = ':',
+        value_parser = parse_toolchain_dir
+    )]
+    pub toolchain_dirs: Vec<PathBuf>,
+}
+
+fn parse_toolchain_dir(text: &str) -> Result<PathBuf, String> {
+    let dir = std::fs::canonicalize(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if !dir.is_dir() {
+        return Err(format!("`{text}` is not a directory"));
+    }
+    if dir == std::path::Path::new("/") {
+        return Err("the whole root cannot be exposed; name the toolchain's own directory".into());
+    }
+    Ok(dir)
 }
 
 fn parse_environment(text: &str) -> Result<(String, PathBuf), String> {
@@ -130,6 +152,7 @@ impl SandboxArgs {
             .cloned()
             .collect::<BTreeMap<_, _>>();
         config.allow_weaker_isolation = self.allow_weaker_isolation;
+        config.expose = self.toolchain_dirs.clone();
         config
     }
 
@@ -153,17 +176,23 @@ impl SandboxArgs {
             tools: self.toolchain(),
             limits: self.limits(),
             allow_network: self.allow_network,
+            artifact_dir: self.sandbox_config().state_dir.join("artifacts"),
         }
     }
 
     pub fn toolchain(&self) -> isotest_worker::frameworks::Toolchain {
-        match &self.python {
-            Some(python) => isotest_worker::frameworks::Toolchain {
-                python: python.clone(),
-                ..isotest_worker::frameworks::Toolchain::default()
-            },
-            None => isotest_worker::frameworks::Toolchain::default(),
+        let mut tools = isotest_worker::frameworks::Toolchain::detect(&self.toolchain_dirs);
+        if let Some(python) = &self.python {
+            tools.python = python.clone();
         }
+        for (name, path) in tools.unseen(&self.toolchain_dirs) {
+            tracing::warn!(
+                program = name,
+                path = %path.display(),
+                "Sandboxes cannot see this toolchain: expose its directory with --toolchain-dir (ISOTEST_TOOLCHAIN_DIRS)."
+            );
+        }
+        tools
     }
 }
 

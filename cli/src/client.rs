@@ -42,7 +42,7 @@ pub async fn run(
             .map_err(|e| Failure::Service(e.into()))?,
     };
     let submit = async {
-        if let Some(bundle) = &loaded.workspace {
+        for bundle in loaded.workspace.iter().chain(&loaded.artifacts) {
             api.upload(bundle).await?;
         }
         let body = serde_json::to_vec(&loaded.manifest).map_err(|e| Failure::Service(e.into()))?;

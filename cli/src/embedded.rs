@@ -23,23 +23,32 @@ use crate::args::{RunArgs, default_concurrency};
 use crate::exit::Failure;
 use crate::input::LoadedSuite;
 use crate::output::Progress;
+use crate::run::Local;
 
 /// Runs every test of the suite on this machine and assembles the report.
 ///
 /// # Errors
 ///
-/// Returns [`Failure::Isolation`] when the host cannot make sandboxes, and
-/// [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
-pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure> {
-    let sandboxer = Sandboxer::new(args.sandbox.sandbox_config())?;
-    if !sandboxer.isolation().missing.is_empty() {
-        tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation.");
-    }
+/// Returns [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
+pub async fn run(
+    loaded: LoadedSuite,
+    args: &RunArgs,
+    sandboxer: Arc<Sandboxer>,
+    local: &Local<'_>,
+) -> Result<Report, Failure> {
     let runner = Runner::new(
-        Arc::new(sandboxer),
+        sandboxer,
         args.sandbox
             .runner_config(isotest_infra::process_id("embedded")),
     );
+    // The builds were made here: the tests run from them where they are.
+    if let Some(preparer) = local.prepared() {
+        for build in preparer.builds() {
+            runner
+                .artifacts()
+                .insert(&build.digest, build.dir.clone(), build.index.clone());
+        }
+    }
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
     let record = isotest_producer::suite::record(
@@ -71,8 +80,8 @@ pub async fn run(loaded: LoadedSuite, args: &RunArgs) -> Result<Report, Failure>
     };
     progress.finish();
     Ok(match collected {
-        Some(results) => isotest_aggregator::assemble(&record, results, SuiteState::Complete),
-        None => isotest_aggregator::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
+        Some(results) => isotest_report::assemble(&record, results, SuiteState::Complete),
+        None => isotest_report::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
     })
 }
 
@@ -99,7 +108,14 @@ impl Pool {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let result = runner.run(&msg, workspace, now_ms()).await;
+            let prepared = msg
+                .test
+                .artifact
+                .as_deref()
+                .and_then(|digest| runner.artifacts().get_local(digest));
+            let result = runner
+                .run_from(&msg, workspace, prepared.as_deref(), now_ms())
+                .await;
             let _ = done.send((msg, result));
         });
     }

@@ -17,6 +17,8 @@ pub struct LoadedSuite {
     pub manifest: Manifest,
     pub suite: Suite,
     pub workspace: Option<Bundle>,
+    /// The packed builds its tests run from (see `prepare`), uploaded beside the workspace.
+    pub artifacts: Vec<Bundle>,
 }
 
 /// A packed workspace.
@@ -118,6 +120,7 @@ impl Unexpanded {
             manifest: self.manifest,
             suite,
             workspace: self.workspace,
+            artifacts: Vec::new(),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The `isotest` command line: [`args`] parses it; [`run`] loads a suite ([`input`]),
-//! expands its `[[discover]]` entries in local sandboxes ([`discover`]), and runs it
-//! embedded ([`embedded`]) or on a server ([`client`]), then writes the
-//! reports ([`output`]); [`services`] starts the producer, worker and aggregator;
+//! expands its `[[discover]]` entries in local sandboxes ([`discover`]), builds what its
+//! tests run from once ([`prepare`]), and runs it embedded ([`embedded`]) or on a server
+//! ([`client`]), then writes the reports ([`output`]); [`services`] starts the producer, worker and aggregator;
 //! [`tokens`] manages the producer's API tokens;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod exit;
 pub mod input;
 pub mod output;
+pub mod prepare;
 pub mod run;
 pub mod services;
 pub mod tokens;

@@ -103,15 +103,15 @@ pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
         write(path, json.as_bytes())?;
     }
     if let Some(path) = &args.junit {
-        write(path, isotest_aggregator::junit(report).as_bytes())?;
+        write(path, isotest_report::junit(report).as_bytes())?;
     }
     if let Some(path) = &args.ctrf {
-        let ctrf = serde_json::to_string_pretty(&isotest_aggregator::ctrf(report))
+        let ctrf = serde_json::to_string_pretty(&isotest_report::ctrf(report))
             .map_err(|e| Failure::Service(e.into()))?;
         write(path, ctrf.as_bytes())?;
     }
     let color = std::io::stdout().is_terminal();
-    print!("{}", isotest_aggregator::terminal_summary(report, color));
+    print!("{}", isotest_report::terminal_summary(report, color));
     print!("{}", rerun_hint(report, args));
     Ok(if report.passed() {
         exit::PASSED

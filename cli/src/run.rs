@@ -1,8 +1,14 @@
-//! `isotest run`: load the suite, run it embedded or on a server, write the reports.
+//! `isotest run`: load the suite, expand and prepare it in local sandboxes where it asks
+//! for that, run it embedded or on a server, write the reports.
 
-use crate::args::RunArgs;
+use std::sync::{Arc, OnceLock};
+
+use isotest_sandbox::Sandboxer;
+use isotest_worker::prepare::{BuildCache, Preparer};
+
+use crate::args::{RunArgs, SandboxArgs};
 use crate::exit::Failure;
-use crate::{client, discover, embedded, input, output};
+use crate::{client, discover, embedded, input, output, prepare};
 
 /// Runs a suite and gives the exit code its verdict maps to.
 ///
@@ -11,11 +17,75 @@ use crate::{client, discover, embedded, input, output};
 /// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let mut unexpanded = input::read(&args.manifest)?;
-    discover::expand(&mut unexpanded, &args).await?;
-    let loaded = input::only(unexpanded.validate()?, &args.only)?;
-    let report = match &args.server {
-        Some(server) => client::run(server, args.token.as_deref(), loaded, args.quiet).await?,
-        None => embedded::run(loaded, &args).await?,
+    let local = Local::new(&args.sandbox);
+    discover::expand(&mut unexpanded, &args, &local).await?;
+    let mut loaded = input::only(unexpanded.validate()?, &args.only)?;
+    let preparation = prepare::stage(&mut loaded, &local).await?;
+    let mut report = match preparation.failure() {
+        Some(failure) => prepare::report_failed_build(&loaded, failure),
+        None => match &args.server {
+            Some(server) => client::run(server, args.token.as_deref(), loaded, args.quiet).await?,
+            None => embedded::run(loaded, &args, local.sandboxer()?, &local).await?,
+        },
     };
+    report.builds = preparation.reports();
     output::finish(&report, &args)
+}
+
+/// This machine's sandboxes and prepared builds, made on first use and then shared by every
+/// step of the run: probing the host and starting the launcher threads is done once.
+#[derive(Debug)]
+pub struct Local<'a> {
+    args: &'a SandboxArgs,
+    sandboxer: OnceLock<Arc<Sandboxer>>,
+    preparer: OnceLock<Arc<Preparer>>,
+}
+
+impl<'a> Local<'a> {
+    pub fn new(args: &'a SandboxArgs) -> Self {
+        Local {
+            args,
+            sandboxer: OnceLock::new(),
+            preparer: OnceLock::new(),
+        }
+    }
+
+    /// The sandboxer, made now if no step needed one before.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Failure::Isolation`] when the host cannot make sandboxes.
+    pub fn sandboxer(&self) -> Result<Arc<Sandboxer>, Failure> {
+        if let Some(sandboxer) = self.sandboxer.get() {
+            return Ok(Arc::clone(sandboxer));
+        }
+        let sandboxer = Arc::new(Sandboxer::new(self.args.sandbox_config())?);
+        if !sandboxer.isolation().missing.is_empty() {
+            tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation.");
+        }
+        Ok(Arc::clone(self.sandboxer.get_or_init(|| sandboxer)))
+    }
+
+    /// The preparer, if a step has needed one.
+    pub fn prepared(&self) -> Option<Arc<Preparer>> {
+        self.preparer.get().cloned()
+    }
+
+    /// The preparer of builds, over this machine's build cache.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Failure::Isolation`] when the host cannot make sandboxes.
+    pub fn preparer(&self) -> Result<Arc<Preparer>, Failure> {
+        if let Some(preparer) = self.preparer.get() {
+            return Ok(Arc::clone(preparer));
+        }
+        let preparer = Arc::new(Preparer::new(
+            self.sandboxer()?,
+            BuildCache::new(BuildCache::default_root()),
+            self.args.toolchain(),
+            prepare::build_limits(&self.args.limits()),
+        ));
+        Ok(Arc::clone(self.preparer.get_or_init(|| preparer)))
+    }
 }

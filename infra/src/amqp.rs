@@ -1,8 +1,13 @@
-//! Connecting to RabbitMQ and declaring isotest's topology: one durable quorum queue
-//! of test messages whose over-delivered messages go to a dead-letter queue. lapin does
-//! not reconnect by itself (its opt-in recovery keeps consumers and acks of the old
-//! channel in a half-alive state), so long-running consumers call [`reconnect`] in a
-//! loop of their own: a new connection, the topology declared again, a new consumer.
+//! isotest's one AMQP edge. This module connects to RabbitMQ and declares the
+//! topology: one durable quorum queue of test messages whose over-delivered messages go
+//! to a dead-letter queue. [`publish`] is the one way to publish a test message (with
+//! confirms), and [`consume`] the one consume loop with reconnection. lapin does not
+//! reconnect by itself (its opt-in recovery keeps consumers and acks of the old channel
+//! in a half-alive state), so a lost connection means a new connection, the topology
+//! declared again and a new channel, after [`Backoff`], the one backoff of this edge.
+
+pub mod consume;
+pub mod publish;
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,6 +40,10 @@ pub enum AmqpError {
     },
     #[error("could not open a RabbitMQ channel")]
     Channel(#[source] lapin::Error),
+    #[error("could not set the prefetch of a RabbitMQ channel")]
+    Prefetch(#[source] lapin::Error),
+    #[error("could not put the RabbitMQ channel in confirm mode")]
+    ConfirmSelect(#[source] lapin::Error),
 }
 
 /// The name a service gives its RabbitMQ connection: who it is, then its namespace,
@@ -58,7 +67,10 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
         })
 }
 
-/// Exponential backoff between reconnection attempts: 100 ms doubling up to 5 s.
+/// Exponential backoff between attempts to reach RabbitMQ: 100 ms doubling up to 5 s.
+/// Every reconnection of the AMQP edge waits by it (the consumers, the producer's
+/// publisher, the queue watcher); start a new one, or [`Backoff::reset`], once
+/// RabbitMQ answers again.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
@@ -80,6 +92,20 @@ impl Backoff {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay
+    }
+
+    /// Starts over from the shortest pause.
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// Sleeps for the next pause; `false` when `stop` completed first.
+    pub async fn wait(&mut self, stop: impl Future<Output = ()>) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = stop => false,
+        }
     }
 }
 
@@ -242,96 +268,5 @@ mod tests {
         );
         assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
-    }
-}
-
-/// Publishing a test message: persistent, mandatory, with the ids in headers so one
-/// test can be followed through every service's logs.
-pub mod publish {
-    use lapin::options::BasicPublishOptions;
-    use lapin::types::{AMQPValue, FieldTable, ShortString};
-    use lapin::{BasicProperties, Channel};
-
-    use isotest_protocol::message::TestMessage;
-    use isotest_protocol::names::Namespace;
-
-    /// The AMQP properties of a test message.
-    pub fn properties(msg: &TestMessage) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ShortString::from("suite_id"),
-            AMQPValue::LongString(msg.suite_id.as_str().into()),
-        );
-        headers.insert(
-            ShortString::from("test"),
-            AMQPValue::LongString(msg.test.name.as_str().into()),
-        );
-        headers.insert(
-            ShortString::from("attempt"),
-            AMQPValue::LongUInt(msg.attempt),
-        );
-        BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(format!("{}/{}/{}", msg.suite_id, msg.test.name, msg.attempt).into())
-            .with_headers(headers)
-    }
-
-    /// Publishes one test message and waits for the broker's confirm (the channel must
-    /// be in confirm mode). An unroutable (returned) or nacked message is an error.
-    ///
-    /// # Errors
-    ///
-    /// Returns the lapin error, or [`lapin::Error`] built from a nack or a return.
-    pub async fn publish_confirmed(
-        channel: &Channel,
-        ns: &Namespace,
-        msg: &TestMessage,
-    ) -> Result<(), PublishError> {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                ns.tests_queue().as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &msg.to_bytes(),
-                properties(msg),
-            )
-            .await
-            .map_err(PublishError::Send)?
-            .await
-            .map_err(PublishError::Send)?;
-        check(confirm)
-    }
-
-    /// Turns a publisher confirm into success or the reason it is not one.
-    ///
-    /// # Errors
-    ///
-    /// Returns [`PublishError`] for a nack or a returned message.
-    pub fn check(confirm: lapin::Confirmation) -> Result<(), PublishError> {
-        use lapin::Confirmation;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            // Without confirm mode there is no proof the broker stored the message.
-            Confirmation::NotRequested => Err(PublishError::Unconfirmed),
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Returned),
-            Confirmation::Nack(None) => Err(PublishError::Nacked),
-        }
-    }
-
-    /// A test message the broker did not take.
-    #[derive(Debug, thiserror::Error)]
-    pub enum PublishError {
-        #[error("send a test message to RabbitMQ")]
-        Send(#[source] lapin::Error),
-        #[error("publish on a channel without confirms (call confirm_select first)")]
-        Unconfirmed,
-        #[error("RabbitMQ refused a test message (nack)")]
-        Nacked,
-        #[error("RabbitMQ returned a test message as unroutable (is the tests queue declared?)")]
-        Returned,
     }
 }

@@ -421,7 +421,7 @@ impl MetricsServer {
 
 /// Reads the depth and consumers of the namespace's queues every `interval` with a
 /// passive `queue.declare`, into [`queues`], until `stop` is cancelled. RabbitMQ going
-/// away only pauses it: it reconnects with backoff.
+/// away only pauses it: it reconnects after [`amqp::Backoff`].
 pub async fn watch_queues(
     url: String,
     name: String,
@@ -430,29 +430,31 @@ pub async fn watch_queues(
     stop: CancellationToken,
 ) {
     let gauges = queues();
+    let mut backoff = amqp::Backoff::default();
     loop {
         let Some(conn) = amqp::reconnect(&url, &name, stop.cancelled()).await else {
             return;
         };
-        let why = watch_on(&conn, &ns, interval, &stop, gauges).await;
+        let why = watch_on(&conn, &ns, interval, &stop, &mut backoff, gauges).await;
         let _ = conn.close(200, "queue watcher".into()).await;
         let Some(why) = why else {
             return;
         };
         tracing::warn!(reason = %why, "Could not read the queue depths; reconnecting.");
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
+        if !backoff.wait(stop.cancelled()).await {
+            return;
         }
     }
 }
 
-/// Reads on one connection; `None` on shutdown, else why it stopped.
+/// Reads on one connection; `None` on shutdown, else why it stopped. A read that
+/// succeeds resets `backoff`.
 async fn watch_on(
     conn: &lapin::Connection,
     ns: &Namespace,
     interval: Duration,
     stop: &CancellationToken,
+    backoff: &mut amqp::Backoff,
     gauges: &QueueMetrics,
 ) -> Option<String> {
     // Declaring the topology first (idempotent) means the passive declares below find
@@ -493,6 +495,7 @@ async fn watch_on(
         };
         match read.await {
             Ok((tests, dead)) => {
+                backoff.reset();
                 gauges.tests_ready.set(i64::from(tests.message_count()));
                 gauges
                     .tests_consumers

@@ -369,7 +369,7 @@ async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
-    use isotest_aggregator::Cancelled;
+    use isotest_infra::cancel::Cancelled;
     let id = parse_suite_id(&id)?;
     match state.store.cancel(&id).await? {
         Cancelled::Now(report) => {
@@ -438,7 +438,7 @@ async fn report_junit(
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
     let stored = stored_report(&state, &id).await?;
-    let xml = isotest_aggregator::report::junit(&stored.report);
+    let xml = isotest_report::junit(&stored.report);
     Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response())
 }
 
@@ -449,7 +449,7 @@ async fn report_ctrf(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
     let stored = stored_report(&state, &id).await?;
-    Ok(Json(isotest_aggregator::report::ctrf(&stored.report)))
+    Ok(Json(isotest_report::ctrf(&stored.report)))
 }
 
 /// `PUT /v1/blobs/{reference}`: store a workspace under its sha256.

@@ -1,56 +1,22 @@
-//! Publishing test messages: one long-lived RabbitMQ connection with a channel in
-//! confirm mode, reopened on demand after the broker goes away, and a suite's
-//! messages sent all at once and then confirmed all at once.
+//! Publishing a suite's test messages: one long-lived RabbitMQ connection with a
+//! channel in confirm mode, reopened on demand after the broker goes away. The messages
+//! themselves go through [`isotest_infra::amqp::publish`], the one publish path, which
+//! sends them all at once and then confirms them all at once.
 
-use std::time::Duration;
-
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 
-use isotest_infra::amqp::{self, AmqpError};
+use isotest_infra::amqp::publish::{confirm_channel, publish_confirmed};
+use isotest_infra::amqp::{self, Backoff};
 use isotest_infra::error_chain as chain;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 
-/// How many times one request tries to (re)connect before it gives up.
-const CONNECT_ATTEMPTS: u32 = 3;
-/// The pause after the first failed attempt; it doubles after each.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// How long a suite's confirms may take in all before the request fails.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+pub use isotest_infra::amqp::publish::PublishError;
 
-/// Failure to hand a suite's messages to RabbitMQ.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("could not connect to RabbitMQ")]
-    Connect(#[source] AmqpError),
-    #[error("could not put the RabbitMQ channel in confirm mode")]
-    ConfirmSelect(#[source] lapin::Error),
-    #[error("could not publish test `{test}`")]
-    Send {
-        test: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("could not get RabbitMQ's confirmation of test `{test}`")]
-    Confirm {
-        test: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("RabbitMQ refused test `{test}` (nack)")]
-    Nacked { test: String },
-    #[error("RabbitMQ could not route test `{test}` to queue `{queue}` ({reply})")]
-    Returned {
-        test: String,
-        queue: String,
-        reply: String,
-    },
-    #[error("RabbitMQ did not confirm the suite's {count} messages within {}s", CONFIRM_TIMEOUT.as_secs())]
-    Timeout { count: usize },
-}
+/// How many times one request tries to (re)connect before it gives up: a request
+/// waits for RabbitMQ a moment, not as long as a consumer would.
+const CONNECT_ATTEMPTS: u32 = 3;
 
 /// A connection and its confirm-mode channel.
 #[derive(Debug)]
@@ -115,7 +81,7 @@ impl Publisher {
         // A connection that is still up only lost its channel (a channel error, or a
         // failed publish): keep the connection and open a new channel on it.
         let mut reusable = old.map(|l| l.connection).filter(|c| c.status().connected());
-        let mut delay = FIRST_BACKOFF;
+        let mut backoff = Backoff::default();
         let mut attempt = 1;
         loop {
             match Link::open(&self.url, &self.namespace, reusable.take()).await {
@@ -127,8 +93,7 @@ impl Publisher {
                 }
                 Err(error) if attempt < CONNECT_ATTEMPTS => {
                     tracing::warn!(attempt, error = %chain(&error), "Could not reconnect to RabbitMQ, retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
@@ -144,7 +109,7 @@ impl Publisher {
     /// broker returned as unroutable, or confirms that did not come in time.
     pub async fn publish_all(&self, messages: &[TestMessage]) -> Result<(), PublishError> {
         let channel = self.channel().await?;
-        let published = self.publish_on(&channel, messages).await;
+        let published = publish_confirmed(&channel, &self.namespace, messages).await;
         if published.is_err() {
             self.mark_stale(&channel).await;
         }
@@ -159,51 +124,6 @@ impl Publisher {
         {
             link.stale = true;
         }
-    }
-
-    async fn publish_on(
-        &self,
-        channel: &Channel,
-        messages: &[TestMessage],
-    ) -> Result<(), PublishError> {
-        let queue = self.namespace.tests_queue();
-        let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            let name = &message.test.name;
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.to_bytes(),
-                    properties(message),
-                )
-                .await
-                .map_err(|source| PublishError::Send {
-                    test: name.clone(),
-                    source,
-                })?;
-            pending.push((name, confirm));
-        }
-        // Every message is in flight; the confirms arrive in any order, and awaiting
-        // them in turn costs no more than the slowest.
-        let count = pending.len();
-        let confirms = async {
-            for (name, confirm) in pending {
-                let confirmation = confirm.await.map_err(|source| PublishError::Confirm {
-                    test: name.clone(),
-                    source,
-                })?;
-                check(name, &queue, confirmation)?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(CONFIRM_TIMEOUT, confirms)
-            .await
-            .map_err(|_| PublishError::Timeout { count })?
     }
 
     /// Closes the connection politely, so the broker does not log it as lost.
@@ -232,13 +152,9 @@ impl Link {
                 .await
                 .map_err(PublishError::Connect)?,
         };
-        let channel = amqp::channel_with_topology(&connection, namespace)
+        let channel = confirm_channel(&connection, namespace)
             .await
             .map_err(PublishError::Connect)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(PublishError::ConfirmSelect)?;
         Ok(Link {
             connection,
             channel,
@@ -254,126 +170,4 @@ impl Link {
 /// The name the connection shows in RabbitMQ's management UI and `rabbitmqctl`.
 pub fn connection_name(namespace: &Namespace) -> String {
     amqp::connection_name("isotest-producer", namespace)
-}
-
-/// Persistent, and carrying the ids so a test can be followed across services.
-fn properties(message: &TestMessage) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ShortString::from("suite_id"),
-        AMQPValue::LongString(message.suite_id.as_str().into()),
-    );
-    headers.insert(
-        ShortString::from("test"),
-        AMQPValue::LongString(message.test.name.as_str().into()),
-    );
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(message_id(message).as_str().into())
-        .with_headers(headers)
-}
-
-/// `{suite}/{name}/{attempt}`: unique per attempt, so duplicates can be spotted.
-pub fn message_id(message: &TestMessage) -> String {
-    format!(
-        "{}/{}/{}",
-        message.suite_id, message.test.name, message.attempt
-    )
-}
-
-/// An ack is a success only if the broker did not also return the message.
-fn check(test: &str, queue: &str, confirmation: Confirmation) -> Result<(), PublishError> {
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(PublishError::Returned {
-                test: test.to_owned(),
-                queue: queue.to_owned(),
-                reply: format!("{} {}", returned.reply_code, returned.reply_text),
-            })
-        }
-        Confirmation::Nack(None) => Err(PublishError::Nacked {
-            test: test.to_owned(),
-        }),
-        // The channel is always put in confirm mode before use, so this means the
-        // broker's answer cannot be trusted as a confirmation.
-        Confirmation::NotRequested => Err(PublishError::Nacked {
-            test: test.to_owned(),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use isotest_protocol::manifest::{Framework, TestBody, TestSpec};
-
-    fn message() -> TestMessage {
-        TestMessage {
-            schema_version: isotest_protocol::SCHEMA_VERSION,
-            suite_id: "0190-s".into(),
-            index: 0,
-            attempt: 1,
-            test: TestSpec {
-                name: "unit".into(),
-                body: TestBody::Command(vec!["true".into()]),
-                framework: Framework::Command,
-                timeout_ms: 1_000,
-                env: Default::default(),
-                files: vec![],
-                setup: None,
-                teardown: None,
-                retries: 0,
-                environment: None,
-                junit_path: None,
-            },
-            workspace: None,
-            network: false,
-            digest: String::new(),
-            published_at_ms: 0,
-        }
-    }
-
-    #[test]
-    fn properties_make_messages_persistent_and_traceable() {
-        let props = properties(&message());
-        assert_eq!(props.delivery_mode(), &Some(2));
-        assert_eq!(
-            props.message_id().as_ref().map(|s| s.as_str()),
-            Some("0190-s/unit/1")
-        );
-        let headers = props.headers().as_ref().expect("headers");
-        assert_eq!(
-            headers.inner().get("test"),
-            Some(&AMQPValue::LongString("unit".into()))
-        );
-        assert_eq!(
-            headers.inner().get("suite_id"),
-            Some(&AMQPValue::LongString("0190-s".into()))
-        );
-    }
-
-    #[test]
-    fn only_a_plain_ack_is_success() {
-        assert!(check("a", "q", Confirmation::Ack(None)).is_ok());
-        assert!(matches!(
-            check("a", "q", Confirmation::Nack(None)),
-            Err(PublishError::Nacked { .. })
-        ));
-        assert!(matches!(
-            check("a", "q", Confirmation::NotRequested),
-            Err(PublishError::Nacked { .. })
-        ));
-    }
-
-    #[test]
-    fn chains_causes_on_one_line() {
-        let error = PublishError::Send {
-            test: "t".into(),
-            source: lapin::Error::from(lapin::ErrorKind::InvalidChannel(7)),
-        };
-        let line = chain(&error);
-        assert!(line.starts_with("could not publish test `t`: "), "{line}");
-    }
 }

@@ -1,6 +1,7 @@
 //! What the producer reads and writes in Redis: suite records and the open-suite
 //! index, blobs, API tokens and their in-flight suites, and (read-only) the workers'
-//! progress and the aggregator's report.
+//! progress and the aggregator's report; cancelling goes through
+//! [`isotest_infra::cancel`], which stores the cancelled report.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -8,9 +9,12 @@ use std::time::Duration;
 use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 
+use isotest_infra::cancel::{self, Cancelled};
+use isotest_infra::reports::{self, LoadError};
 use isotest_protocol::api::{SuiteRecord, TokenRecord};
 use isotest_protocol::names::Namespace;
-use isotest_protocol::report::Report;
+
+pub use isotest_infra::reports::StoredReport;
 
 /// How long a readiness probe waits for Redis to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,6 +32,15 @@ pub enum StoreError {
     },
     #[error("redis did not answer within {}s", PING_TIMEOUT.as_secs())]
     Timeout,
+}
+
+impl From<LoadError> for StoreError {
+    fn from(e: LoadError) -> StoreError {
+        match e {
+            LoadError::Redis(e) => StoreError::Redis(e),
+            LoadError::Corrupt { key, source } => StoreError::Corrupt { key, source },
+        }
+    }
 }
 
 /// Records a suite for a token only if the token's tests in flight plus this suite's
@@ -100,15 +113,6 @@ static REVOKE_TOKEN: LazyLock<redis::Script> =
 pub struct OverQuota {
     /// The token's tests queued or running when the suite came.
     pub in_flight: u64,
-}
-
-/// A report as stored, with the parsed form for renderings.
-#[derive(Debug)]
-pub struct StoredReport {
-    /// The exact JSON the aggregator wrote, served as is so that fields added by a
-    /// newer aggregator reach clients.
-    pub json: String,
-    pub report: Report,
 }
 
 /// The producer's view of Redis under one namespace.
@@ -331,15 +335,8 @@ impl Store {
     ///
     /// Returns [`StoreError`] when Redis fails or the report is corrupt.
     pub async fn report(&self, id: &str) -> Result<Option<StoredReport>, StoreError> {
-        let key = self.ns.report_key(id);
         let mut conn = self.conn.clone();
-        match conn.get(&key).await? {
-            None => Ok(None),
-            Some(json) => match serde_json::from_str(&json) {
-                Ok(report) => Ok(Some(StoredReport { json, report })),
-                Err(source) => Err(StoreError::Corrupt { key, source }),
-            },
-        }
+        Ok(reports::load(&mut conn, &self.ns, id).await?)
     }
 
     /// Cancels the suite: stores its report as cancelled unless it already has one.
@@ -347,9 +344,9 @@ impl Store {
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn cancel(&self, id: &str) -> Result<isotest_aggregator::Cancelled, StoreError> {
+    pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(isotest_aggregator::cancel(&mut conn, &self.ns, id).await?)
+        Ok(cancel::cancel(&mut conn, &self.ns, id).await?)
     }
 
     /// Whether the blob with this sha256 (hex) is stored.

@@ -80,48 +80,35 @@ impl TestMessage {
     }
 }
 
-/// The sha256 of everything that decides a test's outcome: its fields (not its name
-/// nor its retry budget), the workspace blob, the environment and network access.
+/// The sha256 of everything that decides a test's outcome: every field of its
+/// [`TestSpec`] but its name and its retry budget, the workspace blob, and network
+/// access. It is taken from the spec's own serialization, so a field added to
+/// [`TestSpec`] counts without an edit here (and, skipped when absent, leaves the
+/// digests of tests without it as they were).
 pub fn outcome_digest(test: &TestSpec, workspace: Option<&str>, network: bool) -> String {
-    #[derive(Serialize)]
-    struct Inputs<'a> {
-        body: &'a crate::manifest::TestBody,
-        framework: crate::manifest::Framework,
-        timeout_ms: u64,
-        env: &'a std::collections::BTreeMap<String, String>,
-        files: &'a [crate::manifest::FileSpec],
-        setup: &'a Option<String>,
-        teardown: &'a Option<String>,
-        environment: &'a Option<String>,
-        // Skipped when absent, so the digests of tests that have none stay what they were.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        junit_path: &'a Option<String>,
-        workspace: Option<&'a str>,
-        network: bool,
-    }
-    let inputs = Inputs {
-        body: &test.body,
-        framework: test.framework,
-        timeout_ms: test.timeout_ms,
-        env: &test.env,
-        files: &test.files,
-        setup: &test.setup,
-        teardown: &test.teardown,
-        environment: &test.environment,
-        junit_path: &test.junit_path,
-        workspace,
-        network,
+    /// Fields of a [`TestSpec`] that do not decide what happens when it runs.
+    const NOT_OUTCOME: [&str; 2] = ["name", "retries"];
+    // A spec of strings, numbers and maps with string keys always serializes.
+    let mut inputs = match serde_json::to_value(test) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
     };
+    for field in NOT_OUTCOME {
+        inputs.remove(field);
+    }
+    inputs.insert("workspace".into(), workspace.into());
+    inputs.insert("network".into(), network.into());
     let canonical = serde_json::to_vec(&inputs).unwrap_or_default();
     hex::encode(Sha256::digest(canonical))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::manifest::{Framework, TestBody};
 
-    fn spec(name: &str) -> TestSpec {
+    /// A command test of one second; other modules' tests build messages with it.
+    pub(crate) fn spec(name: &str) -> TestSpec {
         TestSpec {
             name: name.to_owned(),
             body: TestBody::Command(vec!["true".into()]),
@@ -134,6 +121,8 @@ mod tests {
             retries: 1,
             environment: None,
             junit_path: None,
+            build: None,
+            artifact: None,
         }
     }
 
@@ -210,5 +199,74 @@ mod tests {
             outcome_digest(&spec("a"), None, false),
             outcome_digest(&slow, None, false)
         );
+        let mut patient = spec("a");
+        patient.retries = 5;
+        assert_eq!(
+            outcome_digest(&spec("a"), None, false),
+            outcome_digest(&patient, None, false),
+            "the retry budget does not decide an attempt's outcome"
+        );
+    }
+
+    /// Every field of a spec but the name and retries moves the digest: one changed at a
+    /// time from a spec that sets them all.
+    #[test]
+    fn every_outcome_field_moves_the_digest() {
+        let full = TestSpec {
+            name: "a".into(),
+            body: TestBody::Command(vec!["true".into()]),
+            framework: Framework::Junit,
+            timeout_ms: 1_000,
+            env: [("A".to_owned(), "1".to_owned())].into(),
+            files: vec![crate::manifest::FileSpec {
+                path: "f".into(),
+                content: "x".into(),
+            }],
+            setup: Some("s".into()),
+            teardown: Some("t".into()),
+            retries: 1,
+            environment: Some("e".into()),
+            junit_path: Some("r.xml".into()),
+            build: Some(crate::manifest::BuildSpec {
+                command: vec!["make".into()],
+                outputs: vec!["out".into()],
+            }),
+            artifact: Some(format!("sha256:{}", "a".repeat(64))),
+        };
+        let base = outcome_digest(&full, None, false);
+        type Change = fn(&mut TestSpec);
+        let changes: [(&str, Change); 12] = [
+            ("body", |t| t.body = TestBody::Code("true".into())),
+            ("framework", |t| t.framework = Framework::Command),
+            ("timeout_ms", |t| t.timeout_ms = 2_000),
+            ("env", |t| t.env.clear()),
+            ("files", |t| t.files.clear()),
+            ("setup", |t| t.setup = None),
+            ("teardown", |t| t.teardown = None),
+            ("environment", |t| t.environment = None),
+            ("junit_path", |t| t.junit_path = None),
+            ("build", |t| t.build = None),
+            ("artifact", |t| t.artifact = None),
+            ("setup text", |t| t.setup = Some("other".into())),
+        ];
+        for (field, change) in changes {
+            let mut changed = full.clone();
+            change(&mut changed);
+            assert_ne!(outcome_digest(&changed, None, false), base, "{field}");
+        }
+        // Every serialized field of the spec is one of those, or name and retries.
+        let value = serde_json::to_value(&full).expect("serializes");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in keys {
+            assert!(
+                changes.iter().any(|(f, _)| *f == key) || ["name", "retries"].contains(&key),
+                "`{key}` is neither tested here nor excluded"
+            );
+        }
     }
 }

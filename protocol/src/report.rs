@@ -126,6 +126,43 @@ pub struct Report {
     pub finished_at_ms: u64,
     pub summary: Summary,
     pub tests: Vec<TestReport>,
+    /// The suite's prepare stage: each build its tests ran from, once (a failed build's
+    /// output is here, not repeated in every test it failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuildReport>,
+}
+
+/// How one build of the prepare stage went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// The framework whose build it is (`cargo`, `go`), or `command`/`junit` for a suite's
+    /// own `build`.
+    pub framework: crate::manifest::Framework,
+    /// The sha256 of its inputs.
+    pub key: String,
+    pub status: BuildStatus,
+    /// How long it took (0 when it was found already built).
+    pub duration_ms: u64,
+    /// How many tests run from it.
+    pub tests: u32,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it printed, where it failed (capped as a test's output is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+/// The outcome of a build of the prepare stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    /// Built for this run.
+    Built,
+    /// Found built by an earlier run with the same inputs.
+    Cached,
+    /// It failed: every test of the suite is an `error`.
+    Failed,
 }
 
 impl Report {

@@ -132,9 +132,15 @@ pub struct TestResult {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub status: Status,
-    /// Why the verdict is what it is, where the status alone does not say.
+    /// Why the verdict is what it is, where the status alone does not say. Text for
+    /// people: code decides nothing by its wording.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The infrastructure, not the test, decided this attempt (a worker that kept
+    /// failing it, a dead-lettered message): it says nothing about the test, so it never
+    /// makes the test flaky. Results written before this field existed read as `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infrastructure: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,8 +160,9 @@ pub struct TestResult {
     pub timings: Timings,
 }
 
-/// How the reason of an attempt the infrastructure failed (not the test) begins.
-pub const INFRASTRUCTURE_REASON_PREFIX: &str = "infrastructure: ";
+/// How the reason of an attempt the infrastructure failed (not the test) begins, so a
+/// person reading the report sees it; code reads [`TestResult::infrastructure`].
+const INFRASTRUCTURE_REASON_PREFIX: &str = "infrastructure: ";
 
 impl TestResult {
     /// The final `error` result of an attempt judged before it ran (stage `prepare`):
@@ -175,6 +182,7 @@ impl TestResult {
             is_final: true,
             status: Status::Error,
             reason: Some(reason),
+            infrastructure: false,
             stage: Some(Stage::Prepare),
             exit_code: None,
             duration_ms: 0,
@@ -189,14 +197,30 @@ impl TestResult {
         }
     }
 
+    /// The final `error` result of an attempt the infrastructure failed, not the test
+    /// (stage `prepare`): marked [`infrastructure`](TestResult::infrastructure), with a
+    /// reason that says so and then `why`.
+    pub fn infrastructure_error(
+        msg: &crate::message::TestMessage,
+        worker: &str,
+        why: &str,
+        now_ms: u64,
+    ) -> TestResult {
+        TestResult {
+            infrastructure: true,
+            ..TestResult::prepare_error(
+                msg,
+                worker,
+                format!("{INFRASTRUCTURE_REASON_PREFIX}{why}"),
+                now_ms,
+            )
+        }
+    }
+
     /// Whether the infrastructure decided this attempt's verdict, not the test: such an
     /// attempt says nothing of the test, so it never makes the test flaky.
     pub fn is_infrastructure_failure(&self) -> bool {
-        self.status == Status::Error
-            && self
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with(INFRASTRUCTURE_REASON_PREFIX))
+        self.infrastructure
     }
 
     /// The field of this attempt in the suite's results hash.
@@ -221,6 +245,61 @@ mod tests {
             let json = serde_json::to_string(&status).expect("serializes");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
+    }
+
+    fn message() -> crate::message::TestMessage {
+        crate::message::TestMessage {
+            schema_version: crate::SCHEMA_VERSION,
+            suite_id: "s1".into(),
+            index: 3,
+            attempt: 2,
+            test: crate::message::tests::spec("a"),
+            workspace: None,
+            network: false,
+            digest: String::new(),
+            published_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_infrastructure_error_is_marked_by_its_field_not_its_wording() {
+        let infra = TestResult::infrastructure_error(&message(), "w", "redis went away", 5);
+        assert!(infra.infrastructure && infra.is_infrastructure_failure());
+        assert_eq!(
+            (infra.status, infra.is_final, infra.stage, infra.attempt),
+            (Status::Error, true, Some(Stage::Prepare), 2)
+        );
+        assert_eq!(
+            infra.reason.as_deref(),
+            Some("infrastructure: redis went away")
+        );
+        let json = serde_json::to_value(&infra).expect("serializes");
+        assert_eq!(json["infrastructure"], true);
+        let back: TestResult = serde_json::from_value(json).expect("reads back");
+        assert!(back.is_infrastructure_failure());
+
+        // The same words in the reason of an ordinary error decide nothing.
+        let worded =
+            TestResult::prepare_error(&message(), "w", "infrastructure: redis went away".into(), 5);
+        assert!(!worded.is_infrastructure_failure());
+        let json = serde_json::to_value(&worded).expect("serializes");
+        assert!(
+            json.get("infrastructure").is_none(),
+            "false is left out: {json}"
+        );
+    }
+
+    #[test]
+    fn results_written_before_the_infrastructure_field_still_read() {
+        let old = serde_json::json!({
+            "schema_version": 1, "suite_id": "s1", "name": "a", "index": 0, "attempt": 1,
+            "final": true, "status": "error", "reason": "setup failed",
+            "duration_ms": 0, "started_at_ms": 0, "finished_at_ms": 0,
+            "worker": "w", "stdout": "", "stderr": "",
+        });
+        let result: TestResult = serde_json::from_value(old).expect("an old result reads");
+        assert!(!result.infrastructure);
+        assert_eq!(result.status, Status::Error);
     }
 
     #[test]

@@ -613,6 +613,19 @@ pub(crate) fn write_file(
     file.write_all(content).map_err(io_err("write", path))
 }
 
+/// Creates the directory `path` and its parents beneath `dir`, never following a link.
+///
+/// # Errors
+/// Fails on a bad path, a link or a file in the way, or an I/O error.
+pub(crate) fn make_dir_all(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), BundleError> {
+    let (parent, name) = parent_of(dir, path, owner)?;
+    open_or_make_dir(parent.as_fd(), &name, owner, path).map(drop)
+}
+
 /// Copies at most `cap + 1` bytes so the caller can tell "over the cap" apart.
 fn copy_capped(reader: &mut impl Read, mut file: &File, cap: u64) -> io::Result<u64> {
     io::copy(&mut reader.take(cap.saturating_add(1)), &mut file)

@@ -24,6 +24,8 @@ pub(crate) enum Op {
     },
     /// `mkdir(2)`.
     Mkdir { path: CString, mode: libc::mode_t },
+    /// `mkdir(2)`, content with a directory that is already there.
+    MkdirAll { path: CString, mode: libc::mode_t },
     /// `symlink(2)`.
     Symlink { target: CString, path: CString },
     /// Creates an empty file to bind a device node over.
@@ -48,7 +50,7 @@ impl Op {
         let s = |c: &CString| c.to_string_lossy().into_owned();
         match self {
             Op::Mount { target, .. } => format!("mount on {}", s(target)),
-            Op::Mkdir { path, .. } => format!("mkdir {}", s(path)),
+            Op::Mkdir { path, .. } | Op::MkdirAll { path, .. } => format!("mkdir {}", s(path)),
             Op::Symlink { path, .. } => format!("symlink {}", s(path)),
             Op::Touch { path } => format!("create {}", s(path)),
             Op::SetAttr { path, .. } => format!("mount_setattr {}", s(path)),
@@ -231,6 +233,9 @@ pub(crate) unsafe fn run_op(op: &Op) -> bool {
                 ) == 0
             }
             Op::Mkdir { path, mode } => libc::mkdir(path.as_ptr(), *mode) == 0,
+            Op::MkdirAll { path, mode } => {
+                libc::mkdir(path.as_ptr(), *mode) == 0 || *libc::__errno_location() == libc::EEXIST
+            }
             Op::Symlink { target, path } => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
             Op::Touch { path } => {
                 let fd = libc::open(

@@ -23,6 +23,10 @@ pub struct SandboxConfig {
     /// most. A pod with `hostUsers: false` maps 65 536 ids from 0, the worker's own root
     /// among them: there, for example, a base of 1 and a count of 65 535.
     pub uid_count: u32,
+    /// Host directories every sandbox sees read-only at the same path (toolchains installed
+    /// outside `/usr`: rustup's `~/.cargo` and `~/.rustup`, pyenv, nvm, `/opt/...`); their
+    /// `bin` directories go on the sandbox's `PATH`.
+    pub expose: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -38,6 +42,7 @@ impl Default for SandboxConfig {
             allow_weaker_isolation: false,
             uid_base: crate::SANDBOX_UID_BASE,
             uid_count: crate::MAX_CONCURRENT,
+            expose: Vec::new(),
         }
     }
 }

@@ -44,6 +44,7 @@ mod cgroup;
 mod child;
 mod config;
 mod error;
+mod export;
 mod ids;
 mod init;
 mod isolation;
@@ -69,7 +70,7 @@ pub use config::SandboxConfig;
 pub use error::SandboxError;
 pub use isolation::{CgroupVersion, Isolation, UidMapping};
 pub use outcome::{Captured, CollectError, RunOutcome, StageExit, Termination, Usage};
-pub use spec::{Limits, RunSpec};
+pub use spec::{Bind, Export, Limits, RunSpec};
 
 use cgroup::CgroupParent;
 use launcher::Launcher;
@@ -113,6 +114,8 @@ struct Inner {
     devices: Vec<&'static str>,
     /// `isotest-init`, exec'd by fd as pid 1 of single-command sandboxes.
     init_program: OwnedFd,
+    /// The sandbox's `PATH`: the usual directories, then the exposed toolchains' `bin`.
+    path: String,
     counter: AtomicU64,
 }
 
@@ -275,7 +278,13 @@ impl Sandboxer {
                         mode: 0o755,
                     },
                 ];
-                ops.extend(run::skeleton_ops(env, &dir, &config.state_dir, &devices)?);
+                ops.extend(run::skeleton_ops(
+                    env,
+                    &dir,
+                    &config.state_dir,
+                    &devices,
+                    &config.expose,
+                )?);
                 ops.extend(run::enter_skeleton_ops(&dir)?);
                 skeletons.push(Arc::new(ops));
             }
@@ -376,6 +385,14 @@ impl Sandboxer {
         } else {
             MAX_CONCURRENT
         });
+        let mut path = "/usr/local/bin:/usr/bin:/bin".to_owned();
+        for dir in &config.expose {
+            let bin = dir.join("bin");
+            if bin.is_dir() {
+                path.push(':');
+                path.push_str(&bin.to_string_lossy());
+            }
+        }
         Ok(Sandboxer {
             inner: Arc::new(Inner {
                 config,
@@ -390,6 +407,7 @@ impl Sandboxer {
                 new_root,
                 devices,
                 init_program,
+                path,
                 counter: AtomicU64::new(0),
             }),
         })

@@ -21,6 +21,8 @@ pub struct RunOutcome {
     pub stderr: Captured,
     /// Each requested path, read back after every process of the sandbox was dead.
     pub collected: BTreeMap<String, Result<Vec<u8>, CollectError>>,
+    /// The bytes copied out by the spec's `export`, or why it failed; `None` without one.
+    pub exported: Option<Result<u64, CollectError>>,
     /// Resources the sandbox used.
     pub usage: Usage,
     /// From `run()` entry until the sandbox exec'd its first program.

@@ -109,6 +109,9 @@ pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom
 struct PlanInputs<'a> {
     env: &'a EnvPlan,
     workspace: &'a Workspace,
+    /// One per `spec.binds`: the detached read-only tree to move into place (as root), or
+    /// `None` where the child binds the host path itself (without root, before its pivot).
+    binds: &'a [Option<OwnedFd>],
     fds: ChildFds,
     spec: &'a RunSpec,
 }
@@ -131,6 +134,7 @@ pub(crate) fn skeleton_ops(
     root: &Path,
     state_dir: &Path,
     devices: &[&str],
+    expose: &[PathBuf],
 ) -> Result<Vec<Op>, SandboxError> {
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
@@ -165,6 +169,34 @@ pub(crate) fn skeleton_ops(
                 path: path_c(&root.join(name))?,
             }),
         }
+    }
+    // Exposed toolchain directories, read-only at their own path, over whatever the
+    // environment has there (their parents are made in the skeleton, empty).
+    for dir in expose {
+        let rel = dir.strip_prefix("/").map_err(|_| {
+            SandboxError::InvalidSpec(format!("exposed directory {dir:?} is not absolute"))
+        })?;
+        let mut made = root.to_owned();
+        for component in rel.components() {
+            made.push(component);
+            ops.push(Op::MkdirAll {
+                path: path_c(&made)?,
+                mode: 0o755,
+            });
+        }
+        let target = path_c(&root.join(rel))?;
+        ops.push(Op::Mount {
+            src: Some(path_c(dir)?),
+            target: target.clone(),
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+        ops.push(Op::SetAttr {
+            path: target,
+            set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            recursive: true,
+        });
     }
     // If the state directory lies inside a bound directory, cover it.
     if let Ok(rel) = state_dir.strip_prefix(&env.root) {
@@ -299,6 +331,7 @@ fn masked_proc_paths() -> &'static [(&'static str, bool)] {
 fn sandbox_ops(
     root: &Path,
     workspace: &Workspace,
+    binds: &[(&crate::spec::Bind, Option<&OwnedFd>)],
     limits: &crate::spec::Limits,
     pivot: bool,
 ) -> Result<Vec<Op>, SandboxError> {
@@ -319,6 +352,31 @@ fn sandbox_ops(
             flags: libc::MS_BIND,
             data: None,
         }),
+    }
+    // Prepared builds over the workspace, read-only: each a detached tree made by the host
+    // (as root), or the host path bound before the pivot (without root).
+    for (bind, fd) in binds {
+        let target = path_c(&root.join("workspace").join(&bind.target))?;
+        match fd {
+            Some(fd) => ops.push(Op::MoveMount {
+                fd: fd.as_raw_fd(),
+                target,
+            }),
+            None => {
+                ops.push(Op::Mount {
+                    src: Some(path_c(&bind.host)?),
+                    target: target.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                });
+                ops.push(Op::SetAttr {
+                    path: target,
+                    set: sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                    recursive: true,
+                });
+            }
+        }
     }
     ops.push(tmpfs_op(
         at("tmp")?,
@@ -373,20 +431,27 @@ fn sandbox_ops(
 
 fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
     let spec = input.spec;
+    let binds: Vec<_> = spec
+        .binds
+        .iter()
+        .zip(input.binds.iter().map(Option::as_ref))
+        .collect();
     let ops = if input.env.pivoted {
         // The child's mount namespace is a copy of its launcher's, whose root already is the
         // environment's skeleton: only the per-sandbox mounts are left to add.
-        sandbox_ops(Path::new("/"), input.workspace, &spec.limits, false)?
+        sandbox_ops(Path::new("/"), input.workspace, &binds, &spec.limits, false)?
     } else {
         let mut ops = skeleton_ops(
             input.env,
             &inner.new_root,
             &inner.config.state_dir,
             &inner.devices,
+            &inner.config.expose,
         )?;
         ops.extend(sandbox_ops(
             &inner.new_root,
             input.workspace,
+            &binds,
             &spec.limits,
             true,
         )?);
@@ -412,7 +477,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     }
     let home = "/workspace";
     let mut env: BTreeMap<&str, &str> = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("PATH", inner.path.as_str()),
         ("HOME", home),
         ("LANG", "C.UTF-8"),
         ("TMPDIR", "/tmp"),
@@ -440,7 +505,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         loopback_up: !spec.network,
         rlimits: rlimits(&spec.limits),
         cap_last: inner.cap_last,
-        workdir: c"/workspace".to_owned(),
+        workdir: workdir(&spec.workdir)?,
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
@@ -502,6 +567,22 @@ fn exec_failed_for_the_test(errno: i32, via_init: bool) -> bool {
         | libc::ENAMETOOLONG => !via_init,
         _ => false,
     }
+}
+
+/// The absolute directory the stages run in: the workspace, or a relative path beneath it.
+fn workdir(rel: &str) -> Result<CString, SandboxError> {
+    let path = Path::new(rel);
+    if !path.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(SandboxError::InvalidSpec(format!(
+            "working directory {rel:?} is not a relative path inside the workspace"
+        )));
+    }
+    path_c(&Path::new("/workspace").join(path))
 }
 
 /// Duplicates cgroup files for a launcher request, which must own what it uses.
@@ -625,11 +706,12 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if let Some(parent) = &inner.cgroups {
         lease.cgroup = Some(take_cgroup(inner, parent, slot, &name, &spec.limits)?);
     }
-    let workspace = if spec.workspace_bundle.is_some() || !spec.files.is_empty() {
-        populate(workspace, &spec, owner, lease.cgroup.as_ref()).await?
-    } else {
-        workspace
-    };
+    let workspace =
+        if spec.workspace_bundle.is_some() || !spec.files.is_empty() || !spec.binds.is_empty() {
+            populate(workspace, &spec, owner, lease.cgroup.as_ref()).await?
+        } else {
+            workspace
+        };
     if let Some(cg) = lease.cgroup.as_mut() {
         cg.rebase_cpu();
     }
@@ -649,11 +731,24 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         go: go_r.as_raw_fd(),
         go_write: go_w.as_raw_fd(),
     };
+    let bind_fds = spec
+        .binds
+        .iter()
+        .map(|bind| {
+            if !inner.isolation.workspace_tmpfs {
+                return Ok(None);
+            }
+            sys::clone_tree_readonly(&path_c(&bind.host)?)
+                .map(Some)
+                .map_err(|e| SandboxError::io(format!("bind {:?} read-only", bind.host), e))
+        })
+        .collect::<Result<Vec<_>, SandboxError>>()?;
     let plan = Arc::new(build_plan(
         inner,
         PlanInputs {
             env,
             workspace: &workspace,
+            binds: &bind_fds,
             fds,
             spec: &spec,
         },
@@ -747,6 +842,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     // Exec'd or gone: the child no longer uses the memory it shared with this process.
     drop(child_memory);
     drop(plan);
+    drop(bind_fds);
 
     let stdout_rx =
         pipe::Receiver::from_owned_fd(stdout_r).map_err(|e| SandboxError::io("watch stdout", e))?;
@@ -806,13 +902,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         wall,
     };
 
-    let collected = if spec.collect.is_empty() {
+    let (collected, exported) = if spec.collect.is_empty() && spec.export.is_none() {
         drop(workspace);
-        BTreeMap::new()
+        (BTreeMap::new(), None)
     } else {
         let paths = spec.collect.clone();
+        let export = spec.export.clone();
         let cap = limits.collect_bytes;
-        let (workspace, collected) = tokio::task::spawn_blocking(move || {
+        let (workspace, collected, exported) = tokio::task::spawn_blocking(move || {
             let collected = paths
                 .into_iter()
                 .map(|p| {
@@ -820,12 +917,13 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
                     (p, got)
                 })
                 .collect();
-            (workspace, collected)
+            let exported = export.map(|e| workspace.export(&e));
+            (workspace, collected, exported)
         })
         .await
         .map_err(|e| SandboxError::io("collect files", io::Error::other(e)))?;
         drop(workspace);
-        collected
+        (collected, exported)
     };
     // After the workspace, whose pages are charged to the cgroup the lease may remove.
     drop(lease);
@@ -838,12 +936,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         stdout,
         stderr,
         collected,
+        exported,
         usage,
         startup,
     })
 }
 
-/// Fills the workspace with the spec's bundle and files. With a bundle and a memory cgroup,
+/// Fills the workspace with the spec's bundle and files, and makes the mount points of its
+/// binds. With a bundle and a memory cgroup,
 /// from a process in that cgroup, so that the workspace counts against the test's memory
 /// (see [`Workspace::populate_charged`]); the manifest's files alone, small and bounded by the
 /// manifest's own limits, are written from here, sparing that process's fork.
@@ -855,6 +955,7 @@ async fn populate(
 ) -> Result<Workspace, SandboxError> {
     let bundle = spec.workspace_bundle.clone();
     let files = spec.files.clone();
+    let mount_points: Vec<String> = spec.binds.iter().map(|b| b.target.clone()).collect();
     let max = spec.limits.workspace_bytes;
     let entry = match cgroup
         .filter(|_| bundle.is_some())
@@ -882,6 +983,11 @@ async fn populate(
                 .populate(bundle.as_deref(), &files, max, owner)
                 .map_err(PopulateError::Bundle),
         };
+        let populated = populated.and_then(|()| {
+            workspace
+                .make_dirs(&mount_points, owner)
+                .map_err(PopulateError::Bundle)
+        });
         (workspace, populated)
     })
     .await

@@ -1,6 +1,7 @@
 //! What one sandboxed run should do: the stages, the files, and the limits it runs under.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ pub struct RunSpec {
     pub setup: Option<String>,
     /// The test's argv, run in the workspace; `argv[0]` is looked up on the sandbox `PATH`.
     pub command: Vec<String>,
+    /// The directory the stages run in, relative to the workspace (empty: its root).
+    pub workdir: String,
     /// Run with `/bin/sh -c` after the command, whatever its exit, unless setup failed.
     pub teardown: Option<String>,
     /// The test's variables. The sandbox adds only `PATH`, `HOME`, `LANG` and `TMPDIR`; a value
@@ -29,6 +32,35 @@ pub struct RunSpec {
     pub network: bool,
     /// Relative workspace paths read back after the run.
     pub collect: Vec<String>,
+    /// Host directories bound read-only into the workspace (a prepared build the test runs
+    /// from), after the bundle and files are in place.
+    pub binds: Vec<Bind>,
+    /// Workspace paths copied out to a host directory after the run (a build's products).
+    pub export: Option<Export>,
+}
+
+/// A host directory seen read-only at a path of the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The directory on the host, readable by any user (the sandbox's uid is unprivileged).
+    pub host: PathBuf,
+    /// Where it appears, relative to the workspace; created (with its parents) if missing, and
+    /// hiding whatever the workspace had there.
+    pub target: String,
+}
+
+/// What to copy out of the workspace once every process of the sandbox is dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// Workspace-relative files and directories (copied whole); a missing one is skipped.
+    pub paths: Vec<String>,
+    /// File and directory names left out wherever they are met: a name, `*suffix` or
+    /// `prefix*` (a build's scratch: caches, fingerprints, intermediate objects).
+    pub exclude: Vec<String>,
+    /// The host directory they are copied into, at the same relative paths; it must exist.
+    pub into: PathBuf,
+    /// The most bytes copied in all; a larger export fails.
+    pub max_bytes: u64,
 }
 
 /// Resource limits of one sandbox.

@@ -135,6 +135,44 @@ pub fn detached_tmpfs(options: &[(&CStr, &CStr)], attrs: u64) -> io::Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
 }
 
+/// A detached, read-only, `nosuid`, `nodev` copy of the mount tree at `path` (with
+/// `open_tree(OPEN_TREE_CLONE)`), which a sandbox moves into place as a bind mount.
+///
+/// # Errors
+/// Fails without CAP_SYS_ADMIN, or when `path` does not exist.
+pub fn clone_tree_readonly(path: &CStr) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: valid C string; the result is checked and owned.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    })?;
+    // SAFETY: fd is fresh and ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the attr struct outlives the call and its size is passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(fd)
+}
+
 /// `openat2` with the given resolve flags.
 ///
 /// # Errors

@@ -151,6 +151,28 @@ impl Workspace {
         })
     }
 
+    /// Creates each of `dirs` (and their parents), owned by `owner`, as mount points.
+    ///
+    /// # Errors
+    /// Fails on a bad path or a link or file in the way.
+    pub fn make_dirs(&self, dirs: &[String], owner: Option<(u32, u32)>) -> Result<(), BundleError> {
+        for dir in dirs {
+            bundle::make_dir_all(self.root(), Path::new(dir), owner)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `paths` out to the host directory `into` (see [`crate::export`]).
+    pub fn export(&self, export: &crate::spec::Export) -> Result<u64, CollectError> {
+        crate::export::export(
+            self.root(),
+            &export.paths,
+            &export.exclude,
+            &export.into,
+            export.max_bytes,
+        )
+    }
+
     /// Reads `rel` back, refusing links, non-regular files and files over `cap`.
     pub fn collect(&self, rel: &str, cap: usize) -> Result<Vec<u8>, CollectError> {
         collect(self.root(), rel, cap)

@@ -1,9 +1,11 @@
 //! The worker: takes test messages off RabbitMQ ([`service`]), lays each out for its
-//! framework ([`frameworks`]), runs it in a fresh sandbox ([`run`]), and records the
-//! result in Redis before acking ([`record`]). Embedded mode reuses [`run`] and
-//! [`frameworks`] without the broker.
+//! framework ([`frameworks`]), runs it in a fresh sandbox ([`run`]), from a prepared build
+//! where its framework compiles ([`prepare`]), and records the result in Redis before acking
+//! ([`record`]). Embedded mode reuses [`run`], [`prepare`] and [`frameworks`] without the
+//! broker.
 
 pub mod frameworks;
+pub mod prepare;
 pub mod record;
 pub mod run;
 pub mod service;

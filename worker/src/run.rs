@@ -9,14 +9,13 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
-use isotest_protocol::result::{
-    INFRASTRUCTURE_REASON_PREFIX, Stage, Status, TestResult, Timings, Usage,
-};
+use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
 use isotest_sandbox::{
     Limits, RunOutcome, RunSpec, SandboxError, Sandboxer, StageExit, Termination,
 };
 
 use crate::frameworks::{self, Exit, Observed, Toolchain};
+use crate::prepare::{ArtifactStore, Prepared};
 
 /// Settings of every sandbox a runner creates.
 #[derive(Debug, Clone)]
@@ -30,6 +29,8 @@ pub struct RunnerConfig {
     /// by default: such a test could reach services on the worker's loopback (its Redis,
     /// say) and forge other suites' results.
     pub allow_network: bool,
+    /// Where prepared builds fetched for tests are unpacked (root-only, like the state dir).
+    pub artifact_dir: std::path::PathBuf,
 }
 
 /// Runs test attempts in sandboxes.
@@ -37,14 +38,22 @@ pub struct RunnerConfig {
 pub struct Runner {
     sandboxer: Arc<Sandboxer>,
     config: Arc<RunnerConfig>,
+    artifacts: Arc<ArtifactStore>,
 }
 
 impl Runner {
     pub fn new(sandboxer: Arc<Sandboxer>, config: RunnerConfig) -> Runner {
+        let artifacts = Arc::new(ArtifactStore::new(config.artifact_dir.clone()));
         Runner {
             sandboxer,
             config: Arc::new(config),
+            artifacts,
         }
+    }
+
+    /// The prepared builds this runner's tests run from.
+    pub fn artifacts(&self) -> &Arc<ArtifactStore> {
+        &self.artifacts
     }
 
     pub fn worker_id(&self) -> &str {
@@ -65,6 +74,21 @@ impl Runner {
         workspace: Option<Arc<[u8]>>,
         taken_at_ms: u64,
     ) -> Result<TestResult, SandboxError> {
+        self.run_from(msg, workspace, None, taken_at_ms).await
+    }
+
+    /// Runs one attempt as [`Self::run`] does, from a prepared build where the test names one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::run`].
+    pub async fn run_from(
+        &self,
+        msg: &TestMessage,
+        workspace: Option<Arc<[u8]>>,
+        prepared: Option<&Prepared>,
+        taken_at_ms: u64,
+    ) -> Result<TestResult, SandboxError> {
         let test = &msg.test;
         if msg.network && !self.config.allow_network {
             return Ok(error_verdict(
@@ -75,7 +99,7 @@ impl Runner {
                     .to_owned(),
             ));
         }
-        let mut plan = frameworks::plan(test, &self.config.tools);
+        let mut plan = frameworks::plan_from(test, &self.config.tools, prepared);
         // Which attempt this is, so a test (or its setup) can tell a retry from a first run.
         plan.env
             .insert(frameworks::ATTEMPT_VAR.into(), msg.attempt.to_string());
@@ -94,6 +118,9 @@ impl Runner {
             limits: limits.clone(),
             network: msg.network,
             collect: plan.collect,
+            workdir: plan.workdir,
+            binds: plan.binds,
+            ..RunSpec::default()
         };
         let started_at_ms = now_ms();
         let clock = Instant::now();
@@ -133,7 +160,7 @@ impl Runner {
             teardown: outcome.teardown.map(exit),
             stdout: &stdout,
             stderr: &stderr,
-            junit: collected,
+            report: collected,
         };
         let limit_stage =
             if outcome.setup.is_some() && outcome.command.is_none() && msg.test.setup.is_some() {
@@ -185,6 +212,8 @@ impl Runner {
             is_final: !verdict.status.is_retryable() || msg.is_last_attempt(),
             status: verdict.status,
             reason: verdict.reason,
+            // The test ran: whatever happened is its own.
+            infrastructure: false,
             stage: verdict.stage,
             exit_code,
             duration_ms: 0,
@@ -219,13 +248,9 @@ pub fn input_problem(e: &SandboxError) -> Option<String> {
 }
 
 /// The result recorded when the worker itself fails a test over and over (a poison
-/// message): an `error` whose reason says it was the infrastructure, not the test.
+/// message): an `error` marked as the infrastructure's, not the test's.
 pub fn infrastructure_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
-    error_verdict(
-        msg,
-        worker_id,
-        format!("{INFRASTRUCTURE_REASON_PREFIX}{why}"),
-    )
+    TestResult::infrastructure_error(msg, worker_id, why, now_ms())
 }
 
 /// A final `error` verdict given before the test ran (stage `prepare`).

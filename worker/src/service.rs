@@ -1,28 +1,25 @@
 //! The distributed worker: consumes test messages with a prefetch of N, runs each in
 //! its own sandbox, writes the result to Redis and only then acks. When RabbitMQ goes
-//! away it reconnects with backoff, declares the topology again and carries on; the
-//! messages it held are redelivered by the broker, and the idempotent write makes a
-//! second run of the same attempt harmless.
+//! away its consumer ([`isotest_infra::amqp::consume`]) reconnects with backoff,
+//! declares the topology again and carries on; the messages it held are redelivered by
+//! the broker, and the idempotent write makes a second run of the same attempt harmless.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use isotest_infra::Endpoints;
-use isotest_infra::amqp::{self, AmqpError, Backoff, DELIVERY_LIMIT, publish};
+use isotest_infra::amqp::consume::{Consumer, ConsumerConfig, delivery_count};
+use isotest_infra::amqp::publish::{self, PublishError};
+use isotest_infra::amqp::{self, AmqpError, DELIVERY_LIMIT};
 use isotest_infra::metrics::{self, GaugeGuard, StatusLabels, TestLabels};
 use isotest_infra::store::{self, StoreError};
 use isotest_protocol::duration;
@@ -72,8 +69,6 @@ pub enum WorkerError {
     Amqp(#[from] AmqpError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("set up consuming from RabbitMQ")]
-    Consume(#[source] lapin::Error),
 }
 
 /// Why one message could not be handled. The variant decides what happens to it.
@@ -84,7 +79,7 @@ enum HandleError {
     #[error("create the sandbox")]
     Sandbox(#[source] SandboxError),
     #[error("publish the next attempt")]
-    Publish(#[from] publish::PublishError),
+    Publish(#[from] PublishError),
     /// The test itself cannot run as given (a bundle that escapes its directory, an
     /// unknown environment, a timeout too long): its verdict, not a retry.
     #[error("{0}")]
@@ -104,27 +99,18 @@ impl HandleError {
     fn is_transient(&self) -> bool {
         match self {
             HandleError::Record(e) => e.is_transient(),
-            HandleError::Sandbox(_) | HandleError::Publish(_) => true,
+            HandleError::Publish(e) => e.is_transient(),
+            HandleError::Sandbox(_) => true,
             HandleError::Input(_) => false,
         }
     }
 }
 
-/// A connection with its consuming channel and its confirm-mode publishing channel.
-#[derive(Debug)]
-struct Session {
-    conn: Connection,
-    consume: Channel,
-    publish: Channel,
-}
-
 /// A connected worker, ready to [`Worker::run`].
 #[derive(Debug)]
 pub struct Worker {
-    session: Option<Session>,
+    consumer: Consumer,
     shared: Arc<Shared>,
-    amqp_url: String,
-    concurrency: u16,
     drain_timeout: Duration,
 }
 
@@ -139,12 +125,6 @@ struct Shared {
     max_test_timeout: Duration,
 }
 
-/// Why a session stopped consuming.
-enum Ended {
-    Shutdown,
-    Lost(String),
-}
-
 impl Worker {
     /// Connects to RabbitMQ and Redis and declares the topology.
     ///
@@ -156,15 +136,18 @@ impl Worker {
         let ns = config.endpoints.namespace.clone();
         let concurrency = config.concurrency.max(1);
         let redis = store::connect(&config.endpoints.redis_url).await?;
-        let conn = amqp::connect(
-            &config.endpoints.amqp_url,
-            &amqp::connection_name(runner.worker_id(), &config.endpoints.namespace),
-        )
+        let consumer = Consumer::connect(ConsumerConfig {
+            url: config.endpoints.amqp_url.clone(),
+            queue: ns.tests_queue(),
+            connection_name: amqp::connection_name(runner.worker_id(), &ns),
+            tag: runner.worker_id().to_owned(),
+            prefetch: concurrency,
+            namespace: ns.clone(),
+            ready_part: Some(READY_PART),
+        })
         .await?;
-        let session = open_session(conn, &ns, concurrency).await?;
-        metrics::readiness().set(READY_PART, false);
         Ok(Worker {
-            session: Some(session),
+            consumer,
             shared: Arc::new(Shared {
                 recorder: Recorder::new(redis, ns.clone()),
                 ns,
@@ -172,8 +155,6 @@ impl Worker {
                 permits: Semaphore::new(usize::from(concurrency)),
                 max_test_timeout: config.max_test_timeout,
             }),
-            amqp_url: config.endpoints.amqp_url,
-            concurrency,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -185,11 +166,18 @@ impl Worker {
     /// # Errors
     ///
     /// None at present; the `Result` leaves room for failures retrying cannot mend.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let shared = Arc::clone(&self.shared);
+        // Each delivery runs on the tracker; the prefetch and the permits bound how many.
+        let sessions = self.consumer.run(&token, |delivery, session| {
+            let shared = Arc::clone(&shared);
+            let publish = session.publisher().clone();
+            tracker.spawn(async move { shared.handle(delivery, &publish).await });
+            std::future::ready(())
+        });
         let session = {
-            let sessions = self.sessions(&token, &tracker);
             tokio::pin!(sessions);
             tokio::select! {
                 session = &mut sessions => session,
@@ -199,13 +187,10 @@ impl Worker {
                 }
             }
         };
-        let tag = self.shared.runner.worker_id().to_owned();
+        let tag = self.shared.runner.worker_id();
         // Stop taking work first, so nothing new arrives while the running tests finish.
         if let Some(session) = &session {
-            let _ = session
-                .consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            session.stop_consuming(tag).await;
         }
         tracker.close();
         if tokio::time::timeout(self.drain_timeout, tracker.wait())
@@ -217,131 +202,18 @@ impl Worker {
         // Closing the connection returns every unacked message to the queue; tests still
         // running are killed when their tasks are dropped with the runtime.
         if let Some(session) = session {
-            let _ = session.conn.close(200, "worker shutting down".into()).await;
+            session.close("worker shutting down").await;
         }
         info!(worker = %tag, "Worker stopped.");
         Ok(())
     }
-
-    /// Consumes session after session until `token` is cancelled; returns the session
-    /// alive at that point, whose channel the draining tests still ack on.
-    async fn sessions(
-        &mut self,
-        token: &CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Option<Session> {
-        let mut current = self.session.take();
-        loop {
-            let session = match current.take() {
-                Some(session) => session,
-                None => self.reconnect(token).await?,
-            };
-            match self.consume(&session, token, tracker).await {
-                Ended::Shutdown => {
-                    metrics::readiness().set(READY_PART, false);
-                    return Some(session);
-                }
-                Ended::Lost(why) => {
-                    metrics::readiness().set(READY_PART, false);
-                    warn!(reason = %why, "Lost RabbitMQ; reconnecting. Unacked messages go back to the queue.");
-                    let _ = session.conn.close(200, "reconnecting".into()).await;
-                }
-            }
-        }
-    }
-
-    /// A new session, after as many attempts as it takes; `None` on shutdown.
-    async fn reconnect(&self, token: &CancellationToken) -> Option<Session> {
-        let mut backoff = Backoff::default();
-        loop {
-            let conn = amqp::reconnect(
-                &self.amqp_url,
-                &amqp::connection_name(self.shared.runner.worker_id(), &self.shared.ns),
-                token.cancelled(),
-            )
-            .await?;
-            match open_session(conn, &self.shared.ns, self.concurrency).await {
-                Ok(session) => return Some(session),
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %error_chain(&e), ?delay, "Could not set up consuming; trying again.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = token.cancelled() => return None,
-                    }
-                }
-            }
-        }
-    }
-
-    /// Consumes on one session until shutdown or until the session dies.
-    async fn consume(
-        &self,
-        session: &Session,
-        token: &CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Ended {
-        let tag = self.shared.runner.worker_id();
-        let consumer = session
-            .consume
-            .basic_consume(
-                self.shared.ns.tests_queue().as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await;
-        let mut consumer = match consumer {
-            Ok(consumer) => consumer,
-            Err(e) => return Ended::Lost(format!("start consuming: {}", error_chain(&e))),
-        };
-        info!(worker = %tag, concurrency = self.concurrency, queue = %self.shared.ns.tests_queue(), "Worker is consuming.");
-        metrics::readiness().set(READY_PART, true);
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ended::Shutdown,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let shared = Arc::clone(&self.shared);
-                        let publish = session.publish.clone();
-                        tracker.spawn(async move { shared.handle(delivery, &publish).await });
-                    }
-                    Some(Err(e)) => return Ended::Lost(error_chain(&e)),
-                    None => return Ended::Lost("the broker cancelled the consumer".to_owned()),
-                },
-            }
-        }
-    }
-}
-
-/// Declares the topology and opens the two channels on a new connection.
-async fn open_session(
-    conn: Connection,
-    ns: &Namespace,
-    concurrency: u16,
-) -> Result<Session, WorkerError> {
-    let consume = amqp::channel_with_topology(&conn, ns).await?;
-    consume
-        .basic_qos(concurrency, BasicQosOptions::default())
-        .await
-        .map_err(WorkerError::Consume)?;
-    let publish = conn.create_channel().await.map_err(AmqpError::Channel)?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(WorkerError::Consume)?;
-    Ok(Session {
-        conn,
-        consume,
-        publish,
-    })
 }
 
 impl Shared {
     async fn handle(&self, delivery: Delivery, publish: &Channel) {
         // Held until the message is settled: unacked messages, as RabbitMQ counts them.
         let _in_flight = GaugeGuard::inc(&metrics::worker().tests_in_flight);
-        if delivery.redelivered || deliveries(&delivery) > 0 {
+        if delivery.redelivered || delivery_count(&delivery) > 0 {
             metrics::worker().redeliveries.inc();
         }
         // The semaphore is never closed, so acquiring only waits.
@@ -370,7 +242,7 @@ impl Shared {
                     warn!(reason = %why, "The test cannot run as given; recording an error.");
                     input_error(&msg, self.runner.worker_id(), &why)
                 }
-                Err(e) if e.is_transient() && deliveries(&delivery) + 1 < DELIVERY_LIMIT as u64 => {
+                Err(e) if e.is_transient() && delivery_count(&delivery) + 1 < DELIVERY_LIMIT as u64 => {
                     warn!(error = %error_chain(&e), "Returning the test to the queue after an infrastructure failure.");
                     tokio::time::sleep(RETRY_PAUSE).await;
                     let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
@@ -427,7 +299,7 @@ impl Shared {
             Some(Recorded::Retryable) => {
                 info!("Attempt already recorded; publishing its retry again.");
                 if let Some(next) = msg.next_attempt(now_ms()) {
-                    publish::publish_confirmed(publish, &self.ns, &next).await?;
+                    publish::publish_confirmed(publish, &self.ns, &[next]).await?;
                 }
                 return Ok(());
             }
@@ -467,7 +339,7 @@ impl Shared {
             && !result.is_final
             && let Some(next) = msg.next_attempt(now_ms())
         {
-            publish::publish_confirmed(publish, &self.ns, &next).await?;
+            publish::publish_confirmed(publish, &self.ns, &[next]).await?;
         }
         Ok(())
     }
@@ -514,22 +386,6 @@ fn count_written(result: &TestResult, written: bool) {
 /// problem, not the infrastructure's.
 fn input_error(msg: &TestMessage, worker_id: &str, why: &str) -> TestResult {
     crate::run::error_verdict(msg, worker_id, why.to_owned())
-}
-
-/// How many times RabbitMQ delivered this message before (quorum queues count).
-fn deliveries(delivery: &Delivery) -> u64 {
-    let count = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count").cloned());
-    match count {
-        Some(AMQPValue::LongLongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u64::try_from(n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => u64::from(n),
-        Some(AMQPValue::ShortInt(n)) => u64::try_from(n).unwrap_or(0),
-        _ => 0,
-    }
 }
 
 #[cfg(test)]

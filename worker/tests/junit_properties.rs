@@ -470,7 +470,7 @@ fn a_report_over_the_collect_cap_is_a_clear_error_when_the_run_passed() {
     for framework in [Framework::Pytest, Framework::Junit] {
         let seen = Observed {
             command: Some(Exit::Code(0)),
-            junit: too_big(),
+            report: too_big(),
             ..Default::default()
         };
         let v = judge(framework, &seen);
@@ -489,7 +489,7 @@ fn a_report_over_the_collect_cap_still_fails_a_failed_run() {
     for framework in [Framework::Pytest, Framework::Junit, Framework::Node] {
         let seen = Observed {
             command: Some(Exit::Code(1)),
-            junit: too_big(),
+            report: too_big(),
             ..Default::default()
         };
         let v = judge(framework, &seen);

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use isotest_aggregator::report::LOST_REASON;
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::Status;
+use isotest_report::LOST_REASON;
 
 use crate::helpers::{TestEnv, result};
 

@@ -260,6 +260,7 @@ pub fn result(
         is_final,
         status,
         reason: None,
+        infrastructure: false,
         stage: None,
         exit_code: Some(i32::from(status != Status::Passed)),
         duration_ms: 10,

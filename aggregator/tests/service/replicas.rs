@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use isotest_aggregator::assemble;
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::Status;
+use isotest_report::assemble;
 
 use crate::helpers::{TestEnv, poll, result};
 

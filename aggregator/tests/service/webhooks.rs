@@ -8,7 +8,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use isotest_aggregator::{Cancelled, WebhookSecret, cancel};
+use isotest_aggregator::WebhookSecret;
+use isotest_infra::cancel::{Cancelled, cancel};
 use isotest_protocol::api::SuiteFinished;
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::Status;

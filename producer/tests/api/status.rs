@@ -47,6 +47,7 @@ fn report(id: &str, names: &[&str]) -> Report {
                 attempt_history: vec![],
             })
             .collect(),
+        builds: vec![],
     }
 }
 

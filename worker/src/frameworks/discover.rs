@@ -3,9 +3,9 @@
 //! test per id. `isotest run` calls [`discover`] before it runs or submits a suite (in
 //! embedded and in server mode alike); the producer and workers never see the entry.
 //!
-//! Each framework's listing: pytest `--collect-only -q`, a small unittest loader script,
-//! `go test -list`, `cargo test -- --list`, `jest --listTests`, and for node the files
-//! `node --test` would run.
+//! Each framework's listing lives with its adapter ([`super::Adapter::listing`]): pytest
+//! `--collect-only -q`, a small unittest loader script, `go test -list`, `cargo test --
+//! --list`, `jest --listTests`, and for node the files `node --test` would run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,10 +13,13 @@ use std::sync::Arc;
 use isotest_protocol::manifest::{DiscoverEntry, Framework, ManifestError};
 use isotest_sandbox::{Limits, RunSpec, SandboxError, Sandboxer, StageExit, Termination};
 
-use super::{Toolchain, path_str, signal_name};
+use super::{Toolchain, adapter, signal_name};
+use crate::prepare::CachedBuild;
 
 /// How many lines of the framework's output a failed discovery quotes.
 const QUOTED_LINES: usize = 40;
+/// What to do when the framework's program is not in the sandbox.
+pub const NOT_FOUND_HINT: &str = "\nA program was not found in the sandbox, which sees the host's /usr and the directories given with --toolchain-dir (ISOTEST_TOOLCHAIN_DIRS): expose the toolchain's directory, e.g. --toolchain-dir ~/.cargo --toolchain-dir ~/.rustup for rustup, ~/.pyenv for pyenv, ~/.nvm/versions/node/<version> for nvm.";
 
 /// A discovery that did not produce tests.
 #[derive(Debug, thiserror::Error)]
@@ -45,33 +48,6 @@ pub enum DiscoverError {
     },
 }
 
-/// Lists unittest ids with the standard loader; an import failure fails the listing.
-const UNITTEST_LISTER: &str = r#"
-import sys, unittest
-start, pattern = sys.argv[1], sys.argv[2]
-loader = unittest.TestLoader()
-if pattern:
-    glob = any(c in pattern for c in "*?[")
-    loader.testNamePatterns = [pattern if glob else "*%s*" % pattern]
-suite = loader.discover(start, top_level_dir=".")
-def walk(s):
-    for t in s:
-        if isinstance(t, unittest.TestSuite):
-            yield from walk(t)
-        else:
-            yield t
-ids = []
-for t in walk(suite):
-    if type(t).__name__ in ("_FailedTest", "ModuleImportFailure"):
-        print("cannot load %s: %s" % (t.id(), getattr(t, "_exception", "")), file=sys.stderr)
-        sys.exit(2)
-    ids.append(t.id())
-if getattr(loader, "errors", None):
-    print("\n".join(loader.errors), file=sys.stderr)
-    sys.exit(2)
-print("\n".join(ids))
-"#;
-
 /// The command that lists an entry's tests, and the variables it needs.
 pub fn command(
     framework: Framework,
@@ -79,194 +55,55 @@ pub fn command(
     tools: &Toolchain,
 ) -> (Vec<String>, BTreeMap<String, String>) {
     let mut env = entry.env.clone().unwrap_or_default();
-    tools.env(framework, &mut env);
-    let filter = entry.filter.clone();
-    let argv = match framework {
-        Framework::Pytest => {
-            let mut argv = vec![
-                path_str(&tools.python),
-                "-m".into(),
-                "pytest".into(),
-                "--collect-only".into(),
-                "-q".into(),
-                "-p".into(),
-                "no:cacheprovider".into(),
-            ];
-            if let Some(f) = filter {
-                argv.extend(["-k".into(), f]);
-            }
-            argv.extend(entry.paths.iter().cloned());
-            argv
-        }
-        Framework::Unittest => vec![
-            path_str(&tools.python),
-            "-c".into(),
-            UNITTEST_LISTER.into(),
-            entry.paths.first().cloned().unwrap_or_else(|| ".".into()),
-            filter.unwrap_or_default(),
-        ],
-        Framework::Go => {
-            let mut argv = vec![
-                path_str(&tools.go),
-                "test".into(),
-                "-list".into(),
-                filter.unwrap_or_else(|| ".".into()),
-            ];
-            if entry.paths.is_empty() {
-                argv.push("./...".into());
-            }
-            argv.extend(entry.paths.iter().cloned());
-            argv
-        }
-        Framework::Cargo => {
-            let mut argv = vec![
-                path_str(&tools.cargo),
-                "test".into(),
-                "--offline".into(),
-                "--".into(),
-                "--list".into(),
-            ];
-            argv.extend(filter);
-            argv
-        }
-        Framework::Node => {
-            let mut argv = vec!["/usr/bin/find".into()];
-            if entry.paths.is_empty() {
-                argv.push(".".into());
-            }
-            argv.extend(entry.paths.iter().cloned());
-            argv.extend(
-                ["-type", "f", "-not", "-path", "*/node_modules/*"]
-                    .into_iter()
-                    .map(str::to_owned),
-            );
-            argv
-        }
-        Framework::Jest => {
-            // Paths are Jest's own path patterns; the filter is applied to its listing.
-            let mut argv = vec![
-                path_str(&tools.node),
-                path_str(&tools.jest),
-                "--listTests".into(),
-                "--ci".into(),
-                "--watchman=false".into(),
-            ];
-            argv.extend(entry.paths.iter().cloned());
-            argv
-        }
-        Framework::Command | Framework::Junit => Vec::new(),
-    };
-    (argv, env)
+    super::tool_env(framework, tools, &mut env);
+    (adapter(framework).listing(entry, tools), env)
 }
 
 /// The test ids in a successful listing's output, in order, without repeats.
 pub fn parse(framework: Framework, entry: &DiscoverEntry, stdout: &str) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    let ids: Vec<String> = match framework {
-        // Ids first, then a blank line and the count.
-        Framework::Pytest => stdout
-            .lines()
-            .take_while(|l| !l.trim().is_empty())
-            .filter(|l| l.contains("::"))
-            .map(str::to_owned)
-            .collect(),
-        Framework::Unittest => stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.contains(' '))
-            .map(str::to_owned)
-            .collect(),
-        // Names, then `ok  \tPACKAGE\t0.01s` (or `?  \tPACKAGE\t[no test files]`).
-        Framework::Go => {
-            let mut ids = Vec::new();
-            let mut pending = Vec::new();
-            for line in stdout.lines() {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                match fields.as_slice() {
-                    ["ok", package, ..] => {
-                        ids.extend(pending.drain(..).map(|n: &str| format!("{package}.{n}")));
-                    }
-                    [name] if name.starts_with("Test") => pending.push(*name),
-                    _ => {}
-                }
-            }
-            ids
-        }
-        Framework::Cargo => stdout
-            .lines()
-            .filter_map(|l| l.strip_suffix(": test"))
-            .map(str::to_owned)
-            .collect(),
-        Framework::Node => {
-            let mut files: Vec<String> = stdout
-                .lines()
-                .map(|l| l.strip_prefix("./").unwrap_or(l))
-                .filter(|l| node_runs(l))
-                .filter(|l| entry.filter.as_deref().is_none_or(|f| l.contains(f)))
-                .map(str::to_owned)
-                .collect();
-            files.sort();
-            files
-        }
-        // Absolute paths, one a line, in no set order.
-        Framework::Jest => {
-            let mut files: Vec<String> = stdout
-                .lines()
-                .map(str::trim)
-                .filter_map(|l| l.strip_prefix("/workspace/"))
-                .filter(|l| entry.filter.as_deref().is_none_or(|f| l.contains(f)))
-                .map(str::to_owned)
-                .collect();
-            files.sort();
-            files
-        }
-        Framework::Command | Framework::Junit => Vec::new(),
-    };
-    ids.into_iter()
+    adapter(framework)
+        .parse_listing(entry, stdout)
+        .into_iter()
         .filter(|id| seen.insert(id.clone()))
         .collect()
 }
 
-/// Whether `node --test` (Node 20) runs this file when given a directory: a `.js`,
-/// `.cjs` or `.mjs` file named `*.test.*`, `*-test.*`, `*_test.*`, `test-*.*` or
-/// `test.*`, or any such file under a `test` directory.
-pub fn node_runs(path: &str) -> bool {
-    let mut parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let Some(file) = parts.pop() else {
-        return false;
-    };
-    let Some((stem, ext)) = file.rsplit_once('.') else {
-        return false;
-    };
-    if !matches!(ext, "js" | "cjs" | "mjs") {
-        return false;
-    }
-    parts.contains(&"test")
-        || stem == "test"
-        || stem.ends_with(".test")
-        || stem.ends_with("-test")
-        || stem.ends_with("_test")
-        || stem.starts_with("test-")
-}
-
-/// Lists the tests of `entry` (the `index`th `[[discover]]`) in a sandbox over `workspace`.
+/// Lists the tests of `entry` (the `index`th `[[discover]]`) in a sandbox over `workspace`:
+/// from the binaries of its prepared build where its framework compiles (`prepared`), else
+/// with the framework's own listing.
 ///
 /// # Errors
 ///
 /// Returns [`DiscoverError`]: a framework that cannot discover, a sandbox that could not
 /// be made, a listing that failed (with the framework's own output), or one that found
 /// nothing.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the listing's inputs, each from a different part of the run"
+)]
 pub async fn discover(
     sandboxer: &Sandboxer,
     index: usize,
     entry: &DiscoverEntry,
     workspace: Option<Arc<[u8]>>,
+    prepared: Option<&CachedBuild>,
     tools: &Toolchain,
     limits: Limits,
     network: bool,
 ) -> Result<Vec<String>, DiscoverError> {
     let framework = entry.framework(index)?;
-    let (command, env) = command(framework, entry, tools);
+    let (command, env) = match prepared {
+        Some(build) => {
+            let mut env = entry.env.clone().unwrap_or_default();
+            super::tool_env(framework, tools, &mut env);
+            (
+                adapter(framework).listing_prepared(&build.index, entry),
+                env,
+            )
+        }
+        None => command(framework, entry, tools),
+    };
     let spec = RunSpec {
         environment: entry.environment.clone(),
         workspace_bundle: workspace,
@@ -282,7 +119,10 @@ pub async fn discover(
         env,
         limits,
         network,
-        collect: Vec::new(),
+        binds: prepared
+            .map(|b| crate::prepare::binds(&b.dir, &b.index))
+            .unwrap_or_default(),
+        ..RunSpec::default()
     };
     let outcome = sandboxer
         .run(spec)
@@ -309,7 +149,10 @@ pub async fn discover(
     if let Some(how) = how {
         let both = format!("{stdout}{stderr}");
         let lines: Vec<&str> = both.lines().filter(|l| !l.trim().is_empty()).collect();
-        let output = lines[lines.len().saturating_sub(QUOTED_LINES)..].join("\n");
+        let mut output = lines[lines.len().saturating_sub(QUOTED_LINES)..].join("\n");
+        if how == "exit code 127" || both.contains(": not found") {
+            output.push_str(NOT_FOUND_HINT);
+        }
         return Err(DiscoverError::Failed {
             index,
             framework,
@@ -317,7 +160,17 @@ pub async fn discover(
             output,
         });
     }
-    let ids = parse(framework, entry, &stdout);
+    let ids = match prepared {
+        Some(build) => {
+            let mut seen = BTreeSet::new();
+            adapter(framework)
+                .parse_listing_prepared(&build.index, entry, &stdout)
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect()
+        }
+        None => parse(framework, entry, &stdout),
+    };
     if ids.is_empty() {
         let mut under = String::new();
         if !entry.paths.is_empty() {

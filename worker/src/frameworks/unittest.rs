@@ -1,7 +1,118 @@
-//! Per-case results from `python -m unittest -v`, which writes one line a case to stderr
-//! (`test_a (module.Class.test_a) ... ok`) and then a traceback section per problem.
+//! unittest: `python -m unittest -v` on inline `code` or one test id; per-case results from
+//! its verbose output, which writes one line a case to stderr (`test_a (module.Class.test_a)
+//! ... ok`) and then a traceback section per problem; discovery by the standard loader.
 
+use isotest_protocol::manifest::{DiscoverEntry, TestBody, TestSpec};
+use isotest_protocol::result::Status;
+
+use super::pytest::PYTHON_CODE_FILE;
+use super::toolchain::path_str;
+use super::verdict::{
+    Exit, Observed, Verdict, all_skipped, errored, failed_or_errored, signal_name, verdict,
+};
+use super::{Adapter, Plan, Toolchain};
 use isotest_protocol::result::{CaseResult, CaseStatus};
+
+/// The unittest adapter.
+pub(crate) struct Unittest;
+
+/// Lists unittest ids with the standard loader; an import failure fails the listing.
+const LISTER: &str = r#"
+import sys, unittest
+start, pattern = sys.argv[1], sys.argv[2]
+loader = unittest.TestLoader()
+if pattern:
+    glob = any(c in pattern for c in "*?[")
+    loader.testNamePatterns = [pattern if glob else "*%s*" % pattern]
+suite = loader.discover(start, top_level_dir=".")
+def walk(s):
+    for t in s:
+        if isinstance(t, unittest.TestSuite):
+            yield from walk(t)
+        else:
+            yield t
+ids = []
+for t in walk(suite):
+    if type(t).__name__ in ("_FailedTest", "ModuleImportFailure"):
+        print("cannot load %s: %s" % (t.id(), getattr(t, "_exception", "")), file=sys.stderr)
+        sys.exit(2)
+    ids.append(t.id())
+if getattr(loader, "errors", None):
+    print("\n".join(loader.errors), file=sys.stderr)
+    sys.exit(2)
+print("\n".join(ids))
+"#;
+
+impl Adapter for Unittest {
+    fn tool_env(&self, _tools: &Toolchain, set: &mut dyn FnMut(&str, String)) {
+        // The root file system is read-only: spare Python the failed cache writes.
+        set("PYTHONDONTWRITEBYTECODE", "1".into());
+    }
+
+    fn lay_out(&self, test: &TestSpec, tools: &Toolchain, plan: &mut Plan) {
+        let target = match &test.body {
+            TestBody::Code(code) => {
+                plan.file(PYTHON_CODE_FILE, code.as_bytes());
+                "test_isotest".to_owned()
+            }
+            TestBody::TestId(id) => id.clone(),
+            TestBody::Command(argv) => {
+                plan.command = argv.clone();
+                return;
+            }
+        };
+        plan.command = vec![
+            path_str(&tools.python),
+            "-m".into(),
+            "unittest".into(),
+            "-v".into(),
+            target,
+        ];
+    }
+
+    fn cases(
+        &self,
+        seen: &Observed<'_>,
+    ) -> (Vec<isotest_protocol::result::CaseResult>, Option<String>) {
+        (parse_verbose(seen.stderr), None)
+    }
+
+    fn verdict(&self, exit: Exit, cases: &[CaseResult], _problem: Option<&str>) -> Verdict {
+        match exit {
+            Exit::Code(0) if all_skipped(cases) => verdict(Status::Skipped, None),
+            Exit::Code(0) => verdict(Status::Passed, None),
+            Exit::Code(1) if cases.is_empty() => {
+                errored("unittest exited with code 1 before running any test")
+            }
+            Exit::Code(1) => failed_or_errored(cases),
+            Exit::Code(5) => errored("unittest ran no tests (exit code 5)"),
+            Exit::Code(code) => errored(&format!("unittest exited with code {code}")),
+            Exit::Signal(sig) => errored(&format!(
+                "the interpreter crashed: killed by {}",
+                signal_name(sig)
+            )),
+        }
+    }
+
+    fn listing(&self, entry: &DiscoverEntry, tools: &Toolchain) -> Vec<String> {
+        vec![
+            path_str(&tools.python),
+            "-c".into(),
+            LISTER.into(),
+            entry.paths.first().cloned().unwrap_or_else(|| ".".into()),
+            entry.filter.clone().unwrap_or_default(),
+        ]
+    }
+
+    fn parse_listing(&self, _entry: &DiscoverEntry, stdout: &str) -> Vec<String> {
+        stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains(' '))
+            .map(str::to_owned)
+            .collect()
+    }
+}
 
 /// Reads the verbose lines and the `FAIL:`/`ERROR:` sections that follow them.
 pub fn parse_verbose(stderr: &str) -> Vec<CaseResult> {

@@ -1,9 +1,9 @@
-//! Per-case results from Rust's libtest as `cargo test` prints it: `test NAME ... ok`,
-//! `... FAILED`, `... ignored[, reason]`, then a `---- NAME stdout ----` section per
-//! failure. A test whose line has no outcome was running when its binary died.
+//! Per-case results from Rust's libtest as `cargo test` (or a test binary run alone) prints
+//! them: `test NAME ... ok`, `... FAILED`, `... ignored[, reason]`, then a `---- NAME stdout
+//! ----` section per failure. A test whose line has no outcome was running when its binary
+//! died.
 
 use isotest_protocol::result::{CaseResult, CaseStatus};
-
 /// The most failure text kept per case.
 const MAX_DETAIL: usize = 16 * 1024;
 

@@ -259,8 +259,8 @@ pub(crate) fn attempt_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::assemble;
-    use crate::report::fixtures::{record, result};
+    use crate::assemble;
+    use crate::fixtures::{record, result};
     use isotest_protocol::report::SuiteState;
     use isotest_protocol::result::TestResult;
 

@@ -1,6 +1,6 @@
-//! Per-case results from `go test -json`: one JSON event a line (`run`, `output`,
-//! `pass`, `fail`, `skip`), each naming its package and test. A test that started and
-//! never ended (its binary exited or crashed under it) is an error.
+//! Per-case results from `go test -json` (or `test2json` over a test binary): one JSON event
+//! a line (`run`, `output`, `pass`, `fail`, `skip`), each naming its package and test. A test
+//! that started and never ended (its binary exited or crashed under it) is an error.
 
 use serde::Deserialize;
 

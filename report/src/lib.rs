@@ -1,6 +1,7 @@
 //! The suite report without I/O: [`assemble`] builds it from a suite's record and its
-//! results, and [`junit`], [`ctrf`] and [`terminal_summary`] render it. Embedded and
-//! distributed mode both call these, so a report is the same field for field in both.
+//! results, and [`junit`], [`ctrf`] and [`terminal_summary`] render it. Embedded mode,
+//! the aggregator, the producer's report routes and cancellation all call these, so a
+//! report is the same field for field wherever it is made or shown.
 
 mod assemble;
 mod ctrf;
@@ -24,8 +25,8 @@ pub(crate) fn ms_to_duration(ms: u64) -> std::time::Duration {
     std::time::Duration::from_millis(ms)
 }
 
-#[cfg(test)]
-pub(crate) mod fixtures;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 
 #[cfg(test)]
 mod schema {
@@ -40,7 +41,7 @@ mod schema {
     #[test]
     fn reports_follow_the_published_schema() {
         let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../../docs/report.schema.json"))
+            serde_json::from_str(include_str!("../../docs/report.schema.json"))
                 .expect("the schema is JSON");
         let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
         let mut failed = result("flaky", 1, false, Status::Failed);

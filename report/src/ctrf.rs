@@ -113,8 +113,8 @@ fn test(test: &TestReport) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::assemble;
-    use crate::report::fixtures::{record, result};
+    use crate::assemble;
+    use crate::fixtures::{record, result};
     use isotest_protocol::report::SuiteState;
 
     #[test]
@@ -157,7 +157,7 @@ mod tests {
         insta::assert_snapshot!(serde_json::to_string_pretty(&doc).expect("serializes"));
         // And it has the shape the CTRF specification requires.
         let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../../docs/ctrf.schema.json"))
+            serde_json::from_str(include_str!("../../docs/ctrf.schema.json"))
                 .expect("the schema is JSON");
         let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
         let errors: Vec<String> = validator

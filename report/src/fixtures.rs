@@ -5,7 +5,7 @@ use isotest_protocol::api::SuiteRecord;
 use isotest_protocol::result::{Status, TestResult, Timings, Usage};
 
 /// A suite `demo` (id `s1`) created at 1 000 ms with a one-minute deadline.
-pub(crate) fn record(tests: &[&str]) -> SuiteRecord {
+pub fn record(tests: &[&str]) -> SuiteRecord {
     SuiteRecord {
         schema_version: SCHEMA_VERSION,
         id: "s1".into(),
@@ -19,7 +19,7 @@ pub(crate) fn record(tests: &[&str]) -> SuiteRecord {
 }
 
 /// An attempt of 100 ms; attempt `n` runs from `1 000 + 100 (n - 1)` ms.
-pub(crate) fn result(name: &str, attempt: u32, is_final: bool, status: Status) -> TestResult {
+pub fn result(name: &str, attempt: u32, is_final: bool, status: Status) -> TestResult {
     let started_at_ms = 1_000 + 100 * u64::from(attempt.saturating_sub(1));
     TestResult {
         schema_version: SCHEMA_VERSION,
@@ -30,6 +30,7 @@ pub(crate) fn result(name: &str, attempt: u32, is_final: bool, status: Status) -
         is_final,
         status,
         reason: None,
+        infrastructure: false,
         stage: None,
         exit_code: None,
         duration_ms: 100,

@@ -82,6 +82,7 @@ pub fn assemble(
         finished_at_ms,
         summary,
         tests,
+        builds: Vec::new(),
     }
 }
 
@@ -225,7 +226,7 @@ fn summarize(tests: &[TestReport], wall_ms: u64) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures::{record, result};
+    use crate::fixtures::{record, result};
 
     #[test]
     fn entries_follow_the_record_and_take_the_final_attempt() {
@@ -342,6 +343,7 @@ mod tests {
         // (flaky_result, earlier attempt, want status, want flaky)
         let infra = TestResult {
             reason: Some("infrastructure: sandbox: no space left".into()),
+            infrastructure: true,
             ..result("a", 1, false, Status::Error)
         };
         let table = [

@@ -207,8 +207,8 @@ impl Painter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::assemble;
-    use crate::report::fixtures::{record, result};
+    use crate::assemble;
+    use crate::fixtures::{record, result};
     use isotest_protocol::result::CaseResult;
 
     fn mixed() -> Report {
