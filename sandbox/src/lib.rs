@@ -191,8 +191,9 @@ impl Sandboxer {
     ///
     /// # Errors
     /// `Unsupported` naming every missing piece unless `allow_weaker_isolation` (user
-    /// namespaces are required either way); `Io` when the state directory, an environment or
-    /// the launcher cannot be set up.
+    /// namespaces are required either way); `IdRange` when, as root, the configured uids or
+    /// gids are not all mapped in this user namespace or hold the caller's own; `Io` when the
+    /// state directory, an environment or the launcher cannot be set up.
     pub fn new(config: SandboxConfig) -> Result<Sandboxer, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
         if root {
@@ -422,8 +423,9 @@ impl Sandboxer {
     ///
     /// # Errors
     /// Only when the sandbox could not be created (or the spec cannot be expressed: empty
-    /// command, NUL bytes, unknown environment, bad bundle); whatever the test does is an `Ok`
-    /// outcome.
+    /// command, NUL bytes, unknown environment, bad bundle; or the kernel would not exec the
+    /// command for a reason of the test's own, `ExecRefused`); whatever the test does is an
+    /// `Ok` outcome.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
         run::run(&self.inner, spec).await
     }
