@@ -11,11 +11,22 @@
  * hundred microseconds, and this runs once per test.
  *
  * Usage: isotest-init COMMAND [ARG...]
+ *        isotest-init "" STAGES [SETUP] [TEARDOWN] COMMAND [ARG...]
  *   Makes itself non-dumpable, starts COMMAND as pid 2 (looked up on PATH from its
  *   environment like execvp; a file of no known format is run by /bin/sh; 127 with
  *   "isotest: NAME: not found" on stderr when missing, 126 when not executable), reaps every
  *   process until COMMAND has exited, writes "command N\n" to fd 3 (N as sh gives $?), and
- *   exits 0, which ends the pid namespace. The command does not inherit fds 3 and 4.
+ *   exits 0, which ends the pid namespace. No stage inherits fds 3 and 4.
+ *
+ *   In the second form (an empty first argument, which no command has), STAGES is "s", "t" or
+ *   "st", saying which of SETUP and TEARDOWN follow; each is run by `/bin/sh -c` and reported
+ *   as "setup N" and "teardown N". A setup that fails ends the run; the teardown runs whatever
+ *   the command's exit. Only this process, which nothing in the sandbox may read or write
+ *   (non-dumpable), holds fd 3, so no stage can report for another.
+ *
+ *   SIGTERM sent to it (the worker's way to stop a sandbox, through a pidfd, so no pid read from
+ *   a list can be reused meanwhile) is passed on to every other process of the namespace
+ *   (kill(-1)), and no further stage starts.
  */
 
 typedef unsigned long u64;
@@ -30,6 +41,8 @@ typedef long i64;
 #define NR_exit_group 231
 #define NR_wait4 61
 #define NR_prctl 157
+#define NR_kill 62
+#define NR_rt_sigtimedwait 128
 
 static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
     register i64 r10 __asm__("r10") = d;
@@ -51,6 +64,8 @@ static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_exit_group 94
 #define NR_wait4 260
 #define NR_prctl 167
+#define NR_kill 129
+#define NR_rt_sigtimedwait 137
 
 static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
     register i64 x8 __asm__("x8") = n;
@@ -71,6 +86,8 @@ static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #endif
 
 #define SIGCHLD 17
+#define SIGTERM 15
+#define WNOHANG 1
 #define SIG_SETMASK 2
 #define PR_SET_NAME 15
 #define PR_SET_DUMPABLE 4
@@ -139,7 +156,7 @@ static i64 try_exec(char *path, char **argv, char **envp) {
 }
 
 /* The command's process: default signal mask, no fds 3 and 4, then execvp. */
-static __attribute__((noreturn)) void command(char **argv, char **envp) {
+static __attribute__((noreturn)) void command_main(char **argv, char **envp) {
     u64 none = 0;
     sys6(NR_rt_sigprocmask, SIG_SETMASK, (i64)&none, 0, 8, 0, 0);
     sys(NR_close, 3, 0, 0);
@@ -179,6 +196,63 @@ static __attribute__((noreturn)) void command(char **argv, char **envp) {
     quit(found ? 126 : 127);
 }
 
+/* Set once SIGTERM came: stages still running are stopped, none starts. */
+static int terminated;
+
+/* Waits for `pid` to exit, reaping every other process meanwhile (orphans are ours), and
+ * passing SIGTERM on; returns its status as sh gives $?. */
+static int wait_for(i64 pid) {
+    u64 wanted = (1UL << (SIGCHLD - 1)) | (1UL << (SIGTERM - 1));
+    for (;;) {
+        int status = 0;
+        i64 reaped = sys6(NR_wait4, -1, (i64)&status, WALL | WNOHANG, 0, 0, 0);
+        if (reaped == pid) return (status & 0x7f) ? 128 + (status & 0x7f) : (status >> 8) & 0xff;
+        if (reaped > 0 || reaped == -EINTR) continue;
+        if (reaped < 0) quit(1);
+        /* Nothing to reap: sleep until a child exits or SIGTERM comes (both stay blocked, so
+         * neither is lost between the wait above and this). */
+        i64 sig = sys6(NR_rt_sigtimedwait, (i64)&wanted, 0, 0, 8, 0, 0);
+        if (sig == SIGTERM) {
+            terminated = 1;
+            sys(NR_kill, -1, SIGTERM, 0);
+        }
+    }
+}
+
+/* Writes "STAGE CODE\n" to fd 3. */
+static void report(const char *stage, int code) {
+    char line[24];
+    int n = 0;
+    while (*stage && n < 12) line[n++] = *stage++;
+    line[n++] = ' ';
+    if (code >= 100) line[n++] = (char)('0' + code / 100);
+    if (code >= 10) line[n++] = (char)('0' + code / 10 % 10);
+    line[n++] = (char)('0' + code % 10);
+    line[n++] = '\n';
+    sys(NR_write, 3, (i64)line, n);
+}
+
+/* Starts a process running `sh -c SCRIPT` (or COMMAND when `script` is 0) and waits for it. */
+static int run(const char *script, char **command, char **envp) {
+    i64 pid = sys6(NR_clone, SIGCHLD, 0, 0, 0, 0, 0);
+    if (pid < 0) {
+        put("isotest-init: cannot start a stage\n");
+        quit(2);
+    }
+    if (pid == 0) {
+        if (!script) command_main(command, envp);
+        u64 none = 0;
+        sys6(NR_rt_sigprocmask, SIG_SETMASK, (i64)&none, 0, 8, 0, 0);
+        sys(NR_close, 3, 0, 0);
+        sys(NR_close, 4, 0, 0);
+        char *argv[] = {"sh", "-c", (char *)script, 0};
+        sys(NR_execve, (i64) "/bin/sh", (i64)argv, (i64)envp);
+        put("isotest: /bin/sh: cannot execute\n");
+        quit(127);
+    }
+    return wait_for(pid);
+}
+
 static __attribute__((noreturn, used)) void init_main(i64 *stack) {
     i64 argc = stack[0];
     char **argv = (char **)(stack + 1);
@@ -186,34 +260,31 @@ static __attribute__((noreturn, used)) void init_main(i64 *stack) {
     /* Nothing in the sandbox may read this process's memory or attach to it. */
     sys(NR_prctl, PR_SET_DUMPABLE, 0, 0);
     sys(NR_prctl, PR_SET_NAME, (i64) "isotest-init", 0);
-    /* Block every signal: as pid 1 only SIGKILL from outside the namespace ends it. */
+    /* Block every signal: as pid 1 only SIGKILL from outside the namespace ends it, and the
+     * ones it acts on (SIGCHLD, SIGTERM) it takes with rt_sigtimedwait. */
     u64 all = ~0UL;
     sys6(NR_rt_sigprocmask, SIG_SETMASK, (i64)&all, 0, 8, 0, 0);
-    if (argc < 2) {
+    const char *setup = 0, *teardown = 0;
+    i64 first = 1;
+    if (argc >= 3 && argv[1][0] == 0) {
+        const char *stages = argv[2];
+        first = 3;
+        for (; *stages; stages++) {
+            if (*stages == 's' && first < argc) setup = argv[first++];
+            if (*stages == 't' && first < argc) teardown = argv[first++];
+        }
+    }
+    if (argc <= first) {
         put("isotest-init: no command\n");
         quit(2);
     }
-    /* fork: the command gets its own copy of this tiny image. */
-    i64 pid = sys6(NR_clone, SIGCHLD, 0, 0, 0, 0, 0);
-    if (pid < 0) {
-        put("isotest-init: cannot start the command\n");
-        quit(2);
+    if (setup) {
+        int code = run(setup, 0, envp);
+        report("setup", code);
+        if (code != 0 || terminated) quit(0);
     }
-    if (pid == 0) command(argv + 1, envp);
-    int status = 0;
-    for (;;) {
-        i64 reaped = sys6(NR_wait4, -1, (i64)&status, WALL, 0, 0, 0);
-        if (reaped == pid) break;
-        if (reaped < 0 && reaped != -EINTR) quit(1);
-    }
-    int code = (status & 0x7f) ? 128 + (status & 0x7f) : (status >> 8) & 0xff;
-    char line[13] = "command ";
-    int n = 8;
-    if (code >= 100) line[n++] = (char)('0' + code / 100);
-    if (code >= 10) line[n++] = (char)('0' + code / 10 % 10);
-    line[n++] = (char)('0' + code % 10);
-    line[n++] = '\n';
-    sys(NR_write, 3, (i64)line, n);
+    report("command", run(0, argv + first, envp));
+    if (teardown && !terminated) report("teardown", run(teardown, 0, envp));
     quit(0);
 }
 

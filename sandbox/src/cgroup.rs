@@ -107,6 +107,7 @@ impl CgroupParent {
             cpu: None,
             tasks: Vec::new(),
             oom_base: 0,
+            cpu_base: Duration::ZERO,
             limits: (memory_bytes, pids),
         };
         // Each distinct directory once: on v2 all controllers share one.
@@ -207,6 +208,8 @@ pub(crate) struct SandboxCgroup {
     tasks: Vec<File>,
     /// OOM kills counted before this run (a reused cgroup keeps its count).
     oom_base: u64,
+    /// CPU time counted before the test started (v2: the workspace's unpacking).
+    cpu_base: Duration,
     /// The limits last written, so a reused cgroup is written only what changed.
     limits: (u64, u64),
 }
@@ -226,20 +229,29 @@ impl SandboxCgroup {
         &self.procs
     }
 
-    /// The host pids of every process in the cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        let Some(dir) = self.dirs.first() else {
-            return Vec::new();
-        };
-        fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+    /// The file a single-threaded process writes "0" to, to be charged for memory here: v1
+    /// the memory hierarchy's `tasks` (moving one thread takes no threadgroup lock, and the
+    /// other hierarchies, CPU time among them, are left alone), v2 `cgroup.procs`.
+    pub fn memory_entry(&self) -> Option<&File> {
+        let memory = self.memory.as_ref()?;
+        let index = self.dirs.iter().position(|d| d == memory)?;
+        match self.version {
+            CgroupVersion::V1 => self.tasks.get(index),
+            CgroupVersion::V2 => self.procs.get(index),
+        }
     }
 
-    /// CPU time used by the cgroup so far.
+    /// Counts CPU time from now on only (after the workspace was unpacked here).
+    pub fn rebase_cpu(&mut self) {
+        self.cpu_base = self.cpu_total().unwrap_or_default();
+    }
+
+    /// CPU time used by the cgroup since it was reset or rebased.
     pub fn cpu_usage(&self) -> Option<Duration> {
+        Some(self.cpu_total()?.saturating_sub(self.cpu_base))
+    }
+
+    fn cpu_total(&self) -> Option<Duration> {
         let dir = self.cpu.as_ref()?;
         match self.version {
             CgroupVersion::V1 => read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos),
@@ -278,14 +290,6 @@ impl SandboxCgroup {
             .unwrap_or(0)
     }
 
-    /// Sends `signal` to every process in the cgroup.
-    pub fn signal_all(&self, signal: i32) {
-        for pid in self.pids() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, signal) };
-        }
-    }
-
     /// Whether this cgroup can serve another run: v1 only, where the peak-memory and CPU
     /// counters can be reset (v2's `memory.peak` cannot be reset for good before 6.12, so v2
     /// cgroups are created per run).
@@ -293,8 +297,7 @@ impl SandboxCgroup {
         self.version == CgroupVersion::V1
     }
 
-    /// Makes a kept cgroup ready for the next run: kills anything left, waits until it is
-    /// empty, resets its peak memory and CPU counters, rebases its OOM count and writes the
+    /// Makes a kept cgroup ready for the next run: waits until it is empty, resets its peak memory and CPU counters, rebases its OOM count and writes the
     /// limits that changed.
     ///
     /// # Errors
@@ -320,11 +323,13 @@ impl SandboxCgroup {
         }
         self.limits = (memory_bytes, pids);
         self.oom_base = self.oom_count();
+        self.cpu_base = Duration::ZERO;
         Ok(())
     }
 
-    /// Kills what is left in the cgroup and waits (5 s at most) until it is empty; exiting
-    /// tasks may still be listed for a moment after the pid namespace's init was reaped.
+    /// Waits (5 s at most) until the cgroup is empty, killing what is left where that is safe
+    /// (see [`kill_all`]); exiting tasks may still be listed for a moment after the pid
+    /// namespace's init was reaped.
     fn wait_empty(&self) -> Result<(), CgroupError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for dir in &self.dirs {
@@ -374,15 +379,15 @@ impl SandboxCgroup {
     }
 }
 
-/// SIGKILLs every process in `dir`: on v2 at once through `cgroup.kill` (Linux 5.14), which also
-/// catches processes forked meanwhile; else (or when that fails) each listed process.
+/// SIGKILLs every process in `dir` on v2, through `cgroup.kill` (Linux 5.14), which also catches
+/// processes forked meanwhile. On v1 nothing is killed: pids read from `cgroup.procs` may be
+/// reused by host processes before a kill lands, and the worker itself is listed while its
+/// launcher thread sits in the cgroup to clone. Nothing needs it either: every process of a
+/// sandbox is in its pid namespace, which dies with its init (reaped before a cgroup is reset
+/// or removed), and what is still listed then is only exiting.
 fn kill_all(version: CgroupVersion, dir: &Path) {
-    if version == CgroupVersion::V2 && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-        return;
-    }
-    for pid in read_procs(dir) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    if version == CgroupVersion::V2 {
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
     }
 }
 

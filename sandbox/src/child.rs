@@ -102,6 +102,8 @@ const S_BOUNDING: u32 = 13;
 const S_CAPS: u32 = 14;
 const S_SECCOMP: u32 = 15;
 const S_EXEC: u32 = 16;
+/// The code the child reports when its exec failed.
+pub(crate) const EXEC_STEP: u32 = STEP_BASE + S_EXEC;
 const S_PRIVATE: u32 = 17;
 const S_CGROUPNS: u32 = 18;
 
@@ -146,7 +148,8 @@ pub(crate) struct ChildPlan {
     pub set_groups: bool,
     /// Bring `lo` up (the sandbox has its own network namespace).
     pub loopback_up: bool,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Each resource with its soft and hard limit.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub cap_last: u32,
     pub workdir: CString,
     pub program: CString,
@@ -403,10 +406,10 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
                 fail(fds, index as u32);
             }
         }
-        for &(resource, value) in &plan.rlimits {
+        for &(resource, soft, hard) in &plan.rlimits {
             let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(resource, &limit) != 0 {
                 fail(fds, step(S_RLIMIT));

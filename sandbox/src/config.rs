@@ -14,6 +14,15 @@ pub struct SandboxConfig {
     pub environments: BTreeMap<String, PathBuf>,
     /// Run even where a limit cannot be applied, logging what is missing.
     pub allow_weaker_isolation: bool,
+    /// As root, the first host uid and gid of sandboxes: each sandbox running at once gets its
+    /// own, `uid_base + slot`. They must be mapped in the worker's user namespace and should be
+    /// used by nothing else on the host (checked at start, with a warning where `/etc/subuid`
+    /// or `/etc/subgid` hands some of them out).
+    pub uid_base: u32,
+    /// How many uids (and gids) from `uid_base` sandboxes use, and so how many run at once at
+    /// most. A pod with `hostUsers: false` maps 65 536 ids from 0, the worker's own root
+    /// among them: there, for example, a base of 1 and a count of 65 535.
+    pub uid_count: u32,
     /// Host directories every sandbox sees read-only at the same path (toolchains installed
     /// outside `/usr`: rustup's `~/.cargo` and `~/.rustup`, pyenv, nvm, `/opt/...`); their
     /// `bin` directories go on the sandbox's `PATH`.
@@ -31,6 +40,8 @@ impl Default for SandboxConfig {
             state_dir,
             environments: BTreeMap::new(),
             allow_weaker_isolation: false,
+            uid_base: crate::SANDBOX_UID_BASE,
+            uid_count: crate::MAX_CONCURRENT,
             expose: Vec::new(),
         }
     }

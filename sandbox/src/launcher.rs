@@ -65,6 +65,8 @@ pub(crate) struct CgroupMove {
     pub enter: Vec<OwnedFd>,
     /// The launcher's own cgroups, held open by the `Sandboxer` for its whole life.
     pub leave: Vec<RawFd>,
+    /// What keeps the sandbox's cgroup from being reused; let go of once the thread has left.
+    pub _lease: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What the launcher does right after cloning, so the child can go on without waiting for the
@@ -215,6 +217,9 @@ impl Launcher {
                                 // Cancelled meanwhile: nobody would supervise it.
                                 sys::kill_and_reap(orphan.pidfd.as_fd());
                             }
+                            // This thread left the sandbox's cgroup in `spawn`, and a child of a
+                            // cancelled run is dead: its slot and cgroup may serve another run.
+                            drop(cgroup);
                         }
                         Request::Probe { flags, reply } => {
                             let _ = reply.send(probe(flags));
@@ -374,6 +379,8 @@ fn spawn(
         let _ = write_each(&cgroup.leave, b"0");
         return Err(e);
     }
+    #[cfg(test)]
+    hooks::in_cgroup();
     let wants_network = flags & libc::CLONE_NEWNET as u64 != 0;
     let pooled = wants_network && join_pooled(networks);
     if pooled {
@@ -441,4 +448,44 @@ fn probe(flags: u64) -> io::Result<()> {
     // SAFETY: CLONE_PIDFD stored a fresh fd that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     sys::reap(pidfd.as_fd())
+}
+
+/// Places where tests stop the launcher thread.
+#[cfg(test)]
+pub(crate) mod hooks {
+    use std::sync::{Condvar, Mutex};
+
+    /// The state of the pause.
+    #[derive(Debug, Default)]
+    pub struct Pause {
+        /// The next spawn stops once in its sandbox's cgroup.
+        pub armed: bool,
+        /// A spawn is stopped there.
+        pub paused: bool,
+        /// Set to let it go on.
+        pub released: bool,
+    }
+
+    pub static PAUSE: Mutex<Pause> = Mutex::new(Pause {
+        armed: false,
+        paused: false,
+        released: false,
+    });
+    pub static CHANGED: Condvar = Condvar::new();
+
+    /// Called by the launcher thread right after it entered a sandbox's cgroup (v1), just
+    /// before cloning.
+    pub fn in_cgroup() {
+        let mut pause = PAUSE.lock().unwrap_or_else(|p| p.into_inner());
+        if !pause.armed {
+            return;
+        }
+        pause.armed = false;
+        pause.paused = true;
+        CHANGED.notify_all();
+        while !pause.released {
+            pause = CHANGED.wait(pause).unwrap_or_else(|p| p.into_inner());
+        }
+        pause.paused = false;
+    }
 }

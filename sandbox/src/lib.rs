@@ -36,7 +36,7 @@
 //! a shell's start-up cost.
 //!
 //! Requirements: root on the host for full isolation (per-sandbox uids from
-//! [`SANDBOX_UID_BASE`], a workspace tmpfs, cgroups); user namespaces enabled; the
+//! [`SandboxConfig::uid_base`], a workspace tmpfs, cgroups); user namespaces enabled; the
 //! environment roots world-readable. Without root, `allow_weaker_isolation` runs sandboxes
 //! mapped to the caller's uid with a plain workspace directory and no cgroup limits.
 
@@ -45,6 +45,7 @@ mod child;
 mod config;
 mod error;
 mod export;
+mod ids;
 mod init;
 mod isolation;
 mod launcher;
@@ -75,9 +76,11 @@ use cgroup::CgroupParent;
 use launcher::Launcher;
 use run::EnvPlan;
 
-/// First outside uid/gid of per-sandbox users when running as root.
+/// The default first outside uid/gid of per-sandbox users when running as root
+/// ([`SandboxConfig::uid_base`]).
 pub const SANDBOX_UID_BASE: u32 = 200_000;
-/// How many sandboxes may run at once (each needs its own outside uid).
+/// How many sandboxes may run at once by default (each needs its own outside uid;
+/// [`SandboxConfig::uid_count`]).
 pub const MAX_CONCURRENT: u32 = 65_536;
 /// Launcher threads per environment (as root), so that sandboxes of one environment can be
 /// cloned on two cores at once.
@@ -138,28 +141,27 @@ impl Inner {
 }
 
 /// Allocates per-sandbox slots (and so outside uids) so no two live sandboxes share a uid.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slots {
     used: Mutex<Vec<bool>>,
-}
-
-struct SlotGuard<'a> {
-    slots: &'a Slots,
-    index: u32,
-}
-
-impl SlotGuard<'_> {
-    fn index(&self) -> u32 {
-        self.index
-    }
+    /// How many slots there are (the uids from the base).
+    count: u32,
 }
 
 impl Slots {
-    fn acquire(&self) -> Result<SlotGuard<'_>, SandboxError> {
+    fn new(count: u32) -> Slots {
+        Slots {
+            used: Mutex::new(Vec::new()),
+            count,
+        }
+    }
+
+    /// A free slot, taken until [`Slots::release`].
+    fn acquire(&self) -> Result<u32, SandboxError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let index = match used.iter().position(|u| !u) {
             Some(i) => i,
-            None if used.len() < MAX_CONCURRENT as usize => {
+            None if used.len() < self.count as usize => {
                 used.push(false);
                 used.len() - 1
             }
@@ -171,17 +173,12 @@ impl Slots {
             }
         };
         used[index] = true;
-        Ok(SlotGuard {
-            slots: self,
-            index: index as u32,
-        })
+        Ok(index as u32)
     }
-}
 
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        let mut used = self.slots.used.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = used.get_mut(self.index as usize) {
+    fn release(&self, index: u32) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = used.get_mut(index as usize) {
             *u = false;
         }
     }
@@ -194,10 +191,24 @@ impl Sandboxer {
     ///
     /// # Errors
     /// `Unsupported` naming every missing piece unless `allow_weaker_isolation` (user
-    /// namespaces are required either way); `Io` when the state directory, an environment or
-    /// the launcher cannot be set up.
+    /// namespaces are required either way); `IdRange` when, as root, the configured uids or
+    /// gids are not all mapped in this user namespace or hold the caller's own; `Io` when the
+    /// state directory, an environment or the launcher cannot be set up.
     pub fn new(config: SandboxConfig) -> Result<Sandboxer, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
+        if root {
+            for kind in [ids::IdKind::Uid, ids::IdKind::Gid] {
+                ids::check(kind, config.uid_base, config.uid_count).map_err(|why| {
+                    let start = u64::from(config.uid_base);
+                    SandboxError::IdRange {
+                        kind: kind.name(),
+                        start,
+                        end: start + u64::from(config.uid_count),
+                        why,
+                    }
+                })?;
+            }
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -342,7 +353,7 @@ impl Sandboxer {
             namespaces,
             uid_mapping: if root {
                 UidMapping::PerSandbox {
-                    base: SANDBOX_UID_BASE,
+                    base: config.uid_base,
                 }
             } else {
                 UidMapping::Caller {
@@ -370,6 +381,11 @@ impl Sandboxer {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
+        let slots = Slots::new(if root {
+            config.uid_count
+        } else {
+            MAX_CONCURRENT
+        });
         let mut path = "/usr/local/bin:/usr/bin:/bin".to_owned();
         for dir in &config.expose {
             let bin = dir.join("bin");
@@ -386,7 +402,7 @@ impl Sandboxer {
                 cgroup_pool: Mutex::new(Vec::new()),
                 cgroups,
                 environments,
-                slots: Slots::default(),
+                slots,
                 dev_null,
                 cap_last,
                 new_root,
@@ -407,8 +423,9 @@ impl Sandboxer {
     ///
     /// # Errors
     /// Only when the sandbox could not be created (or the spec cannot be expressed: empty
-    /// command, NUL bytes, unknown environment, bad bundle); whatever the test does is an `Ok`
-    /// outcome.
+    /// command, NUL bytes, unknown environment, bad bundle; or the kernel would not exec the
+    /// command for a reason of the test's own, `ExecRefused`); whatever the test does is an
+    /// `Ok` outcome.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
         run::run(&self.inner, spec).await
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,32 +14,15 @@ use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use crate::child::{ChildFds, ChildPlan, Op, step_name};
+use crate::bundle::BundleError;
+use crate::child::{ChildFds, ChildPlan, EXEC_STEP, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
 use crate::spec::RunSpec;
 use crate::sys;
-use crate::workspace::Workspace;
+use crate::workspace::{PopulateError, Workspace};
 use crate::{Inner, UidMapping};
-
-/// The init script of a run with a setup or teardown stage: pid 1 of the sandbox is `/bin/sh`
-/// running this with the stages as positional arguments (a run with only a command uses the
-/// freestanding `isotest-init`, which spares the shell's start-up and fork). It reports
-/// `stage status` lines on fd 3, which no stage inherits.
-/// The command runs via `exec` in a subshell so a builtin name (`exit`, `exec`) cannot act on
-/// the init itself.
-const INIT_SCRIPT: &str = r#"s=$1 t=$2 hs=$3 ht=$4
-shift 4
-if [ "$hs" = 1 ]; then
-  /bin/sh -c "$s" 3>&-; c=$?; echo "setup $c" >&3
-  [ "$c" = 0 ] || exit 0
-fi
-(exec "$@") 3>&-; echo "command $?" >&3
-if [ "$ht" = 1 ]; then
-  /bin/sh -c "$t" 3>&-; echo "teardown $?" >&3
-fi
-"#;
 
 /// The top-level entries of an environment root, listed once at start.
 #[derive(Debug, Clone)]
@@ -313,15 +296,47 @@ pub(crate) fn enter_skeleton_ops(skeleton: &Path) -> Result<Vec<Op>, SandboxErro
     ])
 }
 
+/// Files and directories of a fresh proc that still describe the host, not the sandbox:
+/// Docker's masked paths (`/sys`, the rest of that list, is not mounted at all). Docker's
+/// read-only paths need nothing: they are the host root's, which a sandbox's root is not.
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "timer_stats",
+    "interrupts",
+    "sysrq-trigger",
+];
+const MASKED_PROC_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// The masked proc paths this kernel has, each with whether it is a directory (covered by an
+/// empty read-only tmpfs; a file gets `/dev/null` bound over it). Looked up once: a mount
+/// each costs every sandbox's start-up, so only those that exist are masked.
+fn masked_proc_paths() -> &'static [(&'static str, bool)] {
+    static PATHS: std::sync::OnceLock<Vec<(&'static str, bool)>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let files = MASKED_PROC_FILES.iter().map(|&f| (f, false));
+        let dirs = MASKED_PROC_DIRS.iter().map(|&d| (d, true));
+        files
+            .chain(dirs)
+            .filter(|(name, _)| Path::new("/proc").join(name).exists())
+            .collect()
+    })
+}
+
 /// Ops each sandbox runs on top of a skeleton at `root`: its workspace, private /tmp,
 /// /dev/shm, /dev/pts and /proc, then (with `pivot`) pivot_root into it.
 fn sandbox_ops(
     root: &Path,
     workspace: &Workspace,
     binds: &[(&crate::spec::Bind, Option<&OwnedFd>)],
-    size: u64,
+    limits: &crate::spec::Limits,
     pivot: bool,
 ) -> Result<Vec<Op>, SandboxError> {
+    let size = limits.workspace_bytes.max(4096);
+    let inodes = limits.workspace_inodes.max(1);
     let at = |rel: &str| path_c(&root.join(rel));
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let mut ops = Vec::new();
@@ -365,12 +380,12 @@ fn sandbox_ops(
     }
     ops.push(tmpfs_op(
         at("tmp")?,
-        format!("mode=1777,size={size}"),
+        format!("mode=1777,size={size},nr_inodes={inodes}"),
         nosuid_nodev,
     )?);
     ops.push(tmpfs_op(
         at("dev/shm")?,
-        format!("mode=1777,size={size}"),
+        format!("mode=1777,size={size},nr_inodes={inodes}"),
         nosuid_nodev,
     )?);
     ops.push(Op::Mount {
@@ -387,6 +402,24 @@ fn sandbox_ops(
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: None,
     });
+    for &(name, dir) in masked_proc_paths() {
+        let target = at(&format!("proc/{name}"))?;
+        ops.push(if dir {
+            tmpfs_op(
+                target,
+                "size=4k,nr_inodes=1,mode=555".into(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            )?
+        } else {
+            Op::Mount {
+                src: Some(at("dev/null")?),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            }
+        });
+    }
     ops.push(Op::Chdir {
         path: path_c(root)?,
     });
@@ -398,7 +431,6 @@ fn sandbox_ops(
 
 fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, SandboxError> {
     let spec = input.spec;
-    let size = spec.limits.workspace_bytes.max(4096);
     let binds: Vec<_> = spec
         .binds
         .iter()
@@ -407,7 +439,7 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
     let ops = if input.env.pivoted {
         // The child's mount namespace is a copy of its launcher's, whose root already is the
         // environment's skeleton: only the per-sandbox mounts are left to add.
-        sandbox_ops(Path::new("/"), input.workspace, &binds, size, false)?
+        sandbox_ops(Path::new("/"), input.workspace, &binds, &spec.limits, false)?
     } else {
         let mut ops = skeleton_ops(
             input.env,
@@ -420,28 +452,26 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
             &inner.new_root,
             input.workspace,
             &binds,
-            size,
+            &spec.limits,
             true,
         )?);
         ops
     };
 
-    // A single command runs under `isotest-init`; stages need the init script.
-    let staged = spec.setup.is_some() || spec.teardown.is_some();
-    let mut argv = if staged {
-        vec![
-            c"sh".to_owned(),
-            c"-c".to_owned(),
-            cstr(INIT_SCRIPT)?,
-            c"isotest-init".to_owned(),
-            cstr(spec.setup.as_deref().unwrap_or(""))?,
-            cstr(spec.teardown.as_deref().unwrap_or(""))?,
-            cstr(if spec.setup.is_some() { "1" } else { "0" })?,
-            cstr(if spec.teardown.is_some() { "1" } else { "0" })?,
-        ]
-    } else {
-        vec![c"isotest-init".to_owned()]
-    };
+    // Every run's pid 1 is `isotest-init`: with stages, an empty first argument, which names
+    // no program, then which stages follow, then the stages' scripts (see the program's usage).
+    let mut argv = vec![c"isotest-init".to_owned()];
+    if spec.setup.is_some() || spec.teardown.is_some() {
+        let stages = match (&spec.setup, &spec.teardown) {
+            (Some(_), Some(_)) => c"st",
+            (Some(_), None) => c"s",
+            _ => c"t",
+        };
+        argv.extend([c"".to_owned(), stages.to_owned()]);
+        for script in [&spec.setup, &spec.teardown].into_iter().flatten() {
+            argv.push(cstr(script)?);
+        }
+    }
     for arg in &spec.command {
         argv.push(cstr(arg)?);
     }
@@ -473,17 +503,70 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         make_private: !input.env.pivoted,
         set_groups: matches!(inner.isolation.uid_mapping, UidMapping::PerSandbox { .. }),
         loopback_up: !spec.network,
-        rlimits: vec![
-            (libc::RLIMIT_FSIZE, spec.limits.file_size_bytes),
-            (libc::RLIMIT_CORE, 0),
-        ],
+        rlimits: rlimits(&spec.limits),
         cap_last: inner.cap_last,
         workdir: workdir(&spec.workdir)?,
         program: c"/bin/sh".to_owned(),
         argv,
         envp,
-        init: (!staged).then(|| inner.init_program.as_raw_fd()),
+        init: Some(inner.init_program.as_raw_fd()),
     })
+}
+
+/// Soft limit on open files: what `select` can handle. Go, the JVM and Node.js raise their own
+/// soft limit to the hard one at start.
+const NOFILE_SOFT: u64 = 1024;
+/// Hard limit on open files per process (their kernel memory is charged to the memory cgroup;
+/// this bounds one process's descriptor table).
+const NOFILE_HARD: u64 = 65536;
+
+/// The rlimits of a sandbox, as nsjail sets them where they make sense: no core dumps, a file
+/// size cap, open files, processes and threads (a backstop to the pids cgroup: counted per
+/// user, and each sandbox has its own), and no real-time or raised CPU priority (a real-time
+/// busy loop would starve the host). Not the address space: Go, the JVM and V8 reserve
+/// gigabytes they never use, and the memory cgroup counts what is used. Each is clamped to the
+/// worker's own hard limit, which a sandbox cannot raise.
+fn rlimits(limits: &crate::spec::Limits) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    [
+        (libc::RLIMIT_CORE, 0, 0),
+        (
+            libc::RLIMIT_FSIZE,
+            limits.file_size_bytes,
+            limits.file_size_bytes,
+        ),
+        (libc::RLIMIT_NOFILE, NOFILE_SOFT, NOFILE_HARD),
+        (libc::RLIMIT_NPROC, limits.pids, limits.pids),
+        (libc::RLIMIT_RTPRIO, 0, 0),
+        (libc::RLIMIT_NICE, 0, 0),
+    ]
+    .into_iter()
+    .map(|(resource, soft, hard)| {
+        let mut own = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        unsafe { libc::getrlimit(resource, &mut own) };
+        let hard = hard.min(own.rlim_max);
+        (resource, soft.min(hard), hard)
+    })
+    .collect()
+}
+
+/// Whether an exec that failed with `errno` failed because of the test: the argv and
+/// environment are the test's, so E2BIG always is; a missing or unrunnable program only where
+/// the program is the test's own, not `isotest-init` (`via_init`), which never is missing.
+fn exec_failed_for_the_test(errno: i32, via_init: bool) -> bool {
+    match errno {
+        libc::E2BIG => true,
+        libc::ENOENT
+        | libc::ENOTDIR
+        | libc::EACCES
+        | libc::ENOEXEC
+        | libc::ELOOP
+        | libc::ENAMETOOLONG => !via_init,
+        _ => false,
+    }
 }
 
 /// The absolute directory the stages run in: the workspace, or a relative path beneath it.
@@ -587,8 +670,12 @@ fn parse_report(report: &[u8]) -> [Option<StageExit>; 3] {
 
 pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
-    if spec.command.is_empty() {
-        return Err(SandboxError::InvalidSpec("empty command".to_owned()));
+    match spec.command.first() {
+        None => return Err(SandboxError::InvalidSpec("empty command".to_owned())),
+        Some(program) if program.is_empty() => {
+            return Err(SandboxError::InvalidSpec("empty program name".to_owned()));
+        }
+        Some(_) => {}
     }
     let env_name = spec.environment.as_deref().unwrap_or("default");
     let env = inner
@@ -596,54 +683,39 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         .get(env_name)
         .ok_or_else(|| SandboxError::UnknownEnvironment(env_name.to_owned()))?;
     let slot = inner.slots.acquire()?;
+    // Frees the slot however the run ends, and from below its cgroup too.
+    let mut lease = Lease {
+        inner: Arc::clone(inner),
+        slot,
+        cgroup: None,
+    };
     let (uid, gid) = match inner.isolation.uid_mapping {
-        UidMapping::PerSandbox { base } => (base + slot.index(), base + slot.index()),
+        UidMapping::PerSandbox { base } => (base + slot, base + slot),
         UidMapping::Caller { uid } => (uid, nix::unistd::getegid().as_raw()),
     };
     let name = format!("sb-{}", inner.next_id());
 
     let workspace = if inner.isolation.workspace_tmpfs {
-        Workspace::tmpfs(spec.limits.workspace_bytes, uid, gid)
+        Workspace::tmpfs(&spec.limits, uid, gid)
             .map_err(|e| SandboxError::io("create workspace tmpfs", e))?
     } else {
         Workspace::dir(inner.config.state_dir.join(&name))
             .map_err(|e| SandboxError::io("create workspace directory", e))?
     };
     let owner = inner.isolation.workspace_tmpfs.then_some((uid, gid));
+    if let Some(parent) = &inner.cgroups {
+        lease.cgroup = Some(take_cgroup(inner, parent, slot, &name, &spec.limits)?);
+    }
     let workspace =
         if spec.workspace_bundle.is_some() || !spec.files.is_empty() || !spec.binds.is_empty() {
-            let bundle = spec.workspace_bundle.clone();
-            let files = std::mem::take(&mut { spec.files.clone() });
-            let mount_points: Vec<String> = spec.binds.iter().map(|b| b.target.clone()).collect();
-            let max = spec.limits.workspace_bytes;
-            tokio::task::spawn_blocking(move || {
-                workspace
-                    .populate(bundle.as_deref(), &files, max, owner)
-                    .and_then(|()| workspace.make_dirs(&mount_points, owner))
-                    .map(|()| workspace)
-            })
-            .await
-            .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?
-            .map_err(SandboxError::Bundle)?
+            populate(workspace, &spec, owner, lease.cgroup.as_ref()).await?
         } else {
             workspace
         };
-
-    let cgroup = match &inner.cgroups {
-        Some(parent) => Some(take_cgroup(
-            inner,
-            parent,
-            slot.index(),
-            &name,
-            &spec.limits,
-        )?),
-        None => None,
-    };
-    let cgroup = CgroupGuard {
-        cgroup,
-        inner,
-        slot: slot.index(),
-    };
+    if let Some(cg) = lease.cgroup.as_mut() {
+        cg.rebase_cpu();
+    }
+    let lease = Arc::new(lease);
 
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
@@ -689,7 +761,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if !spec.network {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    let thread_entry = cgroup
+    let thread_entry = lease
         .cgroup
         .as_ref()
         .map(|c| c.thread_entry())
@@ -705,13 +777,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         CgroupMove {
             enter: duplicate(thread_entry)?,
             leave: home.iter().map(AsRawFd::as_raw_fd).collect(),
+            _lease: Some(Arc::clone(&lease) as _),
         }
     } else {
         CgroupMove::default()
     };
     // The launcher adds the child to its cgroup (unless it is born there), maps its ids and
     // releases it, with no wait for this task to be scheduled again.
-    let cgroup_procs = match cgroup.cgroup.as_ref().filter(|_| !by_thread) {
+    let cgroup_procs = match lease.cgroup.as_ref().filter(|_| !by_thread) {
         Some(cg) => duplicate(cg.procs_files())?,
         None => Vec::new(),
     };
@@ -757,6 +830,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     if failure.len() >= 8 {
         let step = u32::from_ne_bytes([failure[0], failure[1], failure[2], failure[3]]);
         let errno = i32::from_ne_bytes([failure[4], failure[5], failure[6], failure[7]]);
+        if step == EXEC_STEP && exec_failed_for_the_test(errno, plan.init.is_some()) {
+            return Err(SandboxError::ExecRefused { errno });
+        }
         return Err(SandboxError::ChildSetup {
             step: step_name(&plan, step),
             errno,
@@ -790,7 +866,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let (dead_tx, dead) = tokio::sync::watch::channel(false);
     let limits = &spec.limits;
     let supervise = async {
-        let result = supervise(&pidfd, cgroup.cgroup.as_ref(), limits).await;
+        let result = supervise(&pidfd, lease.cgroup.as_ref(), limits).await;
         let _ = dead_tx.send(true);
         result
     };
@@ -807,7 +883,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     let wall = exec_at.elapsed();
     let [setup, command, teardown] = parse_report(&report.data);
 
-    let cg = cgroup.cgroup.as_ref();
+    let cg = lease.cgroup.as_ref();
     let oom = cg.is_some_and(|c| c.oom_kills() > 0);
     let termination = reason.unwrap_or(if oom {
         Termination::OutOfMemory
@@ -827,6 +903,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     };
 
     let (collected, exported) = if spec.collect.is_empty() && spec.export.is_none() {
+        drop(workspace);
         (BTreeMap::new(), None)
     } else {
         let paths = spec.collect.clone();
@@ -848,8 +925,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         drop(workspace);
         (collected, exported)
     };
-    drop(cgroup);
-    drop(slot);
+    // After the workspace, whose pages are charged to the cgroup the lease may remove.
+    drop(lease);
 
     Ok(RunOutcome {
         setup,
@@ -863,6 +940,71 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
         usage,
         startup,
     })
+}
+
+/// Fills the workspace with the spec's bundle and files, and makes the mount points of its
+/// binds. With a bundle and a memory cgroup,
+/// from a process in that cgroup, so that the workspace counts against the test's memory
+/// (see [`Workspace::populate_charged`]); the manifest's files alone, small and bounded by the
+/// manifest's own limits, are written from here, sparing that process's fork.
+async fn populate(
+    workspace: Workspace,
+    spec: &RunSpec,
+    owner: Option<(u32, u32)>,
+    cgroup: Option<&crate::cgroup::SandboxCgroup>,
+) -> Result<Workspace, SandboxError> {
+    let bundle = spec.workspace_bundle.clone();
+    let files = spec.files.clone();
+    let mount_points: Vec<String> = spec.binds.iter().map(|b| b.target.clone()).collect();
+    let max = spec.limits.workspace_bytes;
+    let entry = match cgroup
+        .filter(|_| bundle.is_some())
+        .and_then(|c| c.memory_entry())
+    {
+        Some(file) => Some(
+            file.try_clone()
+                .map_err(|e| SandboxError::io("duplicate cgroup fd", e))?,
+        ),
+        None => None,
+    };
+    // Bounded by the bundle's caps; this only guards against a wedged process.
+    let deadline = spec.limits.timeout.max(Duration::from_secs(60));
+    let (workspace, populated) = tokio::task::spawn_blocking(move || {
+        let populated = match &entry {
+            Some(entry) => workspace.populate_charged(
+                entry.as_fd(),
+                bundle.as_deref(),
+                &files,
+                max,
+                owner,
+                deadline,
+            ),
+            None => workspace
+                .populate(bundle.as_deref(), &files, max, owner)
+                .map_err(PopulateError::Bundle),
+        };
+        let populated = populated.and_then(|()| {
+            workspace
+                .make_dirs(&mount_points, owner)
+                .map_err(PopulateError::Bundle)
+        });
+        (workspace, populated)
+    })
+    .await
+    .map_err(|e| SandboxError::io("populate workspace", io::Error::other(e)))?;
+    match populated {
+        Ok(()) => Ok(workspace),
+        Err(PopulateError::Bundle(e)) => Err(SandboxError::Bundle(e)),
+        Err(PopulateError::Killed(_)) if cgroup.is_some_and(|c| c.oom_kills() > 0) => {
+            Err(SandboxError::Bundle(BundleError::OutOfMemory {
+                limit: spec.limits.memory_bytes,
+            }))
+        }
+        Err(e) => Err(SandboxError::io(
+            "populate workspace",
+            io::Error::other(e.to_string()),
+        )),
+    }
 }
 
 /// The cgroup of a run: v1 keeps one per slot between runs (mkdir and rmdir of v1 cgroups cost
@@ -899,33 +1041,37 @@ fn take_cgroup(
         .map_err(|e| SandboxError::io("create cgroup", io::Error::other(e)))
 }
 
-/// Returns the run's cgroup to its slot, or removes it, when the run ends, however it ends.
-struct CgroupGuard<'a> {
-    cgroup: Option<crate::cgroup::SandboxCgroup>,
-    inner: &'a Inner,
+/// A run's slot (and so its uid) and its cgroup. When the last holder lets go, however the run
+/// ends, the cgroup goes back to the slot's pool (v1) or is removed, then the slot is freed.
+/// On v1 the launcher thread holds it too while it sits in the cgroup to clone: a run cancelled
+/// meanwhile must not hand the cgroup (nor the slot, whose next run would take the cgroup) to
+/// the next run, whose reset would find the worker in it.
+struct Lease {
+    inner: Arc<Inner>,
     slot: u32,
+    cgroup: Option<crate::cgroup::SandboxCgroup>,
 }
 
-impl Drop for CgroupGuard<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(cg) = self.cgroup.take() else {
-            return;
-        };
-        if cg.reusable() {
-            // The next run of this slot kills anything left and resets it.
-            let mut pool = self
-                .inner
-                .cgroup_pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let slot = self.slot as usize;
-            if pool.len() <= slot {
-                pool.resize_with(slot + 1, || None);
+        if let Some(cg) = self.cgroup.take() {
+            if cg.reusable() {
+                // The next run of this slot waits until it is empty and resets it.
+                let mut pool = self
+                    .inner
+                    .cgroup_pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let slot = self.slot as usize;
+                if pool.len() <= slot {
+                    pool.resize_with(slot + 1, || None);
+                }
+                pool[slot] = Some(cg);
+            } else if let Err(e) = cg.destroy() {
+                tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
             }
-            pool[slot] = Some(cg);
-        } else if let Err(e) = cg.destroy() {
-            tracing::warn!(error = %e, "Could not remove a sandbox cgroup.");
         }
+        self.inner.slots.release(self.slot);
     }
 }
 
@@ -956,13 +1102,13 @@ async fn supervise(
             }
             () = tokio::time::sleep_until(deadline), if reason.is_none() => {
                 reason = Some(Termination::TimedOut);
-                kill_at = Some(begin_stop(cgroup, limits));
+                kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
             }
             _ = cpu_tick.tick(), if reason.is_none() && cpu_limit.is_some() => {
                 let used = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default();
                 if cpu_limit.is_some_and(|limit| used > limit) {
                     reason = Some(Termination::CpuTimeExceeded);
-                    kill_at = Some(begin_stop(cgroup, limits));
+                    kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
                 }
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
@@ -974,23 +1120,110 @@ async fn supervise(
     }
 }
 
-/// Sends SIGTERM to every process of the sandbox and returns when to SIGKILL.
-fn begin_stop(
-    cgroup: Option<&crate::cgroup::SandboxCgroup>,
-    limits: &crate::spec::Limits,
-) -> tokio::time::Instant {
-    match cgroup {
-        Some(cg) if !limits.kill_grace.is_zero() => {
-            cg.signal_all(libc::SIGTERM);
-            tokio::time::Instant::now() + limits.kill_grace
-        }
-        _ => tokio::time::Instant::now(),
+/// Asks every process of the sandbox to stop and returns when to SIGKILL: SIGTERM to the init
+/// through its pidfd, which `isotest-init` passes on to every other process of its pid
+/// namespace. (Signalling pids read from `cgroup.procs` would race with their reuse: a process
+/// may exit and its pid go to a host process between the read and the kill.)
+fn begin_stop(pidfd: BorrowedFd<'_>, limits: &crate::spec::Limits) -> tokio::time::Instant {
+    if limits.kill_grace.is_zero() || sys::pidfd_send_signal(pidfd, libc::SIGTERM).is_err() {
+        return tokio::time::Instant::now();
     }
+    tokio::time::Instant::now() + limits.kill_grace
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launcher::hooks;
+
+    /// A run cancelled while the launcher thread sits in its sandbox's cgroup (v1 moves the
+    /// thread there to clone) must not hand that cgroup, nor its slot, to the next run before
+    /// the thread has left: that run's reset would find this process in it and kill it. (Were
+    /// this process killed, the whole test binary would die.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_cancelled_mid_spawn_leaves_its_cgroup_alone() {
+        let sandboxer = crate::Sandboxer::new(crate::SandboxConfig {
+            state_dir: "/run/isotest-sandbox-unit".into(),
+            ..crate::SandboxConfig::default()
+        })
+        .expect("this host supports full isolation");
+        let spec = |script: &str| RunSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..RunSpec::default()
+        };
+        let wait_for = |paused: bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut pause = hooks::PAUSE.lock().expect("lock");
+            while pause.paused != paused {
+                assert!(Instant::now() < deadline, "the launcher never paused");
+                pause = hooks::CHANGED
+                    .wait_timeout(pause, Duration::from_millis(100))
+                    .expect("lock")
+                    .0;
+            }
+        };
+        *hooks::PAUSE.lock().expect("lock") = hooks::Pause {
+            armed: true,
+            ..hooks::Pause::default()
+        };
+        let first = tokio::spawn({
+            let sandboxer = sandboxer.clone();
+            async move { sandboxer.run(spec("sleep 30")).await }
+        });
+        tokio::task::spawn_blocking(move || wait_for(true))
+            .await
+            .expect("join");
+        first.abort();
+        assert!(first.await.expect_err("cancelled").is_cancelled());
+        // Neither its slot nor its cgroup is handed out while the launcher is in the cgroup.
+        let inner = &sandboxer.inner;
+        let slot_taken = |slot: usize| {
+            let used = inner.slots.used.lock().expect("lock");
+            used.get(slot).copied().unwrap_or(false)
+        };
+        let pooled = |slot: usize| {
+            let pool = inner.cgroup_pool.lock().expect("lock");
+            pool.get(slot).is_some_and(Option::is_some)
+        };
+        // Only on v1 does the launcher thread enter the cgroup (on v2 the child is moved).
+        let launcher_enters = inner
+            .cgroups
+            .as_ref()
+            .is_some_and(|c| !c.home_tasks().is_empty());
+        if launcher_enters {
+            assert!(slot_taken(0) && !pooled(0));
+        }
+        // The next run (which may queue behind the paused launcher) gets another slot and
+        // cgroup, and resets no cgroup the launcher is in.
+        let next = tokio::spawn({
+            let sandboxer = sandboxer.clone();
+            async move { sandboxer.run(spec("echo ok")).await }
+        });
+        {
+            let mut pause = hooks::PAUSE.lock().expect("lock");
+            pause.released = true;
+            hooks::CHANGED.notify_all();
+        }
+        let o = next.await.expect("join").expect("runs");
+        assert_eq!(o.stdout.data, b"ok\n");
+        tokio::task::spawn_blocking(move || wait_for(false))
+            .await
+            .expect("join");
+        // Once the launcher has left, slot 0 (and on v1 its cgroup) serves runs again.
+        let reusable = inner
+            .cgroups
+            .as_ref()
+            .is_some_and(|c| c.version() == crate::CgroupVersion::V1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while slot_taken(0) || (reusable && !pooled(0)) {
+            assert!(Instant::now() < deadline, "slot 0 never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..3 {
+            let o = sandboxer.run(spec("echo ok")).await.expect("runs");
+            assert_eq!(o.stdout.data, b"ok\n");
+        }
+    }
 
     #[test]
     fn report_parsing_is_defensive() {

@@ -74,8 +74,12 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Maximum number of processes and threads.
     pub pids: u64,
-    /// Size of the workspace tmpfs (and of the private `/tmp`).
+    /// Size of the workspace tmpfs (and of the private `/tmp` and `/dev/shm`).
     pub workspace_bytes: u64,
+    /// Inodes (files, directories, links) of the workspace tmpfs, and of `/tmp` and
+    /// `/dev/shm` each: a cap of its own, besides the memory cgroup that their inodes are
+    /// charged to.
+    pub workspace_inodes: u64,
     /// `RLIMIT_FSIZE`.
     pub file_size_bytes: u64,
     /// Bytes of stdout kept; the rest is drained and dropped.
@@ -96,6 +100,7 @@ impl Default for Limits {
             memory_bytes: 1 << 30,
             pids: 256,
             workspace_bytes: 1 << 30,
+            workspace_inodes: 1 << 20,
             file_size_bytes: 512 << 20,
             stdout_bytes: 1 << 20,
             stderr_bytes: 1 << 20,

@@ -4,12 +4,14 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::bundle::{self, BundleError, UnpackOptions};
 use crate::outcome::CollectError;
+use crate::spec::Limits;
 use crate::sys;
 
 /// A workspace: a detached size-limited tmpfs (as root), or a plain directory under the state
@@ -24,17 +26,21 @@ pub(crate) enum Workspace {
 }
 
 impl Workspace {
-    /// Creates a detached tmpfs of `size` bytes owned by `uid:gid`.
+    /// Creates a detached tmpfs of the limits' size and inodes, owned by `uid:gid`.
     ///
     /// # Errors
     /// Fails without CAP_SYS_ADMIN.
-    pub fn tmpfs(size: u64, uid: u32, gid: u32) -> io::Result<Workspace> {
-        let size = CString::new(size.max(4096).to_string()).map_err(io::Error::other)?;
+    pub fn tmpfs(limits: &Limits, uid: u32, gid: u32) -> io::Result<Workspace> {
+        let size = limits.workspace_bytes.max(4096).to_string();
+        let size = CString::new(size).map_err(io::Error::other)?;
+        let inodes = limits.workspace_inodes.max(1).to_string();
+        let inodes = CString::new(inodes).map_err(io::Error::other)?;
         let uid = CString::new(uid.to_string()).map_err(io::Error::other)?;
         let gid = CString::new(gid.to_string()).map_err(io::Error::other)?;
         let root = sys::detached_tmpfs(
             &[
                 (c"size", size.as_c_str()),
+                (c"nr_inodes", inodes.as_c_str()),
                 (c"mode", c"0755"),
                 (c"uid", uid.as_c_str()),
                 (c"gid", gid.as_c_str()),
@@ -81,6 +87,70 @@ impl Workspace {
         Ok(())
     }
 
+    /// Unpacks the bundle and writes the files as [`Workspace::populate`] does, but in a child
+    /// process that first writes "0" to `entry`, joining the sandbox's memory cgroup: every
+    /// page and inode of the workspace is then charged to the test and counted against its
+    /// memory limit, rather than to the worker, which would carry them for as long as the test
+    /// runs. A thread of the worker that joined the cgroup would not do: a page is charged to
+    /// the cgroup of its process's memory owner (`mm->owner`), not of the thread writing it.
+    /// The child is a fork of the worker that closes every descriptor it does not need at once
+    /// (it must not hold other sandboxes' pipes open) and runs only the unpacker, which takes
+    /// no lock but malloc's, which glibc's fork leaves usable.
+    ///
+    /// # Errors
+    /// As `populate`; `Killed` when the child died of a signal (the memory cgroup's OOM killer,
+    /// when the workspace does not fit in the test's memory) or outlived `deadline`.
+    pub fn populate_charged(
+        &self,
+        entry: BorrowedFd<'_>,
+        bundle: Option<&[u8]>,
+        files: &[(String, Vec<u8>)],
+        max_bytes: u64,
+        owner: Option<(u32, u32)>,
+        deadline: Duration,
+    ) -> Result<(), PopulateError> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| PopulateError::Io(e.into()))?;
+        let keep = [
+            entry.as_raw_fd(),
+            report_w.as_raw_fd(),
+            self.root().as_raw_fd(),
+        ];
+        // SAFETY: the child runs only `populate_child`, which never returns; see above for
+        // why what it runs is safe after a fork of a multi-threaded process.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(PopulateError::Io(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            let run = || self.populate(bundle, files, max_bytes, owner);
+            // SAFETY: in the freshly forked child, as `populate_child` requires.
+            unsafe { populate_child(keep, entry, &report_w, run) }
+        }
+        drop(report_w);
+        let report = read_report(report_r, pid, deadline);
+        let mut status = 0;
+        // SAFETY: reaping our own child with a valid status pointer.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Err(PopulateError::Io(io::Error::last_os_error()));
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            return Err(PopulateError::Killed(libc::WTERMSIG(status)));
+        }
+        let report = report.map_err(PopulateError::Io)?;
+        if report.is_empty() && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            return Ok(());
+        }
+        Err(match BundleError::from_wire(&report) {
+            Some(e) => PopulateError::Bundle(e),
+            None => PopulateError::Io(io::Error::other(format!(
+                "the unpacking process ended with status {status:#x}"
+            ))),
+        })
+    }
+
     /// Creates each of `dirs` (and their parents), owned by `owner`, as mount points.
     ///
     /// # Errors
@@ -106,6 +176,119 @@ impl Workspace {
     /// Reads `rel` back, refusing links, non-regular files and files over `cap`.
     pub fn collect(&self, rel: &str, cap: usize) -> Result<Vec<u8>, CollectError> {
         collect(self.root(), rel, cap)
+    }
+}
+
+/// Why [`Workspace::populate_charged`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PopulateError {
+    /// The bundle or a file was refused, or could not be written.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The unpacking process died of this signal.
+    #[error("unpack the workspace: killed by signal {0}")]
+    Killed(i32),
+    /// The unpacking process could not be started or heard from.
+    #[error("unpack the workspace in a child process")]
+    Io(#[source] io::Error),
+}
+
+/// The forked child of [`Workspace::populate_charged`]: closes every descriptor but `keep`,
+/// joins the cgroup through `entry`, runs `populate` and writes its error, if any, to
+/// `report`, then exits.
+///
+/// # Safety
+/// Only in a child just forked, which must not return to the caller's code.
+unsafe fn populate_child(
+    mut keep: [RawFd; 3],
+    entry: BorrowedFd<'_>,
+    report: &OwnedFd,
+    populate: impl FnOnce() -> Result<(), BundleError>,
+) -> ! {
+    keep.sort_unstable();
+    let mut from = 3;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: closing descriptors this child does not use.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32) };
+        }
+        from = from.max(fd + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32) };
+    // SAFETY: plain system calls on descriptors this child holds.
+    let joined = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        libc::write(entry.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1
+    };
+    let result = if joined {
+        populate()
+    } else {
+        Err(BundleError::Io {
+            what: "join the sandbox's memory cgroup".into(),
+            path: PathBuf::new(),
+            source: io::Error::last_os_error(),
+        })
+    };
+    if let Err(e) = result {
+        let bytes = e.to_wire();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            // SAFETY: writing from a live buffer to the pipe this child holds.
+            let n = unsafe {
+                libc::write(
+                    report.as_raw_fd(),
+                    bytes[sent..].as_ptr().cast(),
+                    bytes.len() - sent,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            sent += n as usize;
+        }
+    }
+    // SAFETY: ends the child without running the parent's exit handlers.
+    unsafe { libc::_exit(0) }
+}
+
+/// Reads the child's report (at most 64 KiB) until it closes its end, killing it if that takes
+/// longer than `deadline` (it is not reaped yet, so its pid is still its own).
+fn read_report(report: OwnedFd, pid: libc::pid_t, deadline: Duration) -> io::Result<Vec<u8>> {
+    let until = Instant::now() + deadline;
+    let mut file = File::from(report);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll on one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if ready == 0 {
+            // SAFETY: our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("unpacking took longer than {deadline:?}"),
+            ));
+        }
+        match file.read(&mut buf)? {
+            0 => return Ok(out),
+            n if out.len() < 64 << 10 => out.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
     }
 }
 

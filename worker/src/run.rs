@@ -241,9 +241,9 @@ pub fn input_problem(e: &SandboxError) -> Option<String> {
             "workspace refused: {}",
             isotest_infra::error_chain(e)
         )),
-        SandboxError::UnknownEnvironment(_) | SandboxError::InvalidSpec(_) => {
-            Some(isotest_infra::error_chain(e))
-        }
+        SandboxError::UnknownEnvironment(_)
+        | SandboxError::InvalidSpec(_)
+        | SandboxError::ExecRefused { .. } => Some(isotest_infra::error_chain(e)),
         _ => None,
     }
 }

@@ -25,6 +25,7 @@ use isotest_protocol::result::{CaseResult, Stage, Status};
 
 use crate::prepare::{BuildPlan, Prepared};
 
+pub use jest::parse as parse_jest;
 pub use junit_xml::{JunitError, parse as parse_junit};
 pub use toolchain::Toolchain;
 pub use verdict::{Exit, Observed, Verdict, signal_name};
