@@ -8,6 +8,7 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crate::sys;
 
@@ -158,6 +159,13 @@ pub(crate) struct ChildPlan {
     /// The sealed memfd of `isotest-init`: when set, the child execs it (by fd) with `argv`
     /// instead of `program`.
     pub init: Option<RawFd>,
+    /// Capabilities (a bit each) kept through exec, in the sandbox's own user namespace:
+    /// none for a test, a fork server's few for a zygote.
+    pub keep_caps: u64,
+    /// A socket placed at [`CONTROL_FD`] for the command (with `init` only).
+    pub control: Option<RawFd>,
+    /// The seccomp programs to install instead of the launcher's own (a zygote's).
+    pub filters: Option<Arc<Vec<crate::seccomp::BpfProgram>>>,
 }
 
 /// Raw pointers into a [`ChildPlan`] and the seccomp programs, built by the launcher thread
@@ -288,13 +296,16 @@ pub(crate) unsafe fn run_op(op: &Op) -> bool {
 
 /// Where the child keeps the init program's memfd (close-on-exec) until it execs it.
 const INIT_FD: RawFd = 5;
+/// Where a command finds its control socket (`ChildPlan::control`): `isotest-init` closes only
+/// fds 3 and 4 before it starts the command.
+pub(crate) const CONTROL_FD: RawFd = 6;
 
 /// Moves the needed fds to 0..=4 (and the init program to [`INIT_FD`]) and closes everything
 /// else.
 ///
 /// # Safety
 /// Only async-signal-safe system calls.
-unsafe fn arrange_fds(fds: &ChildFds, init: Option<RawFd>) -> bool {
+unsafe fn arrange_fds(fds: &ChildFds, init: Option<RawFd>, control: Option<RawFd>) -> bool {
     let sources = [
         fds.stdin,
         fds.stdout,
@@ -302,22 +313,32 @@ unsafe fn arrange_fds(fds: &ChildFds, init: Option<RawFd>) -> bool {
         fds.report,
         fds.error,
         init.unwrap_or(-1),
+        control.unwrap_or(-1),
     ];
-    let count = if init.is_some() { 6 } else { 5 };
-    let mut copies = [0 as RawFd; 6];
-    // SAFETY: fcntl/dup3/close_range on fds we own; copies land at >= 6 so no target is
+    // A control socket goes after the init program, which it needs.
+    let count = match (init, control) {
+        (Some(_), Some(_)) => 7,
+        (Some(_), None) => 6,
+        (None, _) => 5,
+    };
+    let mut copies = [0 as RawFd; 7];
+    // SAFETY: fcntl/dup3/close_range on fds we own; copies land at >= 7 so no target is
     // clobbered before its source was copied.
     unsafe {
         for (copy, &src) in copies.iter_mut().zip(&sources).take(count) {
-            *copy = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 6);
+            *copy = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 7);
             if *copy < 0 {
                 return false;
             }
         }
         for (target, &copy) in copies.iter().enumerate().take(count) {
             // The error pipe (fd 4) stays close-on-exec so a successful exec closes it, and
-            // so does the init program.
-            let flags = if target >= 4 { libc::O_CLOEXEC } else { 0 };
+            // so does the init program; the control socket passes on to the command.
+            let flags = if (4..CONTROL_FD as usize).contains(&target) {
+                libc::O_CLOEXEC
+            } else {
+                0
+            };
             if libc::dup3(copy, target as RawFd, flags) < 0 {
                 return false;
             }
@@ -418,7 +439,7 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
         if libc::chdir(plan.workdir.as_ptr()) != 0 {
             fail(fds, step(S_WORKDIR));
         }
-        if !arrange_fds(fds, plan.init) {
+        if !arrange_fds(fds, plan.init, plan.control) {
             fail(fds, step(S_FDS));
         }
         // From here the error pipe is fd 4.
@@ -427,6 +448,9 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
             fail(fds, step(S_NNP));
         }
         for cap in 0..=plan.cap_last {
+            if plan.keep_caps & (1 << cap) != 0 {
+                continue;
+            }
             if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                 fail(fds, step(S_BOUNDING));
             }
@@ -435,7 +459,14 @@ pub(crate) unsafe fn child_main(plan: &ChildPlan, ptrs: &ExecPtrs, network_ready
             version: sys::LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
-        let data = [sys::CapData::default(); 2];
+        // What is kept stays permitted: with no_new_privs, exec grants root no capability
+        // it did not already have.
+        let mut data = [sys::CapData::default(); 2];
+        for (half, word) in data.iter_mut().enumerate() {
+            let bits = (plan.keep_caps >> (32 * half)) as u32;
+            word.effective = bits;
+            word.permitted = bits;
+        }
         if libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,

@@ -372,6 +372,8 @@ fn spawn(
             io::Error::new(e.kind(), format!("return to own network namespace: {e}"))
         })?;
     }
+    // A zygote's process installs its own, wider filter.
+    let filters = plan.filters.as_deref().map_or(filters, Vec::as_slice);
     let ptrs = Box::new(ExecPtrs::new(&plan, filters));
     let mut stack = vec![0u8; CHILD_STACK];
     let mut pidfd: RawFd = -1;

@@ -56,6 +56,7 @@ mod seccomp;
 mod spec;
 mod sys;
 mod workspace;
+mod zygote;
 
 pub mod bundle;
 
@@ -70,7 +71,8 @@ pub use config::SandboxConfig;
 pub use error::SandboxError;
 pub use isolation::{CgroupVersion, Isolation, UidMapping};
 pub use outcome::{Captured, CollectError, RunOutcome, StageExit, Termination, Usage};
-pub use spec::{Bind, Export, Limits, RunSpec};
+pub use spec::{Bind, Export, Limits, Privilege, RunSpec};
+pub use zygote::{FORK_SERVER, ForkOutcome, Zygote, ZygoteError, ZygoteSpec};
 
 use cgroup::CgroupParent;
 use launcher::Launcher;
@@ -114,6 +116,8 @@ struct Inner {
     devices: Vec<&'static str>,
     /// `isotest-init`, exec'd by fd as pid 1 of single-command sandboxes.
     init_program: OwnedFd,
+    /// The seccomp programs of a zygote's fork server (see [`Privilege::ForkServer`]).
+    fork_server_filters: Arc<Vec<seccomp::BpfProgram>>,
     /// The sandbox's `PATH`: the usual directories, then the exposed toolchains' `bin`.
     path: String,
     counter: AtomicU64,
@@ -408,6 +412,12 @@ impl Sandboxer {
                 new_root,
                 devices,
                 init_program,
+                fork_server_filters: Arc::new(seccomp::build_fork_server().map_err(|e| {
+                    SandboxError::io(
+                        "build the fork server's seccomp filter",
+                        std::io::Error::other(e),
+                    )
+                })?),
                 path,
                 counter: AtomicU64::new(0),
             }),

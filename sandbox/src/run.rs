@@ -19,7 +19,7 @@ use crate::child::{ChildFds, ChildPlan, EXEC_STEP, Op, step_name};
 use crate::error::SandboxError;
 use crate::launcher::{CgroupMove, Release};
 use crate::outcome::{Captured, RunOutcome, StageExit, Termination, Usage};
-use crate::spec::RunSpec;
+use crate::spec::{Privilege, RunSpec};
 use crate::sys;
 use crate::workspace::{PopulateError, Workspace};
 use crate::{Inner, UidMapping};
@@ -97,13 +97,27 @@ pub(crate) fn path_c(path: &Path) -> Result<CString, SandboxError> {
     cstr(path.as_os_str().as_bytes())
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| SandboxError::io("create pipe", e.into()))
 }
 
 /// Devices bind-mounted from the host into the sandbox's /dev.
 pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What a fork server keeps: mounts and namespaces (`CAP_SYS_ADMIN`; overlayfs also wants
+/// `CAP_DAC_OVERRIDE` of its mounter, which in the sandbox's user namespace reaches only files
+/// of ids mapped there, the sandbox's own), a fresh network namespace's loopback
+/// (`CAP_NET_ADMIN`), and dropping capabilities from a forked test's bounding set
+/// (`CAP_SETPCAP`), all in its sandbox's own user namespace.
+const FORK_SERVER_CAPS: u64 = {
+    // linux/capability.h
+    const CAP_DAC_OVERRIDE: u64 = 1;
+    const CAP_SETPCAP: u64 = 8;
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_SYS_ADMIN: u64 = 21;
+    (1 << CAP_DAC_OVERRIDE) | (1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN) | (1 << CAP_SETPCAP)
+};
 
 /// The per-run fds and workspace the plan refers to.
 struct PlanInputs<'a> {
@@ -510,6 +524,15 @@ fn build_plan(inner: &Inner, input: PlanInputs<'_>) -> Result<ChildPlan, Sandbox
         argv,
         envp,
         init: Some(inner.init_program.as_raw_fd()),
+        keep_caps: match spec.privilege {
+            Privilege::Test => 0,
+            Privilege::ForkServer => FORK_SERVER_CAPS,
+        },
+        control: spec.control.as_ref().map(|fd| fd.as_raw_fd()),
+        filters: match spec.privilege {
+            Privilege::Test => None,
+            Privilege::ForkServer => Some(Arc::clone(&inner.fork_server_filters)),
+        },
     })
 }
 
@@ -586,7 +609,7 @@ fn workdir(rel: &str) -> Result<CString, SandboxError> {
 }
 
 /// Duplicates cgroup files for a launcher request, which must own what it uses.
-fn duplicate(files: &[std::fs::File]) -> Result<Vec<OwnedFd>, SandboxError> {
+pub(crate) fn duplicate(files: &[std::fs::File]) -> Result<Vec<OwnedFd>, SandboxError> {
     files
         .iter()
         .map(|f| f.try_clone().map(OwnedFd::from))
@@ -610,7 +633,7 @@ impl Drop for InitGuard {
 
 /// Reads a stream to its end keeping `cap` bytes and dropping the rest, so a flood never grows
 /// memory; stops early once `dead` fires and the buffered bytes are drained.
-async fn capture(
+pub(crate) async fn capture(
     mut rx: pipe::Receiver,
     cap: usize,
     mut dead: tokio::sync::watch::Receiver<bool>,
@@ -668,7 +691,7 @@ fn parse_report(report: &[u8]) -> [Option<StageExit>; 3] {
     stages
 }
 
-pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome, SandboxError> {
+pub(crate) async fn run(inner: &Arc<Inner>, mut spec: RunSpec) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
     match spec.command.first() {
         None => return Err(SandboxError::InvalidSpec("empty command".to_owned())),
@@ -843,6 +866,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, spec: RunSpec) -> Result<RunOutcome,
     drop(child_memory);
     drop(plan);
     drop(bind_fds);
+    // The command has its own copy of a control socket now: with this one closed, the
+    // other end sees the command's death as the socket's end.
+    drop(spec.control.take());
 
     let stdout_rx =
         pipe::Receiver::from_owned_fd(stdout_r).map_err(|e| SandboxError::io("watch stdout", e))?;
@@ -1009,7 +1035,7 @@ async fn populate(
 
 /// The cgroup of a run: v1 keeps one per slot between runs (mkdir and rmdir of v1 cgroups cost
 /// more than resetting one), v2 creates one per run.
-fn take_cgroup(
+pub(crate) fn take_cgroup(
     inner: &Inner,
     parent: &crate::cgroup::CgroupParent,
     slot: u32,
@@ -1046,10 +1072,10 @@ fn take_cgroup(
 /// On v1 the launcher thread holds it too while it sits in the cgroup to clone: a run cancelled
 /// meanwhile must not hand the cgroup (nor the slot, whose next run would take the cgroup) to
 /// the next run, whose reset would find the worker in it.
-struct Lease {
-    inner: Arc<Inner>,
-    slot: u32,
-    cgroup: Option<crate::cgroup::SandboxCgroup>,
+pub(crate) struct Lease {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) slot: u32,
+    pub(crate) cgroup: Option<crate::cgroup::SandboxCgroup>,
 }
 
 impl Drop for Lease {

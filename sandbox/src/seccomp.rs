@@ -638,7 +638,6 @@ impl Profile {
 
     /// This profile with `nr`'s rule replaced, e.g. `setns` allowed for a process that forks
     /// tests into namespaces of their own.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the hook for profiles to come"))]
     pub(crate) fn with(mut self, nr: i64, rule: Rule) -> Profile {
         self.rules.insert(nr as u32, rule);
         self
@@ -717,10 +716,6 @@ pub(crate) fn strict_program() -> Result<&'static [sock_filter], SeccompError> {
 ///
 /// # Errors
 /// Fails on an unsupported architecture.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "for the zygote, which comes next")
-)]
 pub(crate) fn strict_program_bytes() -> Result<Vec<u8>, SeccompError> {
     Ok(strict_program()?
         .iter()
@@ -742,6 +737,28 @@ pub(crate) fn strict_program_bytes() -> Result<Vec<u8>, SeccompError> {
 /// Fails on an unsupported architecture.
 pub(crate) fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     Ok(vec![strict_program()?.to_vec()])
+}
+
+/// The filter of a zygote's fork server: the strict profile, and what it needs to make each
+/// forked test a sandbox of its own: `unshare` of every namespace but a user namespace (the
+/// test stays in the zygote's), `setns` (back to its own pid namespace between forks) and
+/// `mount`. Each forked test installs the strict program on top before it runs.
+///
+/// # Errors
+/// Fails on an unsupported architecture.
+pub(crate) fn build_fork_server() -> Result<Vec<BpfProgram>, SeccompError> {
+    let no_user_ns = Rule::Args {
+        arg: 0,
+        test: ArgTest::NoBits(libc::CLONE_NEWUSER as u32),
+        errno: libc::EPERM,
+    };
+    Ok(vec![
+        Profile::strict()
+            .with(libc::SYS_unshare, no_user_ns)
+            .with(libc::SYS_setns, Rule::Allow)
+            .with(libc::SYS_mount, Rule::Allow)
+            .compile()?,
+    ])
 }
 
 /// `AUDIT_ARCH_*` of the native syscall ABI: `EM_*` machine | 64-bit | little-endian

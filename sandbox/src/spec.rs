@@ -1,6 +1,7 @@
 //! What one sandboxed run should do: the stages, the files, and the limits it runs under.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,23 @@ pub struct RunSpec {
     pub binds: Vec<Bind>,
     /// Workspace paths copied out to a host directory after the run (a build's products).
     pub export: Option<Export>,
+    /// What the sandbox's process may do beyond a test's.
+    pub privilege: Privilege,
+    /// A socket the command gets as fd 6 (a fork server's line to the worker).
+    pub control: Option<Arc<OwnedFd>>,
+}
+
+/// What a sandbox's process may do beyond what a test may.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Privilege {
+    /// Nothing: a test.
+    #[default]
+    Test,
+    /// Make the namespaces and mounts of the sandboxes it forks its tests into (a zygote's
+    /// fork server): it keeps `CAP_SYS_ADMIN`, `CAP_NET_ADMIN` and `CAP_SETPCAP` in its own
+    /// user namespace, and its seccomp filter also allows `unshare` (never of a user
+    /// namespace), `setns` and `mount`. Each forked test drops all of it before it runs.
+    ForkServer,
 }
 
 /// A host directory seen read-only at a path of the workspace.
