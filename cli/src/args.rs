@@ -117,6 +117,17 @@ pub struct SandboxArgs {
         value_parser = parse_toolchain_dir
     )]
     pub toolchain_dirs: Vec<PathBuf>,
+    /// Warm interpreters kept at once for Python tests, each a sandboxed pytest or unittest
+    /// that has imported its framework and collected one test file, forked into a fresh
+    /// sandbox per test (0: every test starts cold).
+    #[arg(long, env = "ISOTEST_WARM_ZYGOTES", default_value_t = 8)]
+    pub warm_zygotes: usize,
+    /// Memory the warm interpreters may hold together, in MiB (the least recently used go).
+    #[arg(long, env = "ISOTEST_WARM_MEMORY_MIB", default_value_t = 2048)]
+    pub warm_memory_mib: u64,
+    /// A warm interpreter unused this long goes away.
+    #[arg(long, env = "ISOTEST_WARM_IDLE", default_value = "60s", value_parser = parse_duration)]
+    pub warm_idle: Duration,
 }
 
 fn parse_toolchain_dir(text: &str) -> Result<PathBuf, String> {
@@ -177,6 +188,12 @@ impl SandboxArgs {
             limits: self.limits(),
             allow_network: self.allow_network,
             artifact_dir: self.sandbox_config().state_dir.join("artifacts"),
+            warm: (self.warm_zygotes > 0).then(|| isotest_worker::warm::WarmConfig {
+                max_zygotes: self.warm_zygotes,
+                max_bytes: self.warm_memory_mib.saturating_mul(1024 * 1024),
+                idle: self.warm_idle,
+                ..isotest_worker::warm::WarmConfig::default()
+            }),
         }
     }
 

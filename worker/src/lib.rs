@@ -9,6 +9,7 @@ pub mod prepare;
 pub mod record;
 pub mod run;
 pub mod service;
+pub mod warm;
 
 pub use run::{Runner, RunnerConfig};
 pub use service::{Worker, WorkerConfig, WorkerError};

@@ -9,13 +9,14 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
-use isotest_protocol::result::{Stage, Status, TestResult, Timings, Usage};
+use isotest_protocol::result::{Stage, Start, Status, TestResult, Timings, Usage};
 use isotest_sandbox::{
     Limits, RunOutcome, RunSpec, SandboxError, Sandboxer, StageExit, Termination,
 };
 
 use crate::frameworks::{self, Exit, Observed, Toolchain};
 use crate::prepare::{ArtifactStore, Prepared};
+use crate::warm::{Warm, WarmConfig, Zygotes};
 
 /// Settings of every sandbox a runner creates.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct RunnerConfig {
     pub allow_network: bool,
     /// Where prepared builds fetched for tests are unpacked (root-only, like the state dir).
     pub artifact_dir: std::path::PathBuf,
+    /// How this runner keeps warm interpreters; `None` starts every test cold.
+    pub warm: Option<WarmConfig>,
 }
 
 /// Runs test attempts in sandboxes.
@@ -39,16 +42,37 @@ pub struct Runner {
     sandboxer: Arc<Sandboxer>,
     config: Arc<RunnerConfig>,
     artifacts: Arc<ArtifactStore>,
+    zygotes: Option<Arc<Zygotes>>,
+}
+
+/// What became of an attempt to start a test warm.
+enum Attempt {
+    /// It ran warm: its result.
+    Ran(Box<TestResult>),
+    /// It could have, and starts cold instead, for this reason.
+    Cold(String),
+    /// Its framework never starts warm.
+    Never,
 }
 
 impl Runner {
     pub fn new(sandboxer: Arc<Sandboxer>, config: RunnerConfig) -> Runner {
         let artifacts = Arc::new(ArtifactStore::new(config.artifact_dir.clone()));
+        let zygotes = config
+            .warm
+            .clone()
+            .map(|warm| Zygotes::start(Arc::clone(&sandboxer), warm));
         Runner {
             sandboxer,
             config: Arc::new(config),
             artifacts,
+            zygotes,
         }
+    }
+
+    /// This runner's warm interpreters, where it keeps any.
+    pub fn zygotes(&self) -> Option<&Arc<Zygotes>> {
+        self.zygotes.as_ref()
     }
 
     /// The prepared builds this runner's tests run from.
@@ -99,6 +123,14 @@ impl Runner {
                     .to_owned(),
             ));
         }
+        let start = match &self.zygotes {
+            Some(zygotes) => match self.warm(zygotes, msg, &workspace, taken_at_ms).await {
+                Attempt::Ran(result) => return Ok(*result),
+                Attempt::Cold(reason) => Some(Start::cold(reason)),
+                Attempt::Never => None,
+            },
+            None => None,
+        };
         let mut plan = frameworks::plan_from(test, &self.config.tools, prepared);
         // Which attempt this is, so a test (or its setup) can tell a retry from a first run.
         plan.env
@@ -142,7 +174,80 @@ impl Runner {
             sandbox_start_us: micros(outcome.startup),
             run_us: micros(wall.saturating_sub(outcome.startup)),
         };
+        result.start = start;
         Ok(result)
+    }
+
+    /// Starts a test warm where its framework can: forked from the zygote of its file.
+    async fn warm(
+        &self,
+        zygotes: &Zygotes,
+        msg: &TestMessage,
+        workspace: &Option<Arc<[u8]>>,
+        taken_at_ms: u64,
+    ) -> Attempt {
+        let test = &msg.test;
+        let adapter = frameworks::adapter(test.framework);
+        let plan = match adapter.warm(test, &self.config.tools) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Attempt::Never,
+            Err(reason) => return Attempt::Cold(reason),
+        };
+        if !msg.warm {
+            return Attempt::Cold("the suite asks for cold starts (warm = false)".into());
+        }
+        if msg.network {
+            return Attempt::Cold("a test with network access starts cold".into());
+        }
+        if test.setup.is_some() || test.teardown.is_some() || !test.files.is_empty() {
+            return Attempt::Cold("a test with setup, teardown or files starts cold".into());
+        }
+        // What the zygote imports and collects under: the tests' variables, the framework's.
+        let mut env = test.env.clone();
+        frameworks::tool_env(test.framework, &self.config.tools, &mut env);
+        // Never shared between suites: a suite is one tenant's.
+        let key = Zygotes::key(msg, &msg.suite_id, &plan, &env);
+        let zygote = RunSpec {
+            environment: test.environment.clone(),
+            workspace_bundle: workspace.clone(),
+            command: plan.command,
+            env,
+            limits: self.config.limits.clone(),
+            ..RunSpec::default()
+        };
+        let child_env = [(frameworks::ATTEMPT_VAR.to_owned(), msg.attempt.to_string())].into();
+        let limits = Limits {
+            timeout: test.timeout(),
+            ..self.config.limits.clone()
+        };
+        let started_at_ms = now_ms();
+        let fork = match zygotes
+            .run(key, zygote, plan.request, child_env, &limits)
+            .await
+        {
+            Warm::Ran(fork) => fork,
+            Warm::Cold(reason) => return Attempt::Cold(reason),
+        };
+        let report = match adapter.warm_report(&fork.report) {
+            Ok(report) => report.map(<[u8]>::to_vec),
+            Err(reason) => return Attempt::Cold(reason),
+        };
+        let mut outcome = fork.outcome;
+        if let (Some(path), Some(report)) = (frameworks::report_path(test), report) {
+            outcome.collected.insert(path.to_owned(), Ok(report));
+        }
+        let mut result = self.judge(msg, &outcome, &limits);
+        result.started_at_ms = started_at_ms;
+        result.finished_at_ms = now_ms();
+        result.duration_ms =
+            u64::try_from((outcome.startup + outcome.usage.wall).as_millis()).unwrap_or(u64::MAX);
+        result.timings = Timings {
+            queue_wait_ms: taken_at_ms.saturating_sub(msg.published_at_ms),
+            sandbox_start_us: micros(outcome.startup),
+            run_us: micros(outcome.usage.wall),
+        };
+        result.start = Some(Start::warm());
+        Attempt::Ran(Box::new(result))
     }
 
     fn judge(&self, msg: &TestMessage, outcome: &RunOutcome, limits: &Limits) -> TestResult {

@@ -17,6 +17,11 @@ mod toolchain;
 mod unittest;
 mod verdict;
 
+/// The pytest runner of a zygote (see `crate::warm`).
+pub(crate) const PYTEST_ZYGOTE: &str = include_str!("pytest/zygote.py");
+/// The unittest runner of a zygote.
+pub(crate) const UNITTEST_ZYGOTE: &str = include_str!("unittest_zygote.py");
+
 use std::collections::BTreeMap;
 
 use isotest_protocol::artifact::ArtifactIndex;
@@ -118,6 +123,23 @@ pub(crate) trait Adapter: Sync {
         _stdout: &str,
     ) -> Vec<String> {
         Vec::new()
+    }
+
+    /// How a test could start warm, forked from a zygote that has imported the framework and
+    /// collected the test's file; `Err` says why it cannot (it then starts cold), `Ok(None)`
+    /// that this framework never starts warm.
+    fn warm(
+        &self,
+        _test: &TestSpec,
+        _tools: &Toolchain,
+    ) -> Result<Option<crate::warm::WarmPlan>, String> {
+        Ok(None)
+    }
+
+    /// What a warm child reported, as the report its cold run writes (`Ok(None)`: none); `Err`
+    /// says why the test must run cold after all (the zygote did not collect it).
+    fn warm_report<'r>(&self, report: &'r [u8]) -> Result<Option<&'r [u8]>, String> {
+        Ok((!report.is_empty()).then_some(report))
     }
 
     /// Lays out a test to run from a prepared build: its one binary, for its one test. False

@@ -11,6 +11,7 @@ use super::verdict::{
     Exit, Observed, Verdict, all_skipped, errored, failed_or_errored, signal_name, verdict,
 };
 use super::{Adapter, Plan, Toolchain};
+use crate::warm::WarmPlan;
 use isotest_protocol::result::{CaseResult, CaseStatus};
 
 /// The unittest adapter.
@@ -92,6 +93,28 @@ impl Adapter for Unittest {
                 signal_name(sig)
             )),
         }
+    }
+
+    fn warm(&self, test: &TestSpec, tools: &Toolchain) -> Result<Option<WarmPlan>, String> {
+        let TestBody::TestId(id) = &test.body else {
+            return Err("only a test id starts warm (inline code and commands start cold)".into());
+        };
+        // `package.module.Class.test_method`: the zygote imports the module.
+        let parts: Vec<&str> = id.split('.').collect();
+        if parts.len() < 3 {
+            return Err(format!("`{id}` names no test method of a module's class"));
+        }
+        let module = parts[..parts.len() - 2].join(".");
+        Ok(Some(WarmPlan {
+            group: module.clone(),
+            command: vec![
+                path_str(&tools.python),
+                "-c".into(),
+                crate::warm::program(super::UNITTEST_ZYGOTE),
+                module,
+            ],
+            request: serde_json::json!({ "test_id": id }),
+        }))
     }
 
     fn listing(&self, entry: &DiscoverEntry, tools: &Toolchain) -> Vec<String> {

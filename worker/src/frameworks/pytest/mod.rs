@@ -10,6 +10,7 @@ use super::verdict::{
     verdict,
 };
 use super::{Adapter, JUNIT_PATH, Plan, Toolchain, junit_cases};
+use crate::warm::WarmPlan;
 
 /// The file inline `code` is written to (pytest and unittest import it by this name).
 pub const PYTHON_CODE_FILE: &str = "test_isotest.py";
@@ -94,6 +95,36 @@ impl Adapter for Pytest {
             )),
         };
         require_report("pytest", judged, problem)
+    }
+
+    fn warm(&self, test: &TestSpec, tools: &Toolchain) -> Result<Option<WarmPlan>, String> {
+        let TestBody::TestId(id) = &test.body else {
+            return Err("only a test id starts warm (inline code and commands start cold)".into());
+        };
+        // A node id is its file, then `::` and the test's path in it.
+        let Some((file, _)) = id.split_once("::") else {
+            return Err(format!("`{id}` names no test inside a file"));
+        };
+        let mut command = vec![
+            path_str(&tools.python),
+            "-c".into(),
+            crate::warm::program(super::PYTEST_ZYGOTE),
+            "-q".into(),
+        ];
+        command.extend(junit_opts());
+        command.push(file.to_owned());
+        Ok(Some(WarmPlan {
+            group: file.to_owned(),
+            command,
+            request: serde_json::json!({ "test_id": id }),
+        }))
+    }
+
+    fn warm_report<'r>(&self, report: &'r [u8]) -> Result<Option<&'r [u8]>, String> {
+        if report.starts_with(b"not collected") {
+            return Err("the warm interpreter did not collect this id".into());
+        }
+        Ok(Some(report))
     }
 
     fn listing(&self, entry: &DiscoverEntry, tools: &Toolchain) -> Vec<String> {
