@@ -533,11 +533,13 @@ impl Zygote {
             cpu: cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default(),
             wall,
         };
+        // Its init exits with the test's status as a shell gives it (128 + a signal); it
+        // dies of a signal only when the worker killed it.
         let command = status.map(|status| {
             if libc::WIFSIGNALED(status) {
                 StageExit::Signal(libc::WTERMSIG(status))
             } else {
-                StageExit::Code(libc::WEXITSTATUS(status))
+                StageExit::from_shell_status(libc::WEXITSTATUS(status))
             }
         });
         Ok(ForkOutcome {

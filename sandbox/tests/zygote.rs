@@ -120,8 +120,8 @@ out.append("threads=%d" % threading.active_count())
             "new=False",
             "tmp=[]",
             "zygote-file=zygote",
-            "pid=1",
-            "procs=1",
+            "pid=2",
+            "procs=2",
             "threads=1",
         ] {
             assert!(
@@ -215,6 +215,9 @@ async fn limits_hold_for_forked_tests_and_the_zygote_survives_them() {
     );
     let failing = fork(&zygote, "code = 3").await;
     assert_eq!(failing.outcome.command, Some(StageExit::Code(3)));
+    // A test that kills itself dies of it, as it would as pid 2 of a cold sandbox.
+    let crash = fork(&zygote, "os.kill(os.getpid(), 11)").await;
+    assert_eq!(crash.outcome.command, Some(StageExit::Signal(11)));
     let env = zygote
         .fork(
             json!({"code": "out.append(os.environ['ISOTEST_ATTEMPT'])"}),

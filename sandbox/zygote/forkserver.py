@@ -6,13 +6,15 @@
 #
 #   parent (before fork)  setns back to its own pid namespace, unshare(CLONE_NEWPID): the
 #                         child is pid 1 of a new pid namespace
-#   child                 joins the test's cgroup (fds passed by the worker), unshares mount,
+#   child (pid 1)         joins the test's cgroup (fds passed by the worker), unshares mount,
 #                         network, ipc, uts and cgroup namespaces, mounts a private tmpfs
 #                         /tmp and /dev/shm, a private copy-on-write overlay of the
 #                         workspace, a fresh devpts and proc, brings its loopback up, takes
 #                         the test's stdout and stderr, closes the server's own fds (the
 #                         control socket, the other children's pidfds), drops every
-#                         capability, installs the strict seccomp filter, then runs the test
+#                         capability, installs the strict seccomp filter, then forks the
+#                         test as pid 2 (as a cold sandbox has it) and reaps until it ends,
+#                         exiting with its status as a shell gives it (128 + a signal)
 #
 # The worker talks to it over a SOCK_SEQPACKET socket at fd 6, one JSON message a packet:
 #   worker -> server   {"op": "configure", "seccomp": hex, "tmp_bytes": n}
@@ -189,22 +191,42 @@ class ForkServer:
                 os.write(fds[1], ("isotest: the warm sandbox could not be made: %s\n" % e).encode())
             finally:
                 os._exit(125)
+        os.write(result, b"isolated\n")
+        # As in a cold sandbox, the test is pid 2 under an init that reaps what it leaves and
+        # reports how it ended: pid 1 ignores signals it has no handler for, even its own.
         try:
-            os.environ.update(request.get("env") or {})
-            os.write(result, b"isolated\n")
-            code = run_one(request, result)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:  # noqa: BLE001 - a crash of the runner is the test's error
-            import traceback
+            test = os.fork()
+        except OSError as e:
+            os.write(2, ("isotest: cannot start the test: %s\n" % e).encode())
+            os._exit(125)
+        if test == 0:
+            try:
+                os.environ.update(request.get("env") or {})
+                code = run_one(request, result)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001 - a crash of the runner is the test's error
+                import traceback
 
-            traceback.print_exc()
-            code = 3
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+                traceback.print_exc()
+                code = 3
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        os.close(result)
+        code = 1
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid == test:
+                # The status as a shell gives it: the exit code, or 128 + the signal.
+                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+                break
+        os._exit(code)
 
     def isolate(self, fds):
         stdout, stderr, result = fds[0], fds[1], fds[2]
