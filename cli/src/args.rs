@@ -249,6 +249,9 @@ pub struct AggregatorArgs {
     pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Which internal hosts a suite's `callback_url` may reach (none by default).
+    #[command(flatten)]
+    pub egress: isotest_infra::egress::EgressArgs,
 }
 
 /// How the aggregator signs the `suite.finished` webhooks it sends.

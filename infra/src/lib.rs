@@ -2,12 +2,14 @@
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
 //! one write of a suite's report and its reading ([`reports`]), reading a suite's
-//! record and results ([`suites`]), cancelling a suite ([`cancel`]), logging
+//! record and results ([`suites`]), cancelling a suite ([`cancel`]), where a tenant's
+//! URL may send a request ([`egress`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
 //! shutdown signal ([`shutdown`]).
 
 pub mod amqp;
 pub mod cancel;
+pub mod egress;
 pub mod metrics;
 pub mod reports;
 pub mod results;

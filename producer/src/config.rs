@@ -1,11 +1,12 @@
 //! The producer's settings: where RabbitMQ and Redis are, where to listen, how large a
-//! request may be, the deadline of a suite that names none, and whether every request
-//! needs an API token.
+//! request may be, the deadline of a suite that names none, and whether the API is open
+//! to requests without a token (it is not, unless the operator says so).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use isotest_infra::Endpoints;
+use isotest_infra::egress::EgressArgs;
 
 /// The address the producer listens on when none is given.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -29,10 +30,19 @@ pub struct Config {
     /// Deadline of a suite whose manifest sets none ("1h", "90m", ...).
     #[arg(long, env = "ISOTEST_DEFAULT_DEADLINE", default_value = "1h", value_parser = parse_duration)]
     pub default_deadline: Duration,
-    /// Refuse every /v1 request without a valid API token, even while no token exists
-    /// (without it, the API is open until the first `isotest token add`).
+    /// Accept /v1 requests without a token (anonymous, no quota): for a producer only
+    /// its own machine can reach. Without it every /v1 request needs a token from
+    /// `isotest token add NAME`. `isotest up` is open by default when it listens on a
+    /// loopback address.
+    #[arg(long, env = "ISOTEST_OPEN", conflicts_with = "require_token")]
+    pub open: bool,
+    /// Refuse every /v1 request without a valid API token: the producer's default,
+    /// said explicitly (for `isotest up`, which is otherwise open on loopback).
     #[arg(long, env = "ISOTEST_REQUIRE_TOKEN")]
     pub require_token: bool,
+    /// Which internal hosts a suite's `callback_url` may name (none by default).
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -63,7 +73,9 @@ impl Config {
             listen,
             limits: Limits::default(),
             default_deadline: DEFAULT_DEADLINE,
+            open: false,
             require_token: false,
+            egress: EgressArgs::default(),
         }
     }
 }
@@ -89,6 +101,18 @@ mod tests {
         assert_eq!(cli.config.limits, Limits::default());
         assert_eq!(cli.config.default_deadline, DEFAULT_DEADLINE);
         assert_eq!(cli.config.listen.port(), 8080);
+        assert!(
+            !cli.config.open,
+            "a producer is closed unless told otherwise"
+        );
+    }
+
+    #[test]
+    fn open_and_require_token_exclude_each_other() {
+        let cli = Cli::try_parse_from(["producer", "--open"]).expect("--open parses");
+        assert!(cli.config.open);
+        let err = Cli::try_parse_from(["producer", "--open", "--require-token"]).expect_err("both");
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,12 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use isotest_protocol::api::{ApiError, BlobStored, Submitted, SuiteStatus, parse_blob_reference};
+use isotest_protocol::api::{
+    ApiError, BlobStored, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
+};
 use isotest_protocol::report::SuiteState;
+
+use isotest_infra::egress::{EgressError, EgressPolicy};
 
 use crate::auth::{self, Caller};
 use crate::config::Limits;
@@ -33,8 +37,10 @@ pub struct AppState {
     pub publisher: Publisher,
     pub limits: Limits,
     pub default_deadline: Duration,
-    /// Refuse `/v1` requests without a token even while no token exists.
-    pub require_token: bool,
+    /// Accept `/v1` requests without a token (`--open`).
+    pub open: bool,
+    /// Where a suite's `callback_url` may point.
+    pub egress: EgressPolicy,
 }
 
 /// The OpenAPI document of this API, served at `GET /openapi.yaml`.
@@ -50,6 +56,8 @@ pub enum ApiFailure {
         ORIGIN = suite::ORIGIN
     )]
     MissingBlob(String),
+    #[error("{ORIGIN}: callback_url", ORIGIN = suite::ORIGIN)]
+    Callback(#[source] EgressError),
     #[error("{what} is {size} bytes, more than the limit of {limit}")]
     TooLarge {
         what: &'static str,
@@ -104,6 +112,7 @@ impl ApiFailure {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiFailure::Submit(_)
+            | ApiFailure::Callback(_)
             | ApiFailure::MissingBlob(_)
             | ApiFailure::BadSuiteId(_)
             | ApiFailure::BadBlobReference(_)
@@ -256,9 +265,20 @@ async fn submit(
     )
     .await?;
     let suite = suite::parse(&body)?;
+    // Checked now so the submitter hears it; the aggregator checks again when it
+    // delivers, connecting only to the addresses it checked then.
+    if let Some(url) = &suite.callback_url {
+        state
+            .egress
+            .check_url(url)
+            .await
+            .map_err(ApiFailure::Callback)?;
+    }
     if let Some(reference) = &suite.workspace {
         let hex = parse_blob_reference(reference).unwrap_or_default();
-        if !state.store.blob_exists(hex).await? {
+        // Only a blob this caller uploaded: a digest seen elsewhere is no licence to
+        // run another tenant's workspace.
+        if !state.store.blob_exists(hex, caller.blob_owner()).await? {
             return Err(ApiFailure::MissingBlob(reference.clone()));
         }
     }
@@ -270,7 +290,8 @@ async fn submit(
     let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
-        let record = suite::record(&id, &suite, now, state.default_deadline);
+        let mut record = suite::record(&id, &suite, now, state.default_deadline);
+        record.owner = caller.owner();
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
         match &caller {
@@ -332,14 +353,15 @@ pub fn parse_suite_id(text: &str) -> Result<String, ApiFailure> {
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
     let id = parse_suite_id(&id)?;
-    let record = state.store.suite(&id).await?;
+    let record = visible_record(&state, &caller, &id).await?;
     let report = state.store.report(&id).await?;
     let done = state.store.done_count(&id).await?;
-    let status = match (record, report) {
-        (_, Some(StoredReport { report, .. })) => SuiteStatus {
+    let status = match report {
+        Some(StoredReport { report, .. }) => SuiteStatus {
             id,
             name: report.suite,
             state: report.state,
@@ -347,7 +369,7 @@ async fn status(
             done,
             summary: Some(report.summary),
         },
-        (Some(record), None) => SuiteStatus {
+        None => SuiteStatus {
             id,
             name: record.name,
             state: SuiteState::Running,
@@ -355,7 +377,6 @@ async fn status(
             done,
             summary: None,
         },
-        (None, None) => return Err(ApiFailure::SuiteNotFound(id)),
     };
     Ok(Json(status))
 }
@@ -367,10 +388,12 @@ async fn status(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
     use isotest_infra::cancel::Cancelled;
     let id = parse_suite_id(&id)?;
+    visible_record(&state, &caller, &id).await?;
     match state.store.cancel(&id).await? {
         Cancelled::Now(report) => {
             tracing::info!(cancelled = report.summary.cancelled, "Cancelled the suite.");
@@ -402,32 +425,51 @@ fn state_name(state: SuiteState) -> &'static str {
     }
 }
 
+/// The suite's record, if the caller may see the suite (see [`Caller::may_see`]).
+///
+/// # Errors
+///
+/// Another token's suite is [`ApiFailure::SuiteNotFound`], exactly as an unknown one
+/// (404, not 403), so a suite id says nothing about other tenants' suites; a suite
+/// without a record (whose owner cannot be told) is not found either.
+async fn visible_record(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<SuiteRecord, ApiFailure> {
+    match state.store.suite(id).await? {
+        Some(record) if caller.may_see(record.owner.as_deref()) => Ok(record),
+        Some(_) | None => Err(ApiFailure::SuiteNotFound(id.to_owned())),
+    }
+}
+
 /// The report, or why there is none yet.
-async fn stored_report(state: &AppState, id: &str) -> Result<StoredReport, ApiFailure> {
+async fn stored_report(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredReport, ApiFailure> {
     let id = parse_suite_id(id)?;
+    let record = visible_record(state, caller, &id).await?;
     if let Some(report) = state.store.report(&id).await? {
         return Ok(report);
     }
-    match state.store.suite(&id).await? {
-        None => Err(ApiFailure::SuiteNotFound(id)),
-        Some(record) => {
-            let done = state.store.done_count(&id).await?;
-            Err(ApiFailure::Running {
-                id,
-                done,
-                total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
-            })
-        }
-    }
+    let done = state.store.done_count(&id).await?;
+    Err(ApiFailure::Running {
+        id,
+        done,
+        total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
+    })
 }
 
 /// `GET /v1/suites/{id}/report`: the JSON exactly as the aggregator wrote it.
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], stored.json).into_response())
 }
 
@@ -435,9 +477,10 @@ async fn report(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report_junit(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     let xml = isotest_report::junit(&stored.report);
     Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response())
 }
@@ -446,15 +489,17 @@ async fn report_junit(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report_ctrf(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     Ok(Json(isotest_report::ctrf(&stored.report)))
 }
 
 /// `PUT /v1/blobs/{reference}`: store a workspace under its sha256.
 async fn put_blob(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -470,24 +515,31 @@ async fn put_blob(
             actual,
         });
     }
-    let written = state.store.put_blob(&expected, &bytes).await?;
+    let written = state
+        .store
+        .put_blob(&expected, &bytes, caller.uploader())
+        .await?;
     let size = bytes.len() as u64;
     tracing::info!(reference, size, written, "Stored blob.");
     Ok((StatusCode::CREATED, Json(BlobStored { reference, size })))
 }
 
-/// `HEAD /v1/blobs/{reference}`: 200 if stored, so clients can skip the upload.
+/// `HEAD /v1/blobs/{reference}`: 200 if this caller has stored it, so it can skip the
+/// upload; another tenant's blob is 404, so a digest tells nothing of other tenants.
 async fn head_blob(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ApiFailure> {
     let hex = parse_blob_reference(&reference)
         .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?;
-    Ok(if state.store.blob_exists(hex).await? {
-        StatusCode::OK
-    } else {
-        StatusCode::NOT_FOUND
-    })
+    Ok(
+        if state.store.blob_exists(hex, caller.blob_owner()).await? {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        },
+    )
 }
 
 #[cfg(test)]

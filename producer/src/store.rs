@@ -349,24 +349,36 @@ impl Store {
         Ok(cancel::cancel(&mut conn, &self.ns, id).await?)
     }
 
-    /// Whether the blob with this sha256 (hex) is stored.
+    /// Whether the blob with this sha256 (hex) is stored and `owner` uploaded it (any
+    /// owner when none is given: an admin's view).
     ///
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn blob_exists(&self, hex: &str) -> Result<bool, StoreError> {
+    pub async fn blob_exists(&self, hex: &str, owner: Option<&str>) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(conn.exists(self.ns.blob_key(hex)).await?)
+        let exists = conn.exists(self.ns.blob_key(hex)).await?;
+        Ok(match owner {
+            Some(owner) if exists => conn.sismember(self.ns.blob_owners_key(hex), owner).await?,
+            _ => exists,
+        })
     }
 
-    /// Stores a blob unless it is already there; returns whether it was written.
+    /// Stores a blob unless it is already there, and adds `owner` to its owners (who
+    /// has shown the bytes); returns whether the bytes were written.
     ///
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn put_blob(&self, hex: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+    pub async fn put_blob(&self, hex: &str, bytes: &[u8], owner: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         // Content-addressed: an existing value is the same bytes, so NX skips the copy.
-        Ok(conn.set_nx(self.ns.blob_key(hex), bytes).await?)
+        let (written, _added): (bool, i64) = redis::pipe()
+            .atomic()
+            .set_nx(self.ns.blob_key(hex), bytes)
+            .sadd(self.ns.blob_owners_key(hex), owner)
+            .query_async(&mut conn)
+            .await?;
+        Ok(written)
     }
 }

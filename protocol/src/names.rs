@@ -109,6 +109,16 @@ impl Namespace {
     pub fn blob_key(&self, sha256_hex: &str) -> String {
         format!("{}:blob:{sha256_hex}", self.0)
     }
+
+    /// Set of the owners of a blob: the names of the tokens that uploaded its bytes
+    /// ([`Namespace::ANONYMOUS_OWNER`] for uploads without a token). Only they may
+    /// see it or run suites on it.
+    pub fn blob_owners_key(&self, sha256_hex: &str) -> String {
+        format!("{}:blob-owners:{sha256_hex}", self.0)
+    }
+
+    /// The owner of what was uploaded without a token: no token name contains `:`.
+    pub const ANONYMOUS_OWNER: &str = ":anonymous";
 }
 
 impl fmt::Display for Namespace {

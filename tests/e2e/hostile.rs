@@ -1,0 +1,261 @@
+//! Hostile input and tenant boundaries, through the real path (producer, RabbitMQ,
+//! worker, Redis, aggregator): each attack is refused or contained with a clear error,
+//! the services survive it, and another tenant's suite running at the same time
+//! completes with every verdict right.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use isotest_protocol::api::{Submitted, SuiteStatus};
+use isotest_protocol::report::SuiteState;
+
+use crate::auth::{add_token, manifest, refusal, submit, url};
+use crate::support::TestEnv;
+
+/// `isotest token add NAME --admin`: the printed token.
+fn add_admin(env: &TestEnv, name: &str) -> Result<String> {
+    let output = env.command(&["token", "add", name, "--admin"]).output()?;
+    ensure!(output.status.success(), "{output:?}");
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// A request with a bearer token.
+fn with(
+    token: &str,
+    method: reqwest::Method,
+    env: &TestEnv,
+    path: &str,
+) -> Result<reqwest::RequestBuilder> {
+    Ok(reqwest::Client::new()
+        .request(method, url(env, path)?)
+        .bearer_auth(token))
+}
+
+/// A suite is its submitter's: another token reads, cancels and runs on nothing of
+/// it, and hears 404 exactly as for a suite that does not exist, so ids leak nothing.
+/// An admin token sees every suite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_reads_and_cancels_only_its_own_suites_and_blobs() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.open = false;
+    // No workers: the suite stays running, so cancelling it would change it.
+    env.start(0, 1).await?;
+    let alice = add_token(&env, "alice", None)?;
+    let mallory = add_token(&env, "mallory", None)?;
+    let admin = add_admin(&env, "operator")?;
+
+    let submitted = submit(
+        &env,
+        Some(&format!("Bearer {alice}")),
+        &manifest("alices", 2),
+    )
+    .await?;
+    ensure!(submitted.status().as_u16() == 202);
+    let submitted: Submitted = submitted.json().await?;
+    let id = submitted.id.clone();
+    let unknown = uuid::Uuid::now_v7().to_string();
+
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::GET, "".to_owned()),
+        (Method::GET, "/report".to_owned()),
+        (Method::GET, "/report.xml".to_owned()),
+        (Method::GET, "/report.ctrf.json".to_owned()),
+        (Method::DELETE, "".to_owned()),
+    ] {
+        let theirs = refusal(
+            with(
+                &mallory,
+                method.clone(),
+                &env,
+                &format!("/v1/suites/{id}{path}"),
+            )?
+            .send()
+            .await?,
+        )
+        .await?;
+        let none = refusal(
+            with(
+                &mallory,
+                method.clone(),
+                &env,
+                &format!("/v1/suites/{unknown}{path}"),
+            )?
+            .send()
+            .await?,
+        )
+        .await?;
+        ensure!(
+            theirs == (404, format!("suite {id} not found")),
+            "{method} {path}: {theirs:?}"
+        );
+        ensure!(
+            none == (404, format!("suite {unknown} not found")),
+            "{method} {path}: {none:?}"
+        );
+    }
+    // Mallory's DELETE changed nothing: the suite still runs for its owner.
+    let status: SuiteStatus = with(&alice, Method::GET, &env, &submitted.status_url)?
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(status.state == SuiteState::Running, "{status:?}");
+    // An admin sees it.
+    let seen = with(&admin, Method::GET, &env, &submitted.status_url)?
+        .send()
+        .await?;
+    ensure!(seen.status().as_u16() == 200, "{}", seen.status());
+
+    // Blobs: Alice's workspace is hers. Mallory cannot tell it exists, nor run on it.
+    let bytes = b"alice's workspace".to_vec();
+    let reference = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    let blob = format!("/v1/blobs/{reference}");
+    let put = with(&alice, Method::PUT, &env, &blob)?
+        .body(bytes.clone())
+        .send()
+        .await?;
+    ensure!(put.status().as_u16() == 201, "{}", put.status());
+    let head =
+        |token: &str| -> Result<reqwest::RequestBuilder> { with(token, Method::HEAD, &env, &blob) };
+    ensure!(head(&alice)?.send().await?.status().as_u16() == 200);
+    ensure!(head(&mallory)?.send().await?.status().as_u16() == 404);
+    let mut on_alices: Value = manifest("on-alices", 1);
+    on_alices["workspace"] = json!(reference);
+    let (status, error) =
+        refusal(submit(&env, Some(&format!("Bearer {mallory}")), &on_alices).await?).await?;
+    ensure!(
+        status == 400 && error.contains("is not stored"),
+        "{status} {error}"
+    );
+    // Uploading the same bytes proves Mallory has them: then the blob is hers too.
+    let put = with(&mallory, Method::PUT, &env, &blob)?
+        .body(bytes)
+        .send()
+        .await?;
+    ensure!(put.status().as_u16() == 201, "{}", put.status());
+    ensure!(head(&mallory)?.send().await?.status().as_u16() == 200);
+
+    // The owner cancels.
+    let cancelled = with(&alice, Method::DELETE, &env, &submitted.status_url)?
+        .send()
+        .await?;
+    ensure!(cancelled.status().as_u16() == 200, "{}", cancelled.status());
+    let report = with(&alice, Method::GET, &env, &submitted.report_url)?
+        .send()
+        .await?;
+    ensure!(report.status().as_u16() == 200);
+    env.stop();
+    env.cleanup().await.context("clean up")
+}
+
+/// A receiver on 127.0.0.1 counting the requests it gets; its base URL and the count.
+async fn counting_receiver() -> Result<(String, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { axum::http::StatusCode::NO_CONTENT }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((base, hits))
+}
+
+fn hooked(name: &str, callback: &str) -> String {
+    format!(
+        "name = \"{name}\"\ncallback_url = \"{callback}\"\n\n[[tests]]\nname = \"ok\"\ncommand = [\"true\"]\n"
+    )
+}
+
+/// Webhook SSRF: a `callback_url` naming loopback, link-local (cloud metadata),
+/// private addresses, or a name resolving to one, is refused at submission with one
+/// line and exit 2; and the aggregator checks again when it delivers, so a URL that
+/// got past the producer (a name rebound since, or a producer that allows what the
+/// aggregator does not) reaches nothing internal.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_to_internal_addresses_are_refused_at_submission_and_delivery() -> Result<()> {
+    let (base, hits) = counting_receiver().await?;
+    let port = base.rsplit(':').next().context("a port")?.to_owned();
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let cases = [
+        (
+            format!("{base}/hook"),
+            "127.0.0.1 is a loopback address 127.0.0.1",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "169.254.169.254 is a link-local address 169.254.169.254",
+        ),
+        (
+            "http://10.1.2.3/hook".to_owned(),
+            "10.1.2.3 is a private address",
+        ),
+        ("http://192.168.0.1/hook".to_owned(), "is a private address"),
+        (
+            format!("http://localhost:{port}/hook"),
+            "localhost is a loopback address",
+        ),
+        (
+            format!("http://2130706433:{port}/hook"),
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            "is a loopback address",
+        ),
+    ];
+    for (i, (callback, expected)) in cases.iter().enumerate() {
+        let manifest = env.write(&format!("ssrf-{i}.toml"), &hooked("ssrf", callback));
+        let run = env.run_suite(&manifest, &format!("ssrf-{i}"), true, &[]);
+        let stderr = run.stderr();
+        ensure!(run.code() == Some(2), "{callback}: {stderr}");
+        ensure!(
+            stderr.contains("callback_url: ") && stderr.contains(expected),
+            "{callback}: expected `{expected}` in {stderr}"
+        );
+        ensure!(stderr.trim().lines().count() == 1, "one line: {stderr}");
+    }
+    ensure!(
+        env.suite_keys().await?.is_empty(),
+        "a refused suite is not recorded"
+    );
+    env.stop();
+    env.cleanup().await?;
+
+    // At delivery: this producer allows loopback, the aggregator does not.
+    let mut env = TestEnv::new().await;
+    env.producer_args = vec!["--allow-callback-host".into(), "127.0.0.1".into()];
+    env.start(1, 2).await?;
+    let manifest = env.write("rebound.toml", &hooked("rebound", &format!("{base}/hook")));
+    let run = env.run_suite(&manifest, "rebound", true, &[]);
+    ensure!(
+        run.code() == Some(0),
+        "the suite itself passes: {}",
+        run.stderr()
+    );
+    crate::support::poll(
+        std::time::Duration::from_secs(30),
+        "the aggregator to give the webhook up",
+        || async {
+            Ok(env
+                .log("aggregator")
+                .iter()
+                .any(|l| l.contains("Gave up delivering") && l.contains("is a loopback address")))
+        },
+    )
+    .await
+    .with_context(|| env.log("aggregator").join("\n"))?;
+    ensure!(
+        hits.load(Ordering::SeqCst) == 0,
+        "no request reached the internal receiver"
+    );
+    env.stop();
+    env.cleanup().await
+}
