@@ -158,6 +158,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
         concurrency: settings.concurrency,
         drain_timeout: settings.drain_timeout,
         max_test_timeout: settings.max_test_timeout,
+        suite_output_bytes: settings.suite_output_bytes,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }

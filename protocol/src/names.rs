@@ -105,6 +105,11 @@ impl Namespace {
         format!("{}:token:{token_name}:suites", self.0)
     }
 
+    /// Counter of the output bytes a suite's results have taken of its budget.
+    pub fn output_budget_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:output-bytes", self.0)
+    }
+
     /// A content-addressed blob (a packed workspace).
     pub fn blob_key(&self, sha256_hex: &str) -> String {
         format!("{}:blob:{sha256_hex}", self.0)

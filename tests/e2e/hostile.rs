@@ -259,3 +259,115 @@ async fn webhooks_to_internal_addresses_are_refused_at_submission_and_delivery()
     env.stop();
     env.cleanup().await
 }
+
+/// A TOML suite of `n` tests, test `i` being `body(i)` (its fields after the name).
+fn toml_suite(name: &str, n: usize, body: impl Fn(usize) -> String) -> String {
+    let mut toml = format!("name = \"{name}\"\n");
+    for i in 0..n {
+        toml.push_str(&format!("\n[[tests]]\nname = \"t{i:04}\"\n{}\n", body(i)));
+    }
+    toml
+}
+
+/// The other tenant's suite: passes and failures that must come out exactly so.
+fn bystander(env: &TestEnv, label: &str) -> std::path::PathBuf {
+    env.write(
+        &format!("{label}.toml"),
+        &toml_suite("bystander", 20, |i| {
+            if i % 4 == 0 {
+                format!("command = [\"sh\", \"-c\", \"exit {}\"]", 1 + i % 3)
+            } else {
+                "command = [\"true\"]".to_owned()
+            }
+        }),
+    )
+}
+
+/// Checks a bystander's report: every verdict right.
+fn check_bystander(run: &crate::support::RunResult) -> Result<()> {
+    use isotest_protocol::result::Status;
+    let report = run.report();
+    ensure!(report.state == SuiteState::Complete, "{:?}", report.state);
+    ensure!(report.tests.len() == 20);
+    for (i, test) in report.tests.iter().enumerate() {
+        let expected = if i % 4 == 0 {
+            Status::Failed
+        } else {
+            Status::Passed
+        };
+        ensure!(
+            test.status == expected,
+            "{}: {:?} ({:?})",
+            test.name,
+            test.status,
+            test.reason
+        );
+    }
+    Ok(())
+}
+
+/// Output flooding: a suite of 2,000 tests each printing 16 KiB of NUL bytes (96 KiB
+/// as JSON escapes them: 190 MB in all) holds no more than its output budget in Redis,
+/// each cut text marked; another tenant's suite beside it completes with every
+/// verdict right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suite_flooding_output_holds_no_more_than_its_budget() -> Result<()> {
+    const TESTS: usize = 2_000;
+    const BUDGET: u64 = 1024 * 1024;
+    let mut env = TestEnv::new().await;
+    env.service_env
+        .push(("ISOTEST_SUITE_OUTPUT_BYTES".into(), BUDGET.to_string()));
+    env.start(2, 4).await?;
+    let flood = env.write(
+        "flood.toml",
+        &toml_suite("flood", TESTS, |_| {
+            "command = [\"head\", \"-c\", \"16384\", \"/dev/zero\"]".to_owned()
+        }),
+    );
+    let bystander = bystander(&env, "bystander");
+    let (flooded, beside) = std::thread::scope(|scope| {
+        let flooded = scope.spawn(|| env.run_suite(&flood, "flood", true, &[]));
+        let beside = scope.spawn(|| env.run_suite(&bystander, "bystander", true, &[]));
+        (flooded.join(), beside.join())
+    });
+    let flooded = flooded.map_err(|_| anyhow::anyhow!("the flood's run panicked"))?;
+    let beside = beside.map_err(|_| anyhow::anyhow!("the bystander's run panicked"))?;
+    check_bystander(&beside)?;
+
+    let report = flooded.report();
+    ensure!(flooded.code() == Some(0), "{}", flooded.stderr());
+    ensure!(report.tests.len() == TESTS);
+    let cut = report
+        .tests
+        .iter()
+        .filter(|t| t.stdout.ends_with(isotest_infra::output_budget::MARKER))
+        .count();
+    ensure!(cut > TESTS / 2, "most tests' output was cut: {cut}");
+
+    // What the results hold in Redis: the budget, plus a marker per cut text.
+    let ns = isotest_protocol::names::Namespace::new(&env.ns)?;
+    let client = redis::Client::open(env.servers.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let results: Vec<String> = redis::cmd("HVALS")
+        .arg(ns.results_key(&report.suite_id))
+        .query_async(&mut redis)
+        .await?;
+    ensure!(results.len() == TESTS);
+    let mut held = 0u64;
+    for json in &results {
+        let mut result: isotest_protocol::result::TestResult = serde_json::from_str(json)?;
+        let markers = result
+            .stdout
+            .matches(isotest_infra::output_budget::MARKER)
+            .count() as u64;
+        held += isotest_infra::output_budget::cost(&mut result)
+            - markers
+                * isotest_infra::output_budget::json_len(isotest_infra::output_budget::MARKER);
+    }
+    ensure!(
+        held <= BUDGET,
+        "the results hold {held} bytes of output, more than the budget of {BUDGET}"
+    );
+    env.stop();
+    env.cleanup().await
+}

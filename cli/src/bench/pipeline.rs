@@ -70,6 +70,7 @@ pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
             concurrency: args.concurrency,
             drain_timeout: Duration::from_secs(10),
             max_test_timeout: isotest_worker::service::DEFAULT_MAX_TEST_TIMEOUT,
+            suite_output_bytes: isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES,
         };
         let worker = Worker::build(config, runner)
             .await
