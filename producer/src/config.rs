@@ -14,6 +14,16 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = isotest_protocol::manifest::MAX_MANIFEST_BYTES as u64;
 /// The largest workspace blob, in bytes.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
+/// The most blob bytes the producer holds in memory at once, over every upload.
+pub const DEFAULT_UPLOAD_BUFFER_BYTES: u64 = 1024 * 1024 * 1024;
+/// How long one blob upload may take, from its first byte to its last.
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most blobs one token may have stored at once.
+pub const DEFAULT_MAX_BLOBS_PER_TOKEN: u32 = 1000;
+/// The most blob bytes one token may have stored at once.
+pub const DEFAULT_MAX_BLOB_BYTES_PER_TOKEN: u64 = 4 * 1024 * 1024 * 1024;
+/// How long a blob is kept after its upload or its last use by a suite.
+pub const DEFAULT_BLOB_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a suite may run when its manifest sets no `deadline`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -54,6 +64,24 @@ pub struct Limits {
     /// Largest `PUT /v1/blobs` body, in bytes.
     #[arg(long, env = "ISOTEST_MAX_BLOB_BYTES", default_value_t = DEFAULT_MAX_BLOB_BYTES)]
     pub max_blob_bytes: u64,
+    /// The most blob bytes held in memory at once over every upload; an upload waits
+    /// for room (up to 30s or a quarter of --upload-timeout, then 503), so many
+    /// uploads cannot exhaust the producer.
+    #[arg(long, env = "ISOTEST_UPLOAD_BUFFER_BYTES", default_value_t = DEFAULT_UPLOAD_BUFFER_BYTES)]
+    pub upload_buffer_bytes: u64,
+    /// How long one blob upload may take ("5m"); a slower one is cut off with 408.
+    #[arg(long, env = "ISOTEST_UPLOAD_TIMEOUT", default_value = "5m", value_parser = parse_time)]
+    pub upload_timeout: Duration,
+    /// The most blobs one token may have stored at once.
+    #[arg(long, env = "ISOTEST_MAX_BLOBS_PER_TOKEN", default_value_t = DEFAULT_MAX_BLOBS_PER_TOKEN)]
+    pub max_blobs_per_token: u32,
+    /// The most blob bytes one token may have stored at once.
+    #[arg(long, env = "ISOTEST_MAX_BLOB_BYTES_PER_TOKEN", default_value_t = DEFAULT_MAX_BLOB_BYTES_PER_TOKEN)]
+    pub max_blob_bytes_per_token: u64,
+    /// How long a blob is kept after its upload or its last use by a suite ("7d" is
+    /// written "168h"); a suite's deadline extends it.
+    #[arg(long, env = "ISOTEST_BLOB_TTL", default_value = "168h", value_parser = parse_time)]
+    pub blob_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +89,11 @@ impl Default for Limits {
         Limits {
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            upload_buffer_bytes: DEFAULT_UPLOAD_BUFFER_BYTES,
+            upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
+            max_blobs_per_token: DEFAULT_MAX_BLOBS_PER_TOKEN,
+            max_blob_bytes_per_token: DEFAULT_MAX_BLOB_BYTES_PER_TOKEN,
+            blob_ttl: DEFAULT_BLOB_TTL,
         }
     }
 }
@@ -78,6 +111,10 @@ impl Config {
             egress: EgressArgs::default(),
         }
     }
+}
+
+fn parse_time(text: &str) -> Result<Duration, String> {
+    isotest_protocol::duration::parse(text).map_err(|e| format!("duration {e}"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

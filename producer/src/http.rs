@@ -26,7 +26,7 @@ use isotest_infra::egress::{EgressError, EgressPolicy};
 use crate::auth::{self, Caller};
 use crate::config::Limits;
 use crate::publisher::{PublishError, Publisher};
-use crate::store::{OverQuota, Store, StoreError, StoredReport};
+use crate::store::{BlobQuota, OverBlobQuota, OverQuota, Store, StoreError, StoredReport};
 use crate::suite::{self, SubmitError};
 use isotest_infra::error_chain as chain;
 
@@ -41,6 +41,18 @@ pub struct AppState {
     pub open: bool,
     /// Where a suite's `callback_url` may point.
     pub egress: EgressPolicy,
+    /// Room for blob bodies in memory, in KiB: each upload holds its size until done.
+    pub uploads: tokio::sync::Semaphore,
+}
+
+/// How long an upload waits for room in memory before it is refused with 503 (or a
+/// quarter of the upload timeout, if shorter: an upload that holds room is then sure
+/// to be waited on no longer than it may take).
+const UPLOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// The upload room of `bytes`, in the KiB units of [`AppState::uploads`].
+pub fn upload_units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// The OpenAPI document of this API, served at `GET /openapi.yaml`.
@@ -68,6 +80,23 @@ pub enum ApiFailure {
     TooLargeStream { what: &'static str, limit: u64 },
     #[error("could not read the request body")]
     ReadBody(#[source] axum::Error),
+    #[error("the producer is receiving as many uploads as it holds at once; try again shortly")]
+    UploadsBusy,
+    #[error("the upload took longer than {}s", .0.as_secs())]
+    UploadTimeout(Duration),
+    #[error(
+        "{owner} has {count} blobs stored, the most it may have (--max-blobs-per-token); unused blobs expire"
+    )]
+    TooManyBlobs { owner: String, count: u64 },
+    #[error(
+        "{owner} has {stored} bytes of blobs stored; this one's {size} would exceed its limit of {limit} (--max-blob-bytes-per-token)"
+    )]
+    TooManyBlobBytes {
+        owner: String,
+        stored: u64,
+        size: u64,
+        limit: u64,
+    },
     #[error("`{0}` is not a suite id (a UUID)")]
     BadSuiteId(String),
     #[error("`{0}` is not a blob reference; use sha256:<64 lowercase hex digits>")]
@@ -124,7 +153,11 @@ impl ApiFailure {
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiFailure::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiFailure::OverQuota { .. }
+            | ApiFailure::TooManyBlobs { .. }
+            | ApiFailure::TooManyBlobBytes { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiFailure::UploadsBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -281,6 +314,14 @@ async fn submit(
         if !state.store.blob_exists(hex, caller.blob_owner()).await? {
             return Err(ApiFailure::MissingBlob(reference.clone()));
         }
+        // Kept while the suite may run, and the blob TTL after.
+        let deadline = suite
+            .deadline_ms
+            .map_or(state.default_deadline, Duration::from_millis);
+        state
+            .store
+            .keep_blob(hex, state.limits.blob_ttl.saturating_add(deadline))
+            .await?;
     }
     let id = Uuid::now_v7().to_string();
     let token = match &caller {
@@ -507,7 +548,31 @@ async fn put_blob(
     let expected = parse_blob_reference(&reference)
         .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?
         .to_owned();
-    let bytes = read_body(&headers, body, "blob", state.limits.max_blob_bytes).await?;
+    let limits = state.limits;
+    // Room in memory for the whole body (its declared size, or the most a blob may be)
+    // before a byte is read, so concurrent uploads cannot exhaust the producer.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let room = upload_units(
+        declared
+            .unwrap_or(limits.max_blob_bytes)
+            .min(limits.max_blob_bytes),
+    )
+    .min(upload_units(limits.upload_buffer_bytes))
+    .max(1);
+    let wait = UPLOAD_WAIT.min(limits.upload_timeout / 4);
+    let _room = tokio::time::timeout(wait, state.uploads.acquire_many(room))
+        .await
+        .map_err(|_| ApiFailure::UploadsBusy)?
+        .map_err(|_| ApiFailure::UploadsBusy)?;
+    let bytes = tokio::time::timeout(
+        limits.upload_timeout,
+        read_body(&headers, body, "blob", limits.max_blob_bytes),
+    )
+    .await
+    .map_err(|_| ApiFailure::UploadTimeout(limits.upload_timeout))??;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != expected {
         return Err(ApiFailure::DigestMismatch {
@@ -515,13 +580,45 @@ async fn put_blob(
             actual,
         });
     }
-    let written = state
+    let quota = BlobQuota {
+        max_blobs: limits.max_blobs_per_token,
+        max_bytes: limits.max_blob_bytes_per_token,
+        ttl: limits.blob_ttl,
+    };
+    let owner = caller.uploader();
+    let written = match state
         .store
-        .put_blob(&expected, &bytes, caller.uploader())
-        .await?;
+        .put_blob(&expected, &bytes, owner, quota)
+        .await?
+    {
+        Ok(written) => written,
+        Err(OverBlobQuota::Count(count)) => {
+            return Err(ApiFailure::TooManyBlobs {
+                owner: owner_name(owner),
+                count,
+            });
+        }
+        Err(OverBlobQuota::Bytes(stored)) => {
+            return Err(ApiFailure::TooManyBlobBytes {
+                owner: owner_name(owner),
+                stored,
+                size: bytes.len() as u64,
+                limit: limits.max_blob_bytes_per_token,
+            });
+        }
+    };
     let size = bytes.len() as u64;
     tracing::info!(reference, size, written, "Stored blob.");
     Ok((StatusCode::CREATED, Json(BlobStored { reference, size })))
+}
+
+/// How an uploader is named in an error: its token, or that there is none.
+fn owner_name(owner: &str) -> String {
+    if owner == isotest_protocol::names::Namespace::ANONYMOUS_OWNER {
+        "the anonymous uploader".to_owned()
+    } else {
+        format!("token {owner}")
+    }
 }
 
 /// `HEAD /v1/blobs/{reference}`: 200 if this caller has stored it, so it can skip the

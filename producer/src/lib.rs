@@ -77,6 +77,9 @@ impl Producer {
             default_deadline: config.default_deadline,
             open: config.open,
             egress: config.egress.policy(),
+            uploads: tokio::sync::Semaphore::new(
+                http::upload_units(config.limits.upload_buffer_bytes).max(1) as usize,
+            ),
         });
         Ok(Producer { listener, state })
     }

@@ -110,6 +110,12 @@ impl Namespace {
         format!("{}:suite:{suite_id}:output-bytes", self.0)
     }
 
+    /// Hash sha256 hex → size of the blobs a token uploaded (its blob quota); entries
+    /// of expired blobs are dropped at the token's next upload.
+    pub fn token_blobs_key(&self, token_name: &str) -> String {
+        format!("{}:token:{token_name}:blobs", self.0)
+    }
+
     /// A content-addressed blob (a packed workspace).
     pub fn blob_key(&self, sha256_hex: &str) -> String {
         format!("{}:blob:{sha256_hex}", self.0)

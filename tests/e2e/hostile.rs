@@ -489,3 +489,131 @@ async fn amplified_and_unexecutable_suites_are_refused_at_submission() -> Result
     env.stop();
     env.cleanup().await
 }
+
+/// Starts a `PUT` of a blob declaring `declared` bytes, sends `sent` of them and then
+/// nothing: a slow (or hostile) uploader. Returns the open connection.
+async fn stalled_upload(
+    env: &TestEnv,
+    token: &str,
+    declared: usize,
+    sent: usize,
+) -> Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let base = env.producer_url.as_deref().context("producer")?;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let reference = format!("sha256:{}", "c".repeat(64));
+    let head = format!(
+        "PUT /v1/blobs/{reference} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&vec![b'x'; sent]).await?;
+    Ok(stream)
+}
+
+/// The status line's code of the answer on a raw connection.
+async fn answer_status(stream: &mut tokio::net::TcpStream) -> Result<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf))
+        .await
+        .context("an answer within 30s")??;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace()
+        .nth(1)
+        .context("a status line")?
+        .parse()
+        .with_context(|| text.to_string())
+}
+
+/// Blob uploads are bounded: a slow upload is cut off (408), uploads hold no more
+/// memory at once than the producer's buffer (others wait, then 503), and a token
+/// stores no more blobs, nor bytes of blobs, than its limits (429, one line), while
+/// another token's uploads go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_uploads_are_bounded_in_time_memory_and_quota() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.open = false;
+    env.producer_args = [
+        "--upload-timeout",
+        "2s",
+        "--upload-buffer-bytes",
+        "4096",
+        "--max-blob-bytes",
+        "4096",
+        "--max-blobs-per-token",
+        "2",
+        "--max-blob-bytes-per-token",
+        "3000",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    env.start(0, 1).await?;
+    let alice = add_token(&env, "alice", None)?;
+    let bob = add_token(&env, "bob", None)?;
+    let put = |token: &str, bytes: Vec<u8>| {
+        let reference = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let request = with(
+            token,
+            reqwest::Method::PUT,
+            &env,
+            &format!("/v1/blobs/{reference}"),
+        )
+        .map(|r| r.body(bytes));
+        async move { Ok::<_, anyhow::Error>(request?.send().await?) }
+    };
+
+    // A stalled upload holds the whole buffer: another waits, then hears 503; the
+    // stalled one is cut off with 408, and the room is free again.
+    let carol = add_token(&env, "carol", None)?;
+    let mut stalled = stalled_upload(&env, &alice, 4096, 10).await?;
+    // Until the stalled upload's handler holds the room, Carol's small upload goes
+    // through (the same blob each time, which costs her nothing more).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, error) = loop {
+        let answer = put(&carol, vec![1; 100]).await?;
+        if answer.status().as_u16() != 201 {
+            break refusal(answer).await?;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the stalled upload never held the room"
+        );
+    };
+    ensure!(status == 503, "{status} {error}");
+    ensure!(error.contains("try again shortly"), "{error}");
+    ensure!(answer_status(&mut stalled).await? == 408);
+    let ok = put(&bob, vec![1; 100]).await?;
+    ensure!(ok.status().as_u16() == 201, "{}", ok.status());
+
+    // Alice's quota: two blobs, 3000 bytes.
+    for (i, size) in [1000usize, 1000].iter().enumerate() {
+        let ok = put(&alice, vec![i as u8 + 10; *size]).await?;
+        ensure!(ok.status().as_u16() == 201, "{}", ok.status());
+    }
+    let (status, error) = refusal(put(&alice, vec![30; 100]).await?).await?;
+    ensure!(
+        (status, error.as_str())
+            == (
+                429,
+                "token alice has 2 blobs stored, the most it may have (--max-blobs-per-token); unused blobs expire"
+            ),
+        "{status} {error}"
+    );
+    // Uploading one she has again costs nothing more.
+    let again = put(&alice, vec![10; 1000]).await?;
+    ensure!(again.status().as_u16() == 201, "{}", again.status());
+    // Bob has one of 100 bytes: 2,000 more would take him past 3,000.
+    let (status, error) = refusal(put(&bob, vec![40; 3000]).await?).await?;
+    ensure!(
+        status == 429 && error.contains("token bob has 100 bytes of blobs stored; this one's 3000 would exceed its limit of 3000"),
+        "{status} {error}"
+    );
+    let ok = put(&bob, vec![41; 2000]).await?;
+    ensure!(ok.status().as_u16() == 201, "{}", ok.status());
+    // The producer survives it all.
+    let ready = reqwest::get(url(&env, "/readyz")?).await?;
+    ensure!(ready.status().as_u16() == 200);
+    env.stop();
+    env.cleanup().await
+}
