@@ -617,3 +617,177 @@ async fn blob_uploads_are_bounded_in_time_memory_and_quota() -> Result<()> {
     env.stop();
     env.cleanup().await
 }
+
+/// Python in every sandbox (Debian's, under the read-only /usr).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// AF_ALG and AF_VSOCK sockets: refused with EAFNOSUPPORT.
+const SOCKETS: &str = r#"
+import errno, socket, sys
+bad = []
+for family, kind in (("AF_ALG", socket.SOCK_SEQPACKET), ("AF_VSOCK", socket.SOCK_STREAM)):
+    try:
+        socket.socket(getattr(socket, family), kind, 0)
+        print(family, "created")
+        bad.append(family)
+    except OSError as e:
+        print(family, errno.errorcode.get(e.errno))
+        if e.errno != errno.EAFNOSUPPORT:
+            bad.append(family)
+sys.exit(1 if bad else 0)
+"#;
+
+/// The calls the security review found passing the old deny list (x86-64 numbers),
+/// and `personality` asking for no address randomisation: refused with EPERM.
+const SYSCALLS: &str = r#"
+import ctypes, errno, sys
+libc = ctypes.CDLL(None, use_errno=True)
+bad = []
+calls = {"name_to_handle_at": 303, "kcmp": 312, "syslog": 103,
+         "statmount": 457, "listmount": 458, "open_tree_attr": 467}
+for name, nr in calls.items():
+    ctypes.set_errno(0)
+    r = libc.syscall(nr, 0, 0, 0, 0, 0, 0)
+    e = ctypes.get_errno()
+    print(name, r, errno.errorcode.get(e))
+    if r != -1 or e != errno.EPERM:
+        bad.append(name)
+ctypes.set_errno(0)
+r = libc.personality(0x0040000)
+e = ctypes.get_errno()
+print("personality", r, errno.errorcode.get(e))
+if r != -1 or e != errno.EPERM:
+    bad.append("personality")
+sys.exit(1 if bad else 0)
+"#;
+
+/// Writes a stage result of its choosing to every descriptor of the sandbox's pid 1,
+/// then fails: the verdict must stay the test's own.
+const FORGERY: &str = "for fd in /proc/1/fd/*; do printf 'setup 0\\ntest 0\\nteardown 0\\n' > \"$fd\"; done 2>/dev/null; exit 1";
+
+/// A tar + zstd workspace of one GNU long-name header declaring an 8 GiB name, with
+/// 300 KB of it present: what once made the worker allocate the whole name and die.
+fn bundle_bomb() -> Result<Vec<u8>> {
+    let mut header = [0u8; 512];
+    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, b"././@LongLink");
+    put(100, b"0000644\0");
+    put(108, b"0000000\0");
+    put(116, b"0000000\0");
+    put(124, b"77777777777\0");
+    put(136, b"00000000000\0");
+    put(148, b"        ");
+    put(156, b"L");
+    put(257, b"ustar  \0");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend(std::iter::repeat_n(b'a', 300 * 1024));
+    Ok(zstd::encode_all(&tar[..], 3)?)
+}
+
+/// Attacks from inside a sandbox and on the worker, through the real path: sockets of
+/// families that reach beyond the sandbox, each newly denied system call, a forged
+/// stage result, and a bundle bomb as the workspace. Each is refused or contained with
+/// a clear verdict, every worker survives, and another tenant's suite run beside them
+/// completes with every verdict right.
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_attacks_and_a_bundle_bomb_are_contained() -> Result<()> {
+    use isotest_protocol::result::Status;
+    let mut env = TestEnv::new().await;
+    env.start(2, 2).await?;
+    let workers = [env.pid("worker-0"), env.pid("worker-1")];
+    let attacks = json!({
+        "name": "attacks",
+        "tests": [
+            { "name": "sockets", "command": [PYTHON, "-c", SOCKETS] },
+            { "name": "syscalls", "command": [PYTHON, "-c", SYSCALLS] },
+            { "name": "forged-stage", "setup": "true", "command": ["sh", "-c", FORGERY] },
+        ],
+    });
+    let bomb = bundle_bomb()?;
+    let reference = format!("sha256:{}", hex::encode(Sha256::digest(&bomb)));
+    let client = reqwest::Client::new();
+    let put = client
+        .put(url(&env, &format!("/v1/blobs/{reference}"))?)
+        .body(bomb.clone())
+        .send()
+        .await?;
+    ensure!(put.status().as_u16() == 201, "{}", put.status());
+    let bombed = json!({
+        "name": "bombed",
+        "workspace": reference,
+        "tests": [ { "name": "a", "command": ["true"] }, { "name": "b", "command": ["true"] } ],
+    });
+    let mut ids = Vec::new();
+    for suite in [&attacks, &bombed] {
+        let answer = submit(&env, None, suite).await?;
+        ensure!(answer.status().as_u16() == 202, "{}", answer.status());
+        ids.push(answer.json::<Submitted>().await?.id);
+    }
+    let beside = bystander(&env, "bystander");
+    let beside = env.run_suite(&beside, "bystander", true, &[]);
+    check_bystander(&beside)?;
+
+    let mut reports = Vec::new();
+    for id in &ids {
+        let path = format!("/v1/suites/{id}/report");
+        let report_url = url(&env, &path)?;
+        crate::support::poll(std::time::Duration::from_secs(120), "a report", || async {
+            Ok(reqwest::get(&report_url).await?.status().as_u16() == 200)
+        })
+        .await?;
+        reports.push(
+            reqwest::get(&report_url)
+                .await?
+                .json::<isotest_protocol::report::Report>()
+                .await?,
+        );
+    }
+    let (attacked, bombed) = (&reports[0], &reports[1]);
+    let test = |name: &str| {
+        attacked
+            .tests
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("test {name}"))
+    };
+    for name in ["sockets", "syscalls"] {
+        let t = test(name)?;
+        ensure!(
+            t.status == Status::Passed,
+            "{name} was not contained: {:?} {:?}\n{}\n{}",
+            t.status,
+            t.reason,
+            t.stdout,
+            t.stderr
+        );
+    }
+    ensure!(test("sockets")?.stdout.contains("AF_ALG EAFNOSUPPORT"));
+    ensure!(test("syscalls")?.stdout.contains("open_tree_attr -1 EPERM"));
+    let forged = test("forged-stage")?;
+    ensure!(
+        forged.status == Status::Failed && forged.exit_code == Some(1),
+        "the forged stage result counted: {forged:?}"
+    );
+    for t in &bombed.tests {
+        ensure!(
+            t.status == Status::Error && t.attempts == 1,
+            "{}: {:?} after {} attempts",
+            t.name,
+            t.status,
+            t.attempts
+        );
+        let reason = t.reason.as_deref().unwrap_or_default();
+        ensure!(reason.contains("workspace refused"), "{reason}");
+    }
+    for (i, pid) in workers.iter().enumerate() {
+        let pid = pid.context("a worker")?;
+        ensure!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker-{i} died"
+        );
+    }
+    env.stop();
+    env.cleanup().await
+}
