@@ -29,6 +29,10 @@ pub enum TokenCommand {
         /// Let this token read and cancel every suite, not only its own (for operators).
         #[arg(long)]
         admin: bool,
+        /// Let this token's suites ask for the host's network (`network = true`); a
+        /// worker must also allow it (--allow-network).
+        #[arg(long)]
+        network: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -57,6 +61,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             name,
             quota,
             admin,
+            network,
             endpoints,
         } => {
             auth::validate_name(&name).map_err(|e| Failure::BadInput(e.to_string()))?;
@@ -67,6 +72,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 name: name.clone(),
                 quota,
                 admin,
+                network,
             };
             if !store
                 .add_token(&auth::hash(&token), &record)
@@ -78,11 +84,13 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 )));
             }
             let quota = quota.map_or("no quota".to_owned(), |q| format!("quota {q}"));
-            let role = if admin {
-                ", admin: sees every suite"
-            } else {
-                ""
-            };
+            let mut role = String::new();
+            if admin {
+                role.push_str(", admin: sees every suite");
+            }
+            if network {
+                role.push_str(", may use the host's network");
+            }
             eprintln!(
                 "isotest: added token {name} ({quota}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
             );

@@ -112,6 +112,15 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may submit a suite with `network = true`: a token the
+    /// operator granted it, or anyone on an open (local) producer.
+    pub fn may_use_network(&self) -> bool {
+        match self {
+            Caller::Anonymous => true,
+            Caller::Token(token) => token.network,
+        }
+    }
+
     /// Whether this caller may read or cancel a suite of this owner: its own, or any
     /// with an admin token. Anonymous callers see only anonymous suites.
     pub fn may_see(&self, owner: Option<&str>) -> bool {
@@ -284,6 +293,7 @@ mod tests {
                 name: name.to_owned(),
                 quota: None,
                 admin,
+                network: false,
             })
         };
         // (caller, owner of the suite, may see it)

@@ -70,6 +70,10 @@ pub enum ApiFailure {
     MissingBlob(String),
     #[error("{ORIGIN}: callback_url", ORIGIN = suite::ORIGIN)]
     Callback(#[source] EgressError),
+    #[error(
+        "token {0} may not run suites with `network = true`; an operator grants it with `isotest token add NAME --network`"
+    )]
+    NetworkNotGranted(String),
     #[error("{what} is {size} bytes, more than the limit of {limit}")]
     TooLarge {
         what: &'static str,
@@ -153,6 +157,7 @@ impl ApiFailure {
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiFailure::NetworkNotGranted(_) => StatusCode::FORBIDDEN,
             ApiFailure::OverQuota { .. }
             | ApiFailure::TooManyBlobs { .. }
             | ApiFailure::TooManyBlobBytes { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -298,6 +303,11 @@ async fn submit(
     )
     .await?;
     let suite = suite::parse(&body)?;
+    if suite.network && !caller.may_use_network() {
+        return Err(ApiFailure::NetworkNotGranted(
+            caller.owner().unwrap_or_default(),
+        ));
+    }
     // Checked now so the submitter hears it; the aggregator checks again when it
     // delivers, connecting only to the addresses it checked then.
     if let Some(url) = &suite.callback_url {

@@ -43,6 +43,11 @@ pub struct TokenRecord {
     /// An admin token reads and cancels every suite; any other only its own.
     #[serde(default, skip_serializing_if = "is_false")]
     pub admin: bool,
+    /// Whether this token's suites may ask for the host's network (`network = true`):
+    /// a permission the operator grants per token, since such a test shares the
+    /// worker's network and reaches whatever it can.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
 }
 
 fn is_false(value: &bool) -> bool {

@@ -791,3 +791,104 @@ async fn sandbox_attacks_and_a_bundle_bomb_are_contained() -> Result<()> {
     env.stop();
     env.cleanup().await
 }
+
+/// Looks everywhere a test can for the worker's credentials (its environment, every
+/// process's environment and command line it can see) and for the worker's secret:
+/// exits 1 and prints what it found if anything.
+const CREDENTIALS: &str = r#"
+import glob, os, sys
+# Given reversed, so that the test's own command line does not hold them.
+needles = [n[::-1] for n in sys.argv[1:] if n]
+found = []
+places = {"env": "\n".join(f"{k}={v}" for k, v in os.environ.items())}
+for path in glob.glob("/proc/[0-9]*/environ") + glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+        places[path] = open(path, "rb").read().decode("utf-8", "replace")
+    except OSError:
+        pass
+for place, text in places.items():
+    for needle in needles:
+        if needle in text:
+            found.append(place)
+print("looked in", len(places), "places; found in", found)
+sys.exit(1 if found else 0)
+"#;
+
+fn reversed(text: &str) -> String {
+    text.chars().rev().collect()
+}
+
+/// Worker credentials: the host's network is a permission the operator grants per
+/// token (403 without it, nothing recorded), and a test granted it still finds none
+/// of the worker's credentials (its AMQP and Redis URLs, a secret in its environment)
+/// in its environment or any process it can see.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_network_is_granted_per_token_and_credentials_stay_hidden() -> Result<()> {
+    use isotest_protocol::result::Status;
+    let mut env = TestEnv::new().await;
+    env.open = false;
+    let secret = format!("worker-secret-{}", env.ns);
+    env.service_env = vec![
+        ("ISOTEST_ALLOW_NETWORK".into(), "true".into()),
+        ("ISOTEST_E2E_WORKER_SECRET".into(), secret.clone()),
+    ];
+    env.start(1, 2).await?;
+    let plain = add_token(&env, "plain", None)?;
+    let granted = env
+        .command(&["token", "add", "networked", "--network"])
+        .output()?;
+    ensure!(granted.status.success(), "{granted:?}");
+    let granted = String::from_utf8(granted.stdout)?.trim().to_owned();
+
+    let amqp = env.servers.amqp_url.clone();
+    let redis_url = env.servers.redis_url.clone();
+    let suite = json!({
+        "name": "networked",
+        "network": true,
+        "tests": [{
+            "name": "look-for-credentials",
+            "command": [PYTHON, "-c", CREDENTIALS, reversed(&amqp), reversed(&redis_url), reversed(&secret)],
+        }],
+    });
+    let (status, error) =
+        refusal(submit(&env, Some(&format!("Bearer {plain}")), &suite).await?).await?;
+    ensure!(
+        (status, error.as_str())
+            == (
+                403,
+                "token plain may not run suites with `network = true`; an operator grants it with `isotest token add NAME --network`"
+            ),
+        "{status} {error}"
+    );
+    ensure!(
+        env.suite_keys().await?.is_empty(),
+        "the refused suite is not recorded"
+    );
+
+    let accepted = submit(&env, Some(&format!("Bearer {granted}")), &suite).await?;
+    ensure!(accepted.status().as_u16() == 202, "{}", accepted.status());
+    let submitted: Submitted = accepted.json().await?;
+    let report_url = url(&env, &submitted.report_url)?;
+    let fetch = || {
+        reqwest::Client::new()
+            .get(&report_url)
+            .bearer_auth(&granted)
+            .send()
+    };
+    crate::support::poll(std::time::Duration::from_secs(60), "the report", || async {
+        Ok(fetch().await?.status().as_u16() == 200)
+    })
+    .await?;
+    let report: isotest_protocol::report::Report = fetch().await?.json().await?;
+    let test = report.tests.first().context("a test")?;
+    ensure!(
+        test.status == Status::Passed,
+        "the test found credentials: {:?} {:?}\n{}",
+        test.status,
+        test.reason,
+        test.stdout
+    );
+    ensure!(test.stdout.contains("looked in"), "{}", test.stdout);
+    env.stop();
+    env.cleanup().await
+}
