@@ -892,3 +892,177 @@ async fn the_network_is_granted_per_token_and_credentials_stay_hidden() -> Resul
     env.stop();
     env.cleanup().await
 }
+
+/// The Redis users of deploy/redis/users.acl made for this test's namespace (names and
+/// key patterns), deleted when dropped: the shared Redis keeps no user of a test.
+struct RoleUsers {
+    redis_url: String,
+    users: Vec<(String, String)>,
+}
+
+impl RoleUsers {
+    /// Makes `{ns}-producer`, `{ns}-aggregator` and `{ns}-worker` with the rules the
+    /// deploy file gives `producer`, `aggregator` and `worker`, on `isotest:` keys read
+    /// as `{ns}:` keys, each with a random password.
+    async fn create(env: &TestEnv) -> Result<RoleUsers> {
+        let acl = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/redis/users.acl"
+        ))?;
+        let client = redis::Client::open(env.servers.redis_url.as_str())?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let mut made = RoleUsers {
+            redis_url: env.servers.redis_url.clone(),
+            users: Vec::new(),
+        };
+        for role in ["producer", "aggregator", "worker"] {
+            let line = acl
+                .lines()
+                .find(|l| l.starts_with(&format!("user {role} ")))
+                .with_context(|| format!("users.acl has no user {role}"))?;
+            let name = format!("{}-{role}", env.ns);
+            let password = uuid::Uuid::new_v4().simple().to_string();
+            let mut rules: Vec<String> = vec!["reset".into()];
+            for rule in line.split_whitespace().skip(2) {
+                rules.push(if rule.starts_with('>') {
+                    format!(">{password}")
+                } else {
+                    rule.replace("~isotest:", &format!("~{}:", env.ns))
+                });
+            }
+            let () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&name)
+                .arg(&rules)
+                .query_async(&mut redis)
+                .await?;
+            made.users.push((name, password));
+        }
+        Ok(made)
+    }
+
+    /// `redis://user:password@host...` of a role.
+    fn url(&self, role: &str) -> Result<String> {
+        let (name, password) = self
+            .users
+            .iter()
+            .find(|(name, _)| name.ends_with(&format!("-{role}")))
+            .context("a role")?;
+        let rest = self
+            .redis_url
+            .strip_prefix("redis://")
+            .context("a redis:// URL")?;
+        Ok(format!("redis://{name}:{password}@{rest}"))
+    }
+}
+
+impl Drop for RoleUsers {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.redis_url.as_str()) else {
+            return;
+        };
+        if let Ok(mut conn) = client.get_connection() {
+            for (name, _) in &self.users {
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("ACL").arg("DELUSER").arg(name).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// What a command with a role's credentials gets: Ok, or the error's text.
+async fn as_role(url: &str, args: &[&str]) -> Result<std::result::Result<(), String>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    Ok(cmd
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string()))
+}
+
+/// Per-role credentials: with the Redis users of deploy/redis/users.acl (one a role)
+/// the whole path runs a suite right, workspace, failure and retry included; and with
+/// the worker's credentials (what a test that escaped, or one on the host's network
+/// that learnt them, would hold) nothing but results can be written: not tokens, not
+/// blobs, not reports, and no server-wide command runs. The aggregator's cannot read
+/// tokens or blobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_has_a_redis_user_with_only_what_it_needs() -> Result<()> {
+    use isotest_protocol::result::Status;
+    let mut env = TestEnv::new().await;
+    let users = RoleUsers::create(&env).await?;
+    for role in ["producer", "aggregator", "worker"] {
+        env.role_env
+            .push((role.into(), "REDIS_URL".into(), users.url(role)?));
+    }
+    env.start(1, 2).await?;
+    env.write("ws/data.txt", "shared data\n");
+    let manifest = env.write(
+        "roles.toml",
+        "name = \"roles\"\nworkspace = \"ws\"\n\n\
+         [[tests]]\nname = \"reads-workspace\"\ncommand = [\"grep\", \"shared\", \"data.txt\"]\n\n\
+         [[tests]]\nname = \"fails\"\ncommand = [\"false\"]\nretries = 1\n\n\
+         [[tests]]\nname = \"prints\"\ncommand = [\"echo\", \"hello\"]\n",
+    );
+    let run = env.run_suite(&manifest, "roles", true, &[]);
+    let report = run.report();
+    let verdicts: Vec<(&str, Status, u32)> = report
+        .tests
+        .iter()
+        .map(|t| (t.name.as_str(), t.status, t.attempts))
+        .collect();
+    ensure!(
+        verdicts
+            == [
+                ("reads-workspace", Status::Passed, 1),
+                ("fails", Status::Failed, 2),
+                ("prints", Status::Passed, 1),
+            ],
+        "{verdicts:?}\nworker log:\n{}",
+        env.log("worker-0").join("\n")
+    );
+
+    let ns = &env.ns;
+    let worker = users.url("worker")?;
+    let blob = format!("{ns}:blob:{}", "d".repeat(64));
+    let report_key = format!("{ns}:suite:{}:report", report.suite_id);
+    let tokens = format!("{ns}:tokens");
+    for args in [
+        vec!["HSET", tokens.as_str(), "hash", "{}"],
+        vec!["DEL", tokens.as_str()],
+        vec!["SET", blob.as_str(), "x"],
+        vec!["SET", report_key.as_str(), "{}"],
+        vec!["HGETALL", tokens.as_str()],
+        vec!["FLUSHALL"],
+        vec!["KEYS", "*"],
+        vec!["ACL", "LIST"],
+        vec!["CONFIG", "SET", "appendonly", "no"],
+    ] {
+        let answer = as_role(&worker, &args).await?;
+        ensure!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_lowercase().contains("noperm")),
+            "the worker's credentials could {args:?}: {answer:?}"
+        );
+    }
+    let aggregator = users.url("aggregator")?;
+    for args in [vec!["HGETALL", tokens.as_str()], vec!["GET", blob.as_str()]] {
+        let answer = as_role(&aggregator, &args).await?;
+        ensure!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_lowercase().contains("noperm")),
+            "the aggregator's credentials could {args:?}: {answer:?}"
+        );
+    }
+    env.stop();
+    env.cleanup().await?;
+    drop(users);
+    Ok(())
+}

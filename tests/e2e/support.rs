@@ -112,6 +112,9 @@ pub struct TestEnv {
     pub open: bool,
     /// Further arguments of the producer [`TestEnv::start`] starts.
     pub producer_args: Vec<String>,
+    /// Variables for the service processes whose name starts with the first string
+    /// (`"worker"`: every worker), set after [`TestEnv::service_env`].
+    pub role_env: Vec<(String, String, String)>,
     children: Vec<(String, Child)>,
 }
 
@@ -129,6 +132,7 @@ impl TestEnv {
             service_env: Vec::new(),
             open: true,
             producer_args: Vec::new(),
+            role_env: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -155,6 +159,12 @@ impl TestEnv {
         let child = self
             .command(args)
             .envs(self.service_env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                self.role_env
+                    .iter()
+                    .filter(|(role, _, _)| name.starts_with(role.as_str()))
+                    .map(|(_, k, v)| (k, v)),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
