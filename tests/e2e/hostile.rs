@@ -1066,3 +1066,52 @@ async fn each_role_has_a_redis_user_with_only_what_it_needs() -> Result<()> {
     drop(users);
     Ok(())
 }
+
+/// A workspace replaced in Redis after its upload (by anyone who could write Redis) is
+/// not run: the worker checks the bytes against the sha256 that names them, and the
+/// test gets an `error` saying so, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_replaced_in_redis_is_not_run() -> Result<()> {
+    use isotest_protocol::result::Status;
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let bytes = b"the uploaded workspace".to_vec();
+    let hex = hex::encode(Sha256::digest(&bytes));
+    let reference = format!("sha256:{hex}");
+    let put = reqwest::Client::new()
+        .put(url(&env, &format!("/v1/blobs/{reference}"))?)
+        .body(bytes)
+        .send()
+        .await?;
+    ensure!(put.status().as_u16() == 201, "{}", put.status());
+    let client = redis::Client::open(env.servers.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let () = redis::cmd("SET")
+        .arg(format!("{}:blob:{hex}", env.ns))
+        .arg(b"another tenant's bytes".as_slice())
+        .query_async(&mut redis)
+        .await?;
+    let suite = json!({
+        "name": "swapped",
+        "workspace": reference,
+        "tests": [{ "name": "a", "command": ["true"] }],
+    });
+    let answer = submit(&env, None, &suite).await?;
+    ensure!(answer.status().as_u16() == 202, "{}", answer.status());
+    let submitted: Submitted = answer.json().await?;
+    let report_url = url(&env, &submitted.report_url)?;
+    crate::support::poll(std::time::Duration::from_secs(60), "the report", || async {
+        Ok(reqwest::get(&report_url).await?.status().as_u16() == 200)
+    })
+    .await?;
+    let report: isotest_protocol::report::Report = reqwest::get(&report_url).await?.json().await?;
+    let test = report.tests.first().context("a test")?;
+    let reason = test.reason.as_deref().unwrap_or_default();
+    ensure!(
+        test.status == Status::Error && reason.contains("its bytes were replaced since the upload"),
+        "{:?} {reason}",
+        test.status
+    );
+    env.stop();
+    env.cleanup().await
+}

@@ -31,6 +31,10 @@ pub enum RecordError {
     BadReference(String),
     #[error("workspace blob {0} is not in Redis (was it uploaded, or has it expired?)")]
     MissingBlob(String),
+    #[error(
+        "workspace blob {reference} in Redis has sha256:{actual}: its bytes were replaced since the upload; refusing to run them"
+    )]
+    Tampered { reference: String, actual: String },
 }
 
 impl RecordError {
@@ -174,15 +178,28 @@ impl Recorder {
     pub async fn blob(&self, reference: &str) -> Result<Arc<[u8]>, RecordError> {
         let hex = parse_blob_reference(reference)
             .ok_or_else(|| RecordError::BadReference(reference.to_owned()))?;
+        self.fetch(reference, hex).await
+    }
+
+    /// A blob's bytes from Redis, checked against the sha256 that names them: whoever
+    /// could write Redis could otherwise swap another tenant's workspace.
+    async fn fetch(&self, reference: &str, hex: &str) -> Result<Arc<[u8]>, RecordError> {
+        use sha2::{Digest, Sha256};
         let bytes: Option<Vec<u8>> = self
             .redis
             .clone()
             .get(self.ns.blob_key(hex))
             .await
             .map_err(RecordError::Read)?;
-        Ok(bytes
-            .ok_or_else(|| RecordError::MissingBlob(reference.to_owned()))?
-            .into())
+        let bytes = bytes.ok_or_else(|| RecordError::MissingBlob(reference.to_owned()))?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != hex {
+            return Err(RecordError::Tampered {
+                reference: reference.to_owned(),
+                actual,
+            });
+        }
+        Ok(bytes.into())
     }
 
     /// The packed workspace a reference names, from a local cache or Redis.
@@ -196,15 +213,7 @@ impl Recorder {
         if let Some(bytes) = self.blobs.get(hex) {
             return Ok(bytes);
         }
-        let bytes: Option<Vec<u8>> = self
-            .redis
-            .clone()
-            .get(self.ns.blob_key(hex))
-            .await
-            .map_err(RecordError::Read)?;
-        let bytes: Arc<[u8]> = bytes
-            .ok_or_else(|| RecordError::MissingBlob(reference.to_owned()))?
-            .into();
+        let bytes = self.fetch(reference, hex).await?;
         self.blobs.put(hex, bytes.clone());
         Ok(bytes)
     }
