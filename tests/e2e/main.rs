@@ -8,6 +8,7 @@ mod deploy_commands;
 mod deploy_files;
 mod faults;
 mod frameworks;
+mod hostile;
 mod metrics;
 mod modes;
 mod pipeline;

@@ -33,6 +33,11 @@ pub struct TestEnv {
     pub producer_url: Option<String>,
     /// Extra variables for the service processes (not for `isotest run`).
     pub service_env: Vec<(String, String)>,
+    /// Whether [`TestEnv::start`] opens the producer to requests without a token
+    /// (`--open`); true but in the tests of tokens.
+    pub open: bool,
+    /// Further arguments of the producer [`TestEnv::start`] starts.
+    pub producer_args: Vec<String>,
     children: Vec<(String, Child)>,
 }
 
@@ -48,6 +53,8 @@ impl TestEnv {
             dir,
             producer_url: None,
             service_env: Vec::new(),
+            open: true,
+            producer_args: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -88,7 +95,13 @@ impl TestEnv {
     pub async fn start(&mut self, workers: usize, concurrency: u16) -> Result<()> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        self.spawn("producer", &["producer", "--listen", &listen]);
+        let mut producer = vec!["producer", "--listen", &listen];
+        if self.open {
+            producer.push("--open");
+        }
+        let extra = self.producer_args.clone();
+        producer.extend(extra.iter().map(String::as_str));
+        self.spawn("producer", &producer);
         self.spawn("aggregator", &["aggregator"]);
         let concurrency = concurrency.to_string();
         for i in 0..workers {

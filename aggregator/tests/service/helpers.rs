@@ -47,6 +47,9 @@ impl TestEnv {
         config.claim_interval = Duration::from_millis(200);
         config.retry_backoff = Duration::from_millis(100);
         config.trim_interval = Duration::from_millis(200);
+        // The webhook receivers of these tests listen on loopback.
+        config.webhooks.egress =
+            isotest_infra::egress::EgressPolicy::allowing(&["127.0.0.1"]).expect("valid");
         config
     }
 
@@ -75,6 +78,7 @@ impl TestEnv {
             deadline_at_ms: now + u64::try_from(deadline_in.as_millis()).expect("short"),
             flaky_result: Default::default(),
             callback_url: None,
+            owner: None,
         };
         let mut redis = self.redis.clone();
         let json = serde_json::to_string(&record).expect("serializes");
