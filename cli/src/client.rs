@@ -7,11 +7,13 @@ use reqwest::{Client, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use isotest_protocol::api::{ApiError, Submitted, SuiteStatus};
+use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
 use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
 use crate::output::Progress;
+use crate::run::Ended;
 
 /// How often the suite's status is asked for.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -21,17 +23,21 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Submits the suite to `server` (with `token` as `Authorization: Bearer`, when given)
 /// and waits for its report.
 ///
+/// On Ctrl-C or SIGTERM the suite is cancelled on the server and the run ends with the
+/// server's `cancelled` report ([`Ended::Interrupted`]); interrupted before the server
+/// took the suite, or when the server's report cannot be had, with one made here, every
+/// test `cancelled`.
+///
 /// # Errors
 ///
-/// Returns [`Failure::Unreachable`] when the server does not answer, [`Failure::BadInput`]
-/// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C
-/// (after cancelling the suite on the server, if it was submitted).
+/// Returns [`Failure::Unreachable`] when the server does not answer, and
+/// [`Failure::BadInput`] when it refuses the suite (its one-line reason).
 pub async fn run(
     server: &str,
     token: Option<&str>,
     loaded: LoadedSuite,
     quiet: bool,
-) -> Result<Report, Failure> {
+) -> Result<Ended, Failure> {
     let api = Api {
         base: server.trim_end_matches('/').to_owned(),
         http: Client::builder()
@@ -58,7 +64,7 @@ pub async fn run(
     tokio::pin!(interrupted);
     let submitted = tokio::select! {
         submitted = submit => submitted?,
-        () = &mut interrupted => return Err(Failure::Interrupted),
+        () = &mut interrupted => return Ok(Ended::Interrupted(cancelled_here(&loaded))),
     };
     tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
     let follow = async {
@@ -79,13 +85,33 @@ pub async fn run(
             .await
     };
     tokio::select! {
-        report = follow => report,
+        report = follow => report.map(Ended::Finished),
         () = &mut interrupted => {
             // The suite would otherwise keep every worker busy until its deadline.
             api.cancel(&submitted).await;
-            Err(Failure::Interrupted)
+            let stored = api
+                .json::<Report>(api.http.get(api.url(&submitted.report_url)).timeout(CANCEL_TIMEOUT))
+                .await;
+            Ok(Ended::Interrupted(stored.unwrap_or_else(|e| {
+                eprintln!("isotest: could not fetch the report of suite {}: {e}; every test is reported cancelled", submitted.id);
+                cancelled_here(&loaded)
+            })))
         }
     }
+}
+
+/// The report of a suite interrupted before its results could be had: every test
+/// `cancelled`, made by the same assembly as the server's reports.
+fn cancelled_here(loaded: &LoadedSuite) -> Report {
+    let now = now_ms();
+    let id = uuid::Uuid::now_v7().to_string();
+    let record = isotest_producer::suite::record(
+        &id,
+        &loaded.suite,
+        now,
+        isotest_producer::config::DEFAULT_DEADLINE,
+    );
+    isotest_report::assemble(&record, Vec::new(), SuiteState::Cancelled)
 }
 
 /// The `Authorization` header every request carries (none without a token), marked

@@ -3,10 +3,16 @@
 //! when a run is interrupted, and the CLI's lines at submission.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use isotest_protocol::report::Report;
+use anyhow::{Context, Result, bail, ensure};
+use isotest_protocol::report::{Report, SuiteState};
 use isotest_protocol::result::Status;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::junit_reader;
 use crate::support::TestEnv;
@@ -18,6 +24,39 @@ fn statuses(report: &Report) -> Vec<(String, Status)> {
         .iter()
         .map(|t| (t.name.clone(), t.status))
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadline() -> Result<()>
+{
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "deadline.toml",
+        "name = \"deadline\"\ndeadline = \"3s\"\n\
+         [[tests]]\nname = \"short\"\ncommand = [\"true\"]\n\
+         [[tests]]\nname = \"mid\"\ncommand = [\"sleep\", \"1\"]\n\
+         [[tests]]\nname = \"long\"\ncommand = [\"sleep\", \"8\"]\n",
+    );
+    let run = env.run_suite(&manifest, "deadline", false, &["--concurrency", "3"]);
+    let report = run.report();
+    ensure!(report.state == SuiteState::DeadlineExceeded, "{:?}", report.state);
+    ensure!(
+        statuses(report)
+            == vec![
+                ("short".to_owned(), Status::Passed),
+                ("mid".to_owned(), Status::Passed),
+                ("long".to_owned(), Status::Lost),
+            ],
+        "{:?}",
+        statuses(report)
+    );
+    ensure!(
+        (report.summary.passed, report.summary.lost) == (2, 1),
+        "{:?}",
+        report.summary
+    );
+    ensure!(run.code() == Some(1), "{:?}", run.code());
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,4 +106,147 @@ async fn every_junit_testcase_names_its_test_and_none_collide() -> Result<()> {
     ensure!(find("a:tests/test_one.py::test_x")?.result == "passed");
     ensure!(find("b:tests/test_one.py::test_x")?.result == "passed");
     Ok(())
+}
+
+/// A running `isotest run` and the lines of its stderr, read as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(env: &TestEnv, args: &[&str]) -> Result<Running> {
+        let mut child = env
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Waits until a line of stderr contains `text`, within `within`.
+    fn wait_for(&mut self, text: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return Ok(());
+                    }
+                }
+                Err(_) => bail!("no line with {text:?} in {within:?}: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Sends `signal`, then waits for the exit code and the rest of stderr.
+    fn stop(mut self, signal: Signal) -> Result<(Option<i32>, String)> {
+        kill(Pid::from_raw(i32::try_from(self.child.id())?), signal)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("isotest run did not end on {signal}: {:#?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.seen.extend(self.lines.try_iter());
+        Ok((status.code(), self.seen.join("\n")))
+    }
+}
+
+/// Interrupts `isotest run` once its first test has passed, and checks the reports it
+/// leaves: the JSON `cancelled`, the passed test kept, the other `cancelled`, and a JUnit
+/// file a real reader takes.
+async fn interrupted_run_writes_the_reports(server: bool, signal: Signal) -> Result<()> {
+    let mut env = TestEnv::new().await;
+    if server {
+        env.start(1, 2).await?;
+    }
+    let label = if server { "server" } else { "embedded" };
+    let manifest = env.write(
+        &format!("{label}.toml"),
+        "name = \"interrupted\"\n\
+         [[tests]]\nname = \"short\"\ncommand = [\"true\"]\n\
+         [[tests]]\nname = \"long\"\ncommand = [\"sleep\", \"60\"]\n",
+    );
+    let json = env.dir.join(format!("{label}.json"));
+    let junit = env.dir.join(format!("{label}.xml"));
+    let manifest = manifest.display().to_string();
+    let (json_arg, junit_arg) = (json.display().to_string(), junit.display().to_string());
+    let mut args = vec![
+        "run",
+        manifest.as_str(),
+        "--json",
+        json_arg.as_str(),
+        "--junit",
+        junit_arg.as_str(),
+    ];
+    let url = env.producer_url.clone().unwrap_or_default();
+    if server {
+        args.extend(["--server", url.as_str()]);
+    }
+    let mut run = Running::start(&env, &args)?;
+    // Embedded mode prints each test; server mode the count done.
+    let passed = if server { "1/2 tests done" } else { "passed short" };
+    run.wait_for(passed, Duration::from_secs(60))?;
+    let (code, stderr) = run.stop(signal)?;
+    ensure!(code == Some(130), "exit {code:?}\n{stderr}");
+    let report: Report = serde_json::from_slice(
+        &std::fs::read(&json).with_context(|| format!("no JSON report\n{stderr}"))?,
+    )?;
+    ensure!(report.state == SuiteState::Cancelled, "{:?}", report.state);
+    ensure!(
+        statuses(&report)
+            == vec![
+                ("short".to_owned(), Status::Passed),
+                ("long".to_owned(), Status::Cancelled),
+            ],
+        "{:?}",
+        statuses(&report)
+    );
+    let cases = junit_reader::read(&junit)?;
+    let results: Vec<(&str, &str)> = cases
+        .iter()
+        .map(|c| (c.name.as_str(), c.result.as_str()))
+        .collect();
+    ensure!(
+        results == vec![("short", "passed"), ("long", "error")],
+        "{results:?}"
+    );
+    if server {
+        env.stop();
+        env.cleanup().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_run_interrupted_by_ctrl_c_writes_its_reports() -> Result<()> {
+    interrupted_run_writes_the_reports(false, Signal::SIGINT).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_run_stopped_by_sigterm_writes_its_reports() -> Result<()> {
+    interrupted_run_writes_the_reports(true, Signal::SIGTERM).await
 }
