@@ -100,6 +100,36 @@ pub async fn run(
     }
 }
 
+/// Checks a server URL as given (`--server`, `ISOTEST_SERVER`): an `http` or `https` URL
+/// with a host, such as `http://127.0.0.1:8080`.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] with what a URL looks like.
+pub fn server_url(text: &str) -> Result<reqwest::Url, Failure> {
+    let bad = |why: &str| {
+        let hint = if text.contains("://") {
+            "http://HOST:PORT".to_owned()
+        } else {
+            format!("http://{}", text.trim_start_matches('/'))
+        };
+        Failure::BadInput(format!(
+            "the server URL `{text}` {why}; give one like {hint}"
+        ))
+    };
+    if !text.contains("://") {
+        return Err(bad("has no http:// or https:// scheme"));
+    }
+    let url = reqwest::Url::parse(text).map_err(|_| bad("is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("has no http:// or https:// scheme"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    Ok(url)
+}
+
 /// The report of a suite interrupted before its results could be had: every test
 /// `cancelled`, made by the same assembly as the server's reports.
 fn cancelled_here(loaded: &LoadedSuite) -> Report {
@@ -243,4 +273,30 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_url;
+
+    #[test]
+    fn a_server_url_needs_a_scheme_and_a_host() {
+        let lines: Vec<String> = [
+            "127.0.0.1:18580",
+            "localhost:8080",
+            "ftp://example.com",
+            "http://",
+            "isotest.example.com/",
+        ]
+        .iter()
+        .map(|text| match server_url(text) {
+            Ok(url) => format!("{text} => ok {url}"),
+            Err(e) => format!("{text} => {e}"),
+        })
+        .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+        for good in ["http://127.0.0.1:18580", "https://isotest.example.com/"] {
+            assert!(server_url(good).is_ok(), "{good}");
+        }
+    }
 }

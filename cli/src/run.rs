@@ -17,6 +17,10 @@ use crate::{client, discover, embedded, input, output, prepare};
 ///
 /// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+    // A bad URL is found before any work, not after the workspace is packed.
+    if let Some(server) = &args.server {
+        client::server_url(server)?;
+    }
     let mut unexpanded = input::read(&args.manifest)?;
     let local = Local::new(&args.sandbox);
     discover::expand(&mut unexpanded, &args, &local).await?;

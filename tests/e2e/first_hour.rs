@@ -250,3 +250,21 @@ async fn an_embedded_run_interrupted_by_ctrl_c_writes_its_reports() -> Result<()
 async fn a_server_run_stopped_by_sigterm_writes_its_reports() -> Result<()> {
     interrupted_run_writes_the_reports(true, Signal::SIGTERM).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_url_without_a_scheme_is_bad_input() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "scheme.toml",
+        "name = \"scheme\"\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "scheme", false, &["--server", "127.0.0.1:18580"]);
+    ensure!(run.code() == Some(2), "exit {:?}: {}", run.code(), run.stderr());
+    ensure!(
+        run.stderr().trim()
+            == "error: the server URL `127.0.0.1:18580` has no http:// or https:// scheme; give one like http://127.0.0.1:18580",
+        "{}",
+        run.stderr()
+    );
+    Ok(())
+}
