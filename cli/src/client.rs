@@ -12,7 +12,7 @@ use isotest_protocol::report::{Report, SuiteState};
 
 use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
-use crate::output::Progress;
+use crate::output::{self, Progress, Where};
 use crate::run::Ended;
 
 /// How often the suite's status is asked for.
@@ -67,6 +67,14 @@ pub async fn run(
         () = &mut interrupted => return Ok(Ended::Interrupted(cancelled_here(&loaded))),
     };
     tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
+    output::started(
+        &submitted.id,
+        submitted.tests,
+        Where::Server {
+            status_url: &api.url(&submitted.status_url),
+        },
+        quiet,
+    );
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
         let status = loop {

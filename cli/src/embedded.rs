@@ -21,7 +21,7 @@ use isotest_worker::run::infrastructure_error;
 
 use crate::args::{RunArgs, default_concurrency};
 use crate::input::LoadedSuite;
-use crate::output::Progress;
+use crate::output::{Progress, Where};
 use crate::run::{Ended, Local};
 
 /// Runs every test of the suite on this machine and assembles the report: of every
@@ -58,6 +58,7 @@ pub async fn run(
     let workspace = loaded.workspace.map(|b| b.bytes);
     let concurrency = usize::from(args.concurrency.unwrap_or_else(default_concurrency).max(1));
     let total = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+    crate::output::started(&id, total, Where::Here { concurrency }, args.quiet);
     let mut progress = Progress::new(total, args.quiet);
 
     let pool = Pool {

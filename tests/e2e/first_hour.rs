@@ -207,6 +207,21 @@ async fn interrupted_run_writes_the_reports(server: bool, signal: Signal) -> Res
         args.extend(["--server", url.as_str()]);
     }
     let mut run = Running::start(&env, &args)?;
+    // The first line names the suite, before any test ends, in both modes.
+    run.wait_for("isotest: suite ", Duration::from_secs(60))?;
+    let first = run.seen.last().cloned().unwrap_or_default();
+    let (at, tests) = if server {
+        (format!("status: {url}/v1/suites/"), "submitted, 2 tests;")
+    } else {
+        (" at a time".to_owned(), "running here, 2 tests,")
+    };
+    ensure!(first.contains(&at) && first.contains(tests), "{first}");
+    // (The test environment's RUST_LOG=info may put log lines before it.)
+    ensure!(
+        run.seen.iter().filter(|l| l.starts_with("isotest:") || l.starts_with('[')).count() == 1,
+        "the suite's line comes first: {:#?}",
+        run.seen
+    );
     // Embedded mode prints each test; server mode the count done.
     let passed = if server { "1/2 tests done" } else { "passed short" };
     run.wait_for(passed, Duration::from_secs(60))?;
