@@ -226,6 +226,10 @@ impl Api {
         let put = self
             .send(self.http.put(&url).body(bundle.bytes.to_vec()))
             .await?;
+        if put.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let reason = check(put).await.err().map(|e| e.to_string()).unwrap_or_default();
+            return Err(Failure::BadInput(too_large(bundle.bytes.len(), &reason)));
+        }
         check(put).await.map(drop)
     }
 
@@ -258,6 +262,18 @@ impl Api {
     }
 }
 
+/// The line for a workspace the server will not take: its size, the server's reason, and
+/// how to make it smaller.
+fn too_large(bytes: usize, reason: &str) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "a size shown in MiB")]
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    format!(
+        "the packed workspace ({mib:.1} MiB) is larger than the server takes: {reason}; leave build \
+         output and dependencies out with .gitignore or `workspace_exclude = [\"target/\", \"node_modules/\"]` \
+         in the manifest, or point `workspace` at a smaller directory"
+    )
+}
+
 /// Turns an error answer into its one-line reason: 4xx is the user's to fix, 5xx the server's.
 async fn check(response: Response) -> Result<Response, Failure> {
     let status = response.status();
@@ -285,7 +301,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::server_url;
+    use super::{server_url, too_large};
+
+    #[test]
+    fn a_workspace_too_large_says_what_to_do() {
+        insta::assert_snapshot!(too_large(
+            280 * 1024 * 1024,
+            "the server refused http://h/v1/blobs/sha256:ab (413 Payload Too Large): blob is 293601280 bytes, more than the limit of 268435456"
+        ));
+    }
 
     #[test]
     fn a_server_url_needs_a_scheme_and_a_host() {

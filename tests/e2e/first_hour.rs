@@ -283,3 +283,67 @@ async fn a_server_url_without_a_scheme_is_bad_input() -> Result<()> {
     );
     Ok(())
 }
+
+/// Bytes zstd cannot shrink, so that a packed workspace is as large as its files.
+fn noise(len: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![0; len];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workspace_upload_leaves_out_what_git_ignores_and_says_what_to_do_when_too_large()
+-> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.service_env
+        .push(("ISOTEST_MAX_BLOB_BYTES".to_owned(), "65536".to_owned()));
+    env.start(1, 2).await?;
+    let ws = env.dir.join("ws");
+    env.write("ws/src/a.txt", "kept\n");
+    env.write("ws/.env", "A=1\n");
+    env.write("ws/.gitignore", "target/\n");
+    env.write("ws/.git/HEAD", "ref: refs/heads/main\n");
+    env.write("ws/logs/x.log", "left out\n");
+    env.write("ws/target/keep/fixture.txt", "brought back\n");
+    std::fs::write(ws.join("target/big.bin"), noise(256 * 1024)?)?;
+    std::fs::create_dir_all(ws.join("data"))?;
+    std::fs::write(ws.join("data/big.bin"), noise(256 * 1024)?)?;
+    let check = "test -e src/a.txt && test -e .env && test ! -e .git && test ! -e target/big.bin \
+                 && test -e target/keep/fixture.txt && test ! -e logs/x.log";
+    let manifest = |exclude: &str| {
+        format!(
+            "name = \"upload\"\nworkspace = \"{}\"\n{exclude}\
+             [[tests]]\nname = \"what-was-sent\"\ncommand = [\"/bin/sh\", \"-c\", \"{check}\"]\n",
+            ws.display()
+        )
+    };
+    // data/big.bin is not ignored: the upload is too large, and the error says what to do.
+    let large = env.write(
+        "large.toml",
+        &manifest("workspace_exclude = [\"*.log\"]\nworkspace_include = [\"target/keep/\"]\n"),
+    );
+    let refused = env.run_suite(&large, "large", true, &[]);
+    ensure!(refused.code() == Some(2), "exit {:?}: {}", refused.code(), refused.stderr());
+    ensure!(
+        refused.stderr().contains("larger than the server takes")
+            && refused.stderr().contains("workspace_exclude"),
+        "{}",
+        refused.stderr()
+    );
+    let fits = env.write(
+        "fits.toml",
+        &manifest(
+            "workspace_exclude = [\"*.log\", \"/data\"]\nworkspace_include = [\"target/keep/\"]\n",
+        ),
+    );
+    let run = env.run_suite(&fits, "fits", true, &[]);
+    ensure!(
+        statuses(run.report()) == vec![("what-was-sent".to_owned(), Status::Passed)],
+        "{:?}\n{}",
+        run.report().tests,
+        run.stderr()
+    );
+    env.stop();
+    env.cleanup().await
+}
