@@ -1,12 +1,12 @@
 //! `isotest run --server`: upload the workspace, submit the suite, follow its
 //! progress, and fetch the report from the producer's HTTP API.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Client, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use isotest_protocol::api::{ApiError, Submitted, SuiteStatus};
+use isotest_protocol::api::{ApiError, QueueState, Submitted, SuiteStatus};
 use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
@@ -77,10 +77,14 @@ pub async fn run(
     );
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
+        let mut watch = QueueWatch::default();
         let status = loop {
             let status: SuiteStatus = api
                 .json(api.http.get(api.url(&submitted.status_url)))
                 .await?;
+            if let Some(line) = status.queue.and_then(|q| watch.line(q, Instant::now())) {
+                progress.println(&line);
+            }
             progress.set_done(status.done);
             if status.state != SuiteState::Running {
                 break status;
@@ -150,6 +154,49 @@ fn cancelled_here(loaded: &LoadedSuite) -> Report {
         isotest_producer::config::DEFAULT_DEADLINE,
     );
     isotest_report::assemble(&record, Vec::new(), SuiteState::Cancelled)
+}
+
+/// How long a suite may wait with no worker consuming before the warning comes again.
+const NO_WORKER_REPEAT: Duration = Duration::from_secs(30);
+
+/// What the tests queue looked like, so that a CI log hears of it when it matters: once
+/// at the start (how many tests wait, how many workers consume), whenever the workers
+/// come or all go, and every [`NO_WORKER_REPEAT`] while none consumes.
+#[derive(Debug, Default)]
+struct QueueWatch {
+    last: Option<(QueueState, Instant)>,
+}
+
+impl QueueWatch {
+    fn line(&mut self, queue: QueueState, now: Instant) -> Option<String> {
+        let due = match self.last {
+            None => true,
+            Some((last, at)) => {
+                (last.consumers == 0) != (queue.consumers == 0)
+                    || (queue.consumers == 0 && now.duration_since(at) >= NO_WORKER_REPEAT)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last = Some((queue, now));
+        Some(queue_line(queue))
+    }
+}
+
+/// One line on the tests queue.
+fn queue_line(queue: QueueState) -> String {
+    let waiting = match queue.waiting {
+        1 => "1 test waits".to_owned(),
+        n => format!("{n} tests wait"),
+    };
+    match queue.consumers {
+        0 => format!(
+            "isotest: warning: no worker consumes the tests queue ({waiting}); start `isotest worker` with this server's AMQP_URL and ISOTEST_NAMESPACE, or the suite ends at its deadline"
+        ),
+        1 => format!("isotest: {waiting} in the queue, 1 worker consumes it"),
+        n => format!("isotest: {waiting} in the queue, {n} workers consume it"),
+    }
 }
 
 /// The `Authorization` header every request carries (none without a token), marked
@@ -301,7 +348,32 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{server_url, too_large};
+    use super::{QueueState, QueueWatch, server_url, too_large};
+    use std::time::{Duration, Instant};
+
+    /// The queue lines a CI log gets as workers come and go.
+    #[test]
+    fn the_log_hears_when_no_worker_consumes() {
+        let start = Instant::now();
+        let q = |waiting, consumers| QueueState { waiting, consumers };
+        let mut watch = QueueWatch::default();
+        let polls = [
+            (0, q(3, 0)),
+            (1, q(3, 0)),
+            (31, q(3, 0)),
+            (32, q(3, 2)),
+            (33, q(1, 2)),
+            (40, q(0, 0)),
+        ];
+        let lines: Vec<String> = polls
+            .iter()
+            .filter_map(|(s, queue)| {
+                let line = watch.line(*queue, start + Duration::from_secs(*s))?;
+                Some(format!("{s:>3}s {line}"))
+            })
+            .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+    }
 
     #[test]
     fn a_workspace_too_large_says_what_to_do() {

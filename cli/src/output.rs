@@ -68,6 +68,14 @@ impl Progress {
         }
     }
 
+    /// A line of its own on stderr, above the bar on a terminal.
+    pub fn println(&self, line: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(line),
+            Progress::Lines { .. } | Progress::Quiet => eprintln!("{line}"),
+        }
+    }
+
     /// The server says this many tests are done.
     pub fn set_done(&mut self, now_done: u32) {
         match self {

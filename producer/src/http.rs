@@ -346,6 +346,7 @@ async fn status(
             total: report.summary.total,
             done,
             summary: Some(report.summary),
+            queue: None,
         },
         (Some(record), None) => SuiteStatus {
             id,
@@ -354,6 +355,8 @@ async fn status(
             total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
             done,
             summary: None,
+            // So that a client can say when no worker takes the suite's tests.
+            queue: state.publisher.queue_state().await,
         },
         (None, None) => return Err(ApiFailure::SuiteNotFound(id)),
     };
@@ -382,6 +385,7 @@ async fn cancel(
                 total: report.summary.total,
                 done,
                 summary: Some(report.summary),
+                queue: None,
             }))
         }
         Cancelled::AlreadyEnded(ended) => Err(ApiFailure::AlreadyEnded {

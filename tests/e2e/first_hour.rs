@@ -347,3 +347,23 @@ async fn the_workspace_upload_leaves_out_what_git_ignores_and_says_what_to_do_wh
     env.stop();
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suite_no_worker_takes_says_so() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(0, 1).await?;
+    let manifest = env.write(
+        "unconsumed.toml",
+        "name = \"unconsumed\"\ndeadline = \"3s\"\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "unconsumed", true, &[]);
+    ensure!(
+        run.stderr()
+            .contains("isotest: warning: no worker consumes the tests queue (1 test waits)"),
+        "{}",
+        run.stderr()
+    );
+    ensure!(run.code() == Some(1), "exit {:?}", run.code());
+    env.stop();
+    env.cleanup().await
+}
