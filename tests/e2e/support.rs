@@ -6,14 +6,12 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use isotest_protocol::report::Report;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::OnceCell;
 
 /// The `isotest` binary under test.
 pub const ISOTEST: &str = env!("CARGO_BIN_EXE_isotest");
