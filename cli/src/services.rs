@@ -2,6 +2,7 @@
 //! `worker`, `aggregator`, and `up` (all three in one process).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use isotest_infra::metrics::MetricsServer;
 use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
-use crate::args::MetricsArgs;
+use crate::args::{AGGREGATOR_METRICS, UP_METRICS_PORT, WORKER_METRICS};
 use crate::args::{AggregatorArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
 use crate::exit::Failure;
 
@@ -40,7 +41,7 @@ pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
 /// Returns [`Failure::Isolation`] when this host cannot make sandboxes, and
 /// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
-    let _metrics = serve_metrics(&args.metrics, None).await?;
+    let _metrics = serve_metrics(args.metrics.listen_or(WORKER_METRICS), None).await?;
     let worker = build_worker(&args.endpoints, &args.worker).await?;
     worker
         .run(isotest_infra::shutdown::signal())
@@ -56,7 +57,8 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 /// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     let queues = (&args.endpoints, args.queues.queue_poll_interval);
-    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
+    let listen = args.metrics.listen_or(AGGREGATOR_METRICS);
+    let _metrics = serve_metrics(listen, Some(queues)).await?;
     run_aggregator(
         args.endpoints,
         args.webhooks,
@@ -73,7 +75,7 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
 /// As [`producer`], [`worker`] and [`aggregator`]; the first service to fail stops the others.
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
-    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
+    let _metrics = serve_metrics(up_metrics_addr(&args), Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
     // One set of `--allow-callback-host` for both ends: submission and delivery.
     let egress = args.producer.egress.policy();
@@ -141,6 +143,13 @@ fn up_producer(mut config: isotest_producer::Config) -> isotest_producer::Config
     config
 }
 
+/// Where `isotest up` serves its metrics: as asked, or its own port on the address its
+/// API listens on (so `up --listen 127.0.0.1:8080` exposes nothing on other interfaces).
+pub fn up_metrics_addr(args: &UpArgs) -> SocketAddr {
+    args.metrics
+        .listen_or(SocketAddr::new(args.producer.listen.ip(), UP_METRICS_PORT))
+}
+
 async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Result<Worker, Failure> {
     let sandbox = &settings.sandbox;
     let sandboxer = Sandboxer::new(sandbox.sandbox_config())?;
@@ -205,10 +214,10 @@ impl Drop for MetricsTask {
 /// returned task is dropped. With `queues`, this process also reads the depth of the
 /// namespace's queues every interval, for every replica's /metrics to show.
 async fn serve_metrics(
-    args: &MetricsArgs,
+    listen: SocketAddr,
     queues: Option<(&Endpoints, Duration)>,
 ) -> Result<MetricsTask, Failure> {
-    let server = MetricsServer::bind(args.metrics_listen)
+    let server = MetricsServer::bind(listen)
         .await
         .map_err(unreachable)?;
     let stop = CancellationToken::new();

@@ -419,6 +419,7 @@ async fn status(
             total: report.summary.total,
             done,
             summary: Some(report.summary),
+            queue: None,
         },
         None => SuiteStatus {
             id,
@@ -427,6 +428,8 @@ async fn status(
             total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
             done,
             summary: None,
+            // So that a client can say when no worker takes the suite's tests.
+            queue: state.publisher.queue_state().await,
         },
     };
     Ok(Json(status))
@@ -456,6 +459,7 @@ async fn cancel(
                 total: report.summary.total,
                 done,
                 summary: Some(report.summary),
+                queue: None,
             }))
         }
         Cancelled::AlreadyEnded(ended) => Err(ApiFailure::AlreadyEnded {

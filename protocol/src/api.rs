@@ -76,6 +76,19 @@ pub struct SuiteStatus {
     /// Present once the suite is no longer running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// The namespace's tests queue while the suite runs, when RabbitMQ answered: how
+    /// many messages wait and how many workers consume them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueState>,
+}
+
+/// The tests queue as RabbitMQ counts it (every suite of the namespace shares it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Test messages waiting for a worker.
+    pub waiting: u32,
+    /// Workers consuming the queue.
+    pub consumers: u32,
 }
 
 /// The body of every error answer: one line that names the problem.
