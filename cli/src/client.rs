@@ -274,7 +274,11 @@ impl Api {
             .send(self.http.put(&url).body(bundle.bytes.to_vec()))
             .await?;
         if put.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let reason = check(put).await.err().map(|e| e.to_string()).unwrap_or_default();
+            let reason = check(put)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(Failure::BadInput(too_large(bundle.bytes.len(), &reason)));
         }
         check(put).await.map(drop)

@@ -85,7 +85,6 @@ pub async fn run(
     }
 }
 
-
 /// The in-process queue: every attempt is a task waiting its turn on a semaphore
 /// (fair, so tests start in manifest order); results come back on one channel to
 /// the single owner of the run's state.

@@ -27,8 +27,7 @@ fn statuses(report: &Report) -> Vec<(String, Status)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadline() -> Result<()>
-{
+async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadline() -> Result<()> {
     let env = TestEnv::new().await;
     let manifest = env.write(
         "deadline.toml",
@@ -39,7 +38,11 @@ async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadlin
     );
     let run = env.run_suite(&manifest, "deadline", false, &["--concurrency", "3"]);
     let report = run.report();
-    ensure!(report.state == SuiteState::DeadlineExceeded, "{:?}", report.state);
+    ensure!(
+        report.state == SuiteState::DeadlineExceeded,
+        "{:?}",
+        report.state
+    );
     ensure!(
         statuses(report)
             == vec![
@@ -218,12 +221,20 @@ async fn interrupted_run_writes_the_reports(server: bool, signal: Signal) -> Res
     ensure!(first.contains(&at) && first.contains(tests), "{first}");
     // (The test environment's RUST_LOG=info may put log lines before it.)
     ensure!(
-        run.seen.iter().filter(|l| l.starts_with("isotest:") || l.starts_with('[')).count() == 1,
+        run.seen
+            .iter()
+            .filter(|l| l.starts_with("isotest:") || l.starts_with('['))
+            .count()
+            == 1,
         "the suite's line comes first: {:#?}",
         run.seen
     );
     // Embedded mode prints each test; server mode the count done.
-    let passed = if server { "1/2 tests done" } else { "passed short" };
+    let passed = if server {
+        "1/2 tests done"
+    } else {
+        "passed short"
+    };
     run.wait_for(passed, Duration::from_secs(60))?;
     let (code, stderr) = run.stop(signal)?;
     ensure!(code == Some(130), "exit {code:?}\n{stderr}");
@@ -274,7 +285,12 @@ async fn a_server_url_without_a_scheme_is_bad_input() -> Result<()> {
         "name = \"scheme\"\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
     );
     let run = env.run_suite(&manifest, "scheme", false, &["--server", "127.0.0.1:18580"]);
-    ensure!(run.code() == Some(2), "exit {:?}: {}", run.code(), run.stderr());
+    ensure!(
+        run.code() == Some(2),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr()
+    );
     ensure!(
         run.stderr().trim()
             == "error: the server URL `127.0.0.1:18580` has no http:// or https:// scheme; give one like http://127.0.0.1:18580",
@@ -324,7 +340,12 @@ async fn the_workspace_upload_leaves_out_what_git_ignores_and_says_what_to_do_wh
         &manifest("workspace_exclude = [\"*.log\"]\nworkspace_include = [\"target/keep/\"]\n"),
     );
     let refused = env.run_suite(&large, "large", true, &[]);
-    ensure!(refused.code() == Some(2), "exit {:?}: {}", refused.code(), refused.stderr());
+    ensure!(
+        refused.code() == Some(2),
+        "exit {:?}: {}",
+        refused.code(),
+        refused.stderr()
+    );
     ensure!(
         refused.stderr().contains("larger than the server takes")
             && refused.stderr().contains("workspace_exclude"),
