@@ -10,6 +10,8 @@
 pub mod flaky;
 pub mod quarantine;
 pub mod read;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod write;
 
 use std::path::{Path, PathBuf};
