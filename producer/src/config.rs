@@ -33,6 +33,11 @@ pub struct Config {
     /// (without it, the API is open until the first `isotest token add`).
     #[arg(long, env = "ISOTEST_REQUIRE_TOKEN")]
     pub require_token: bool,
+    /// The history store (`postgres://…`): quarantined tests, and reports of suites
+    /// whose Redis keys have expired. None: no quarantine, and a suite is readable only
+    /// while Redis keeps it.
+    #[arg(long, env = "ISOTEST_HISTORY_URL")]
+    pub history_url: Option<String>,
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -64,6 +69,7 @@ impl Config {
             limits: Limits::default(),
             default_deadline: DEFAULT_DEADLINE,
             require_token: false,
+            history_url: None,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct AppState {
     pub default_deadline: Duration,
     /// Refuse `/v1` requests without a token even while no token exists.
     pub require_token: bool,
+    /// The history store (`--history-url`): quarantine, reports of expired suites, the
+    /// history routes.
+    pub history: Option<isotest_history::History>,
 }
 
 /// The OpenAPI document of this API, served at `GET /openapi.yaml`.
@@ -93,6 +96,10 @@ pub enum ApiFailure {
     },
     #[error("could not use Redis")]
     Store(#[from] StoreError),
+    #[error("this producer keeps no history; start it with --history-url")]
+    NoHistory,
+    #[error("could not use the history store")]
+    History(#[from] isotest_history::HistoryError),
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -119,6 +126,11 @@ impl ApiFailure {
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::NoHistory => StatusCode::NOT_IMPLEMENTED,
+            ApiFailure::History(isotest_history::HistoryError::CorruptReport { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiFailure::History(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -167,6 +179,7 @@ fn v1_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/suites/{id}/report.xml", get(report_junit))
         .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
         .route("/v1/blobs/{reference}", put(put_blob).head(head_blob))
+        .merge(crate::history::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             auth::authenticate,
@@ -270,7 +283,8 @@ async fn submit(
     let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
-        let record = suite::record(&id, &suite, now, state.default_deadline);
+        let mut record = suite::record(&id, &suite, now, state.default_deadline);
+        crate::history::prepare_record(&state, &caller, &mut record).await;
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
         match &caller {
@@ -355,7 +369,11 @@ async fn status(
             done,
             summary: None,
         },
-        (None, None) => return Err(ApiFailure::SuiteNotFound(id)),
+        // Past its retention in Redis, a suite is in the history store.
+        (None, None) => match crate::history::status(&state, &id).await? {
+            Some(status) => status,
+            None => return Err(ApiFailure::SuiteNotFound(id)),
+        },
     };
     Ok(Json(status))
 }
@@ -409,7 +427,10 @@ async fn stored_report(state: &AppState, id: &str) -> Result<StoredReport, ApiFa
         return Ok(report);
     }
     match state.store.suite(&id).await? {
-        None => Err(ApiFailure::SuiteNotFound(id)),
+        // Past its retention in Redis, a suite's report is in the history store.
+        None => crate::history::stored_report(state, &id)
+            .await?
+            .ok_or(ApiFailure::SuiteNotFound(id)),
         Some(record) => {
             let done = state.store.done_count(&id).await?;
             Err(ApiFailure::Running {
