@@ -35,6 +35,7 @@ pub async fn run(
     args: &RunArgs,
     sandboxer: Arc<Sandboxer>,
     local: &Local<'_>,
+    history: Option<&isotest_history::History>,
 ) -> Result<Report, Failure> {
     let runner = Runner::new(
         sandboxer,
@@ -51,12 +52,15 @@ pub async fn run(
     }
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
-    let record = isotest_producer::suite::record(
+    let mut record = isotest_producer::suite::record(
         &id,
         &loaded.suite,
         now,
         isotest_producer::config::DEFAULT_DEADLINE,
     );
+    if let Some(history) = history {
+        record.quarantined = crate::history::quarantined(history, &record).await;
+    }
     let messages = isotest_producer::suite::messages(&id, &loaded.suite, now);
     let workspace = loaded.workspace.map(|b| b.bytes);
     let concurrency = usize::from(args.concurrency.unwrap_or_else(default_concurrency).max(1));
@@ -79,10 +83,14 @@ pub async fn run(
         }
     };
     progress.finish();
-    Ok(match collected {
+    let report = match collected {
         Some(results) => isotest_report::assemble(&record, results, SuiteState::Complete),
         None => isotest_report::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
-    })
+    };
+    if let Some(history) = history {
+        crate::history::record(history, &record, &report).await;
+    }
+    Ok(report)
 }
 
 /// The in-process queue: every attempt is a task waiting its turn on a semaphore

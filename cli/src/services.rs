@@ -14,7 +14,7 @@ use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::MetricsArgs;
-use crate::args::{AggregatorArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
+use crate::args::{AggregatorArgs, RetentionArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
 use crate::exit::Failure;
 
 /// Serves the producer's HTTP API.
@@ -57,12 +57,32 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     let queues = (&args.endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
+    let history = history_sink(args.history_url.as_deref(), &args.retention).await?;
     run_aggregator(
         args.endpoints,
         args.webhooks,
+        history,
         isotest_infra::shutdown::signal(),
     )
     .await
+}
+
+/// The aggregator's history store, opened (and migrated) now, when a URL is given.
+async fn history_sink(
+    url: Option<&str>,
+    retention: &RetentionArgs,
+) -> Result<Option<isotest_aggregator::HistorySink>, Failure> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let history = isotest_history::History::open(url)
+        .await
+        .map_err(crate::history::store_failure)?;
+    Ok(Some(isotest_aggregator::HistorySink {
+        history,
+        retention: retention.retention,
+        auto_quarantine: retention.auto_quarantine_above,
+    }))
 }
 
 /// Runs the producer, an aggregator and a worker in one process until a signal.
@@ -74,6 +94,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
+    let history = history_sink(args.producer.history_url.as_deref(), &args.retention).await?;
     let worker = build_worker(&endpoints, &args.worker).await?;
     let producer = isotest_producer::Producer::build(args.producer)
         .await
@@ -108,7 +129,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 .map_err(Failure::from)
         }
     });
-    services.spawn(run_aggregator(endpoints, args.webhooks, stopped(&stop)));
+    services.spawn(run_aggregator(
+        endpoints,
+        args.webhooks,
+        history,
+        stopped(&stop),
+    ));
     tokio::spawn(signal);
     // Whichever service ends first (a signal, or a failure) takes the others down with it.
     let mut first: Result<(), Failure> = Ok(());
@@ -147,6 +173,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
 async fn run_aggregator(
     endpoints: Endpoints,
     webhooks: WebhookArgs,
+    history: Option<isotest_aggregator::HistorySink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let mut config = isotest_aggregator::service::AggregatorConfig::new(
@@ -155,6 +182,7 @@ async fn run_aggregator(
         isotest_infra::process_id("aggregator"),
     );
     config.amqp_url = Some(endpoints.amqp_url.clone());
+    config.history = history;
     config.webhooks.secret = webhooks
         .webhook_secret
         .and_then(isotest_aggregator::WebhookSecret::new);

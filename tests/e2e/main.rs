@@ -8,6 +8,7 @@ mod deploy_commands;
 mod deploy_files;
 mod faults;
 mod frameworks;
+mod history;
 mod metrics;
 mod modes;
 mod pipeline;
