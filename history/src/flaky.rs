@@ -128,13 +128,48 @@ impl History {
         since_ms: u64,
         policy: &FlakyPolicy,
     ) -> Result<Vec<FlakyTest>, HistoryError> {
-        let rows = sqlx::query(&format!(
+        self.flaky_in(None, since_ms, policy).await
+    }
+
+    /// As [`History::flaky`], among the tests of suites named `suite` only.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HistoryError::Query`] when the database fails.
+    pub async fn flaky_in_suite(
+        &self,
+        suite: &str,
+        since_ms: u64,
+        policy: &FlakyPolicy,
+    ) -> Result<Vec<FlakyTest>, HistoryError> {
+        self.flaky_in(Some(suite), since_ms, policy).await
+    }
+
+    async fn flaky_in(
+        &self,
+        suite: Option<&str>,
+        since_ms: u64,
+        policy: &FlakyPolicy,
+    ) -> Result<Vec<FlakyTest>, HistoryError> {
+        let sql = format!(
             "SELECT {RUN_COLUMNS} FROM test_runs r JOIN suites s ON s.id = r.suite_id \
              WHERE r.finished_at_ms >= $1 AND s.outage = 0 AND r.infrastructure = 0"
-        ))
-        .bind(ms(since_ms))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = match suite {
+            Some(suite) => {
+                sqlx::query(&format!("{sql} AND r.suite_name = $2"))
+                    .bind(ms(since_ms))
+                    .bind(suite.to_owned())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&sql)
+                    .bind(ms(since_ms))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         let mut by_test: BTreeMap<(String, String), Vec<TestRun>> = BTreeMap::new();
         for row in &rows {
             let run = test_run(row)?;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use isotest_history::quarantine::Scope;
 use isotest_history::write::digests_of;
-use isotest_history::{History, HistoryError, Recorded, SuiteEntry};
+use isotest_history::{FlakyPolicy, History, HistoryError, Recorded, SuiteEntry};
 use isotest_infra::reports::{self, LoadError};
 use isotest_infra::suites::load_record;
 use isotest_protocol::names::Namespace;
@@ -31,7 +32,13 @@ const UNRECORDED_KEPT: Duration = Duration::from_secs(3600);
 pub struct HistorySink {
     pub history: History,
     pub retention: Duration,
+    /// Quarantine a test of a recorded suite whose flakiness score reaches this (0 to
+    /// 1), for the suite's repository (else its token, else everywhere); `None` never.
+    pub auto_quarantine: Option<f64>,
 }
+
+/// The runs an automatic quarantine looks back over.
+const AUTO_QUARANTINE_SINCE: Duration = Duration::from_secs(30 * 86_400);
 
 /// A failure of one round of recording; the suites stay queued.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +76,44 @@ impl Aggregator {
     }
 }
 
+/// Quarantines the tests of suites named `suite` whose score reaches `threshold`.
+async fn auto_quarantine(
+    sink: &HistorySink,
+    record: &isotest_protocol::api::SuiteRecord,
+    suite: &str,
+    threshold: f64,
+) -> Result<(), HistoryJobError> {
+    let now = isotest_protocol::now_ms();
+    let since =
+        now.saturating_sub(u64::try_from(AUTO_QUARANTINE_SINCE.as_millis()).unwrap_or(u64::MAX));
+    let policy = FlakyPolicy {
+        min_score: threshold,
+        ..FlakyPolicy::default()
+    };
+    let scope = match (
+        record.meta.get(isotest_protocol::api::meta::REPOSITORY),
+        &record.token,
+    ) {
+        (Some(repo), _) => Scope::Repository(repo.clone()),
+        (None, Some(token)) => Scope::Token(token.clone()),
+        (None, None) => Scope::All,
+    };
+    for flaky in sink.history.flaky_in_suite(suite, since, &policy).await? {
+        let reason = format!(
+            "automatic: flaky score {:.2} ({} of {} runs)",
+            flaky.score, flaky.signals, flaky.runs
+        );
+        if sink
+            .history
+            .quarantine_add(&scope, &flaky.test, &reason, now)
+            .await?
+        {
+            tracing::info!(test = %flaky.test, %scope, score = flaky.score, "Quarantined a flaky test.");
+        }
+    }
+    Ok(())
+}
+
 /// Records one queued suite, sets its keys to expire and takes it off the queue.
 async fn record_one(
     conn: &mut ConnectionManager,
@@ -101,6 +146,9 @@ async fn record_one(
     let recorded = sink.history.record(&entry).await?;
     if recorded == Recorded::Now {
         tracing::debug!(%suite_id, "Recorded the suite in the history store.");
+        if let Some(threshold) = sink.auto_quarantine {
+            auto_quarantine(sink, &record, &stored.report.suite, threshold).await?;
+        }
     }
     let seconds = i64::try_from(sink.retention.as_secs().max(1)).unwrap_or(i64::MAX);
     let mut pipe = redis::pipe();

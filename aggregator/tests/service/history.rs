@@ -38,6 +38,7 @@ async fn two_replicas_record_a_suite_once_and_a_redelivery_adds_nothing() {
     let sink = HistorySink {
         history: history.clone(),
         retention: Duration::from_secs(3600),
+        auto_quarantine: None,
     };
     let mut one = env.config("one");
     one.history = Some(sink.clone());
@@ -107,6 +108,7 @@ async fn after_retention_the_report_is_gone_from_redis_but_kept_in_history() {
     config.history = Some(HistorySink {
         history: history.clone(),
         retention: Duration::from_secs(1),
+        auto_quarantine: None,
     });
     let running = env.start(config).await;
 
@@ -155,5 +157,68 @@ async fn without_a_history_store_nothing_expires() {
         .await
         .expect("ttl");
     assert_eq!(ttl, -1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_test_whose_score_reaches_the_threshold_is_quarantined() {
+    let env = TestEnv::new().await;
+    let db = ScratchSchema::create().await.expect("postgres");
+    let history = History::open(&db.url).await.expect("history opens");
+    let mut config = env.config("solo");
+    config.history = Some(HistorySink {
+        history: history.clone(),
+        retention: Duration::from_secs(3600),
+        auto_quarantine: Some(0.25),
+    });
+    let running = env.start(config).await;
+
+    // The same inputs pass, then fail: a flip on one digest, score 1/2.
+    for (id, coin) in [("n1", Status::Passed), ("n2", Status::Failed)] {
+        let mut record = env
+            .submit(id, &["coin", "steady"], Duration::from_secs(600))
+            .await;
+        record.name = "nightly".into();
+        record.digests = vec!["d-coin".into(), "d-steady".into()];
+        let () = env
+            .redis
+            .clone()
+            .set(
+                env.ns.suite_key(id),
+                serde_json::to_string(&record).expect("json"),
+            )
+            .await
+            .expect("record rewritten");
+        env.record(&result(id, "coin", 1, true, coin)).await;
+        env.record(&result(id, "steady", 1, true, Status::Passed))
+            .await;
+        env.wait_report(id).await;
+        poll("the suite recorded", || {
+            let history = history.clone();
+            async move { history.suite(id).await.expect("query") }
+        })
+        .await;
+    }
+    let quarantined = poll("`coin` quarantined", || {
+        let history = history.clone();
+        async move {
+            let list = history.quarantine_list().await.expect("list");
+            (!list.is_empty()).then_some(list)
+        }
+    })
+    .await;
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].test, "coin");
+    assert_eq!(quarantined[0].scope.to_string(), "*");
+    assert!(
+        quarantined[0]
+            .reason
+            .starts_with("automatic: flaky score 0.50"),
+        "{quarantined:?}"
+    );
+
+    running.stop().await;
+    history.close().await;
+    db.drop().await.expect("schema dropped");
     env.cleanup().await;
 }
