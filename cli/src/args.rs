@@ -255,6 +255,10 @@ pub struct WorkerSettings {
     /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
     #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
     pub max_test_timeout: Duration,
+    /// The most output (stdout, stderr, cases' messages, in bytes as stored in JSON) all
+    /// results of one suite may hold in Redis; output past it is cut, with a marker.
+    #[arg(long, env = "ISOTEST_SUITE_OUTPUT_BYTES", default_value_t = isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES)]
+    pub suite_output_bytes: u64,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -269,6 +273,9 @@ pub struct AggregatorArgs {
     pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Which internal hosts a suite's `callback_url` may reach (none by default).
+    #[command(flatten)]
+    pub egress: isotest_infra::egress::EgressArgs,
     /// The history store (`postgres://…`) ended suites are recorded in; without it,
     /// nothing is recorded and nothing in Redis expires.
     #[arg(long, env = "ISOTEST_HISTORY_URL")]
@@ -282,7 +289,7 @@ pub struct AggregatorArgs {
 pub struct RetentionArgs {
     /// Once a suite is in the history store, its results and report in Redis expire
     /// after this long (its report is then read from the history store).
-    #[arg(long, env = "ISOTEST_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "ISOTEST_RETENTION", default_value = "7d", value_parser = parse_age)]
     pub retention: Duration,
     /// Quarantine a test automatically once its flakiness score (0 to 1, over its last
     /// 20 counted runs) reaches this, for its suite's repository (else its token).
@@ -343,6 +350,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     isotest_protocol::duration::parse(text).map_err(|e| e.to_string())
 }
 
+/// An age or a retention: days (`"7d"`, `"90d"`) or a duration as [`parse_duration`]
+/// reads it (`"12h"`).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    match text.trim().strip_suffix('d') {
+        Some(days) if !days.is_empty() && days.bytes().all(|b| b.is_ascii_digit()) => {
+            let days: u64 = days.parse().map_err(|_| format!("`{text}` is too long"))?;
+            if days == 0 {
+                return Err("must be greater than zero".into());
+            }
+            days.checked_mul(86_400)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{text}` is too long"))
+        }
+        _ => parse_duration(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +375,15 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages_take_days_or_durations() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        for bad in ["0d", "d", "1.5d", "-1d", "soon"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

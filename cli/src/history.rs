@@ -11,11 +11,11 @@ use clap::{Args, Subcommand};
 
 use isotest_history::quarantine::Scope;
 use isotest_history::write::digests_of;
-use isotest_history::{FlakyPolicy, History, SuiteEntry, SuiteRow};
+use isotest_history::{FlakyPolicy, History, Owner, SuiteEntry, SuiteRow};
 use isotest_protocol::api::{SuiteRecord, meta};
 use isotest_protocol::report::Report;
 
-use crate::args::parse_duration;
+use crate::args::parse_age;
 use crate::exit::{self, Failure};
 
 /// Where the history is kept.
@@ -90,7 +90,7 @@ pub enum HistoryCommand {
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Delete what ended longer ago than this ("90d", "12h").
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_age)]
     pub older_than: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -128,7 +128,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct FlakyArgs {
     /// Runs of the last this long count.
-    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, default_value = "30d", value_parser = parse_age)]
     pub since: Duration,
     /// The counted runs a score is taken over.
     #[arg(long, default_value_t = 20)]
@@ -221,7 +221,7 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
     };
     let history = args.store.open().await?;
     let runs = history
-        .test_runs(&test, args.suite.as_deref(), args.last)
+        .test_runs(&test, args.suite.as_deref(), Owner::Any, args.last)
         .await
         .map_err(store_failure)?;
     if runs.is_empty() {
@@ -262,7 +262,10 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
 pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
     let history = args.store.open().await?;
     let suites = history
-        .suites(args.last, args.token_name.as_deref())
+        .suites(
+            args.last,
+            args.token_name.as_deref().map_or(Owner::Any, Owner::Token),
+        )
         .await
         .map_err(store_failure)?;
     if suites.is_empty() {
@@ -361,7 +364,10 @@ pub async fn flaky(args: FlakyArgs) -> Result<u8, Failure> {
         clear_after: args.clear_after,
         min_score: args.min_score,
     };
-    let flaky = history.flaky(since, &policy).await.map_err(store_failure)?;
+    let flaky = history
+        .flaky(since, Owner::Any, &policy)
+        .await
+        .map_err(store_failure)?;
     if flaky.is_empty() {
         println!("No flaky tests.");
         return Ok(exit::PASSED);
@@ -447,7 +453,7 @@ pub async fn quarantine(args: QuarantineArgs) -> Result<u8, Failure> {
 pub async fn quarantined(history: &History, record: &SuiteRecord) -> Vec<String> {
     let repository = record.meta.get(meta::REPOSITORY).map(String::as_str);
     match history
-        .quarantined_for(record.token.as_deref(), repository)
+        .quarantined_for(record.owner.as_deref(), repository)
         .await
     {
         Ok(list) => list
@@ -466,7 +472,7 @@ pub async fn record(history: &History, record: &SuiteRecord, report: &Report) {
     let digests = digests_of(record);
     let entry = SuiteEntry {
         report,
-        token: record.token.as_deref(),
+        token: record.owner.as_deref(),
         meta: &record.meta,
         digests: &digests,
     };

@@ -61,6 +61,7 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     run_aggregator(
         args.endpoints,
         args.webhooks,
+        args.egress.policy(),
         history,
         isotest_infra::shutdown::signal(),
     )
@@ -94,9 +95,11 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
+    // One set of `--allow-callback-host` for both ends: submission and delivery.
+    let egress = args.producer.egress.policy();
     let history = history_sink(args.producer.history_url.as_deref(), &args.retention).await?;
     let worker = build_worker(&endpoints, &args.worker).await?;
-    let producer = isotest_producer::Producer::build(args.producer)
+    let producer = isotest_producer::Producer::build(up_producer(args.producer))
         .await
         .map_err(unreachable)?;
     let stop = CancellationToken::new();
@@ -132,6 +135,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     services.spawn(run_aggregator(
         endpoints,
         args.webhooks,
+        egress,
         history,
         stopped(&stop),
     ));
@@ -147,6 +151,16 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     }
     first
+}
+
+/// The producer of `isotest up`: open by default when it listens on a loopback address
+/// (one machine, one user: the quick start), closed like any producer otherwise or with
+/// `--require-token`.
+fn up_producer(mut config: isotest_producer::Config) -> isotest_producer::Config {
+    if !config.require_token && config.listen.ip().is_loopback() {
+        config.open = true;
+    }
+    config
 }
 
 async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Result<Worker, Failure> {
@@ -166,6 +180,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
         concurrency: settings.concurrency,
         drain_timeout: settings.drain_timeout,
         max_test_timeout: settings.max_test_timeout,
+        suite_output_bytes: settings.suite_output_bytes,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }
@@ -173,6 +188,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
 async fn run_aggregator(
     endpoints: Endpoints,
     webhooks: WebhookArgs,
+    egress: isotest_infra::egress::EgressPolicy,
     history: Option<isotest_aggregator::HistorySink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
@@ -186,6 +202,7 @@ async fn run_aggregator(
     config.webhooks.secret = webhooks
         .webhook_secret
         .and_then(isotest_aggregator::WebhookSecret::new);
+    config.webhooks.egress = egress;
     let aggregator = isotest_aggregator::service::Aggregator::build(config)
         .await
         .map_err(unreachable)?;

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::read::{RUN_COLUMNS, TestRun, test_run};
+use crate::read::{Owner, TestRun};
 use crate::write::is_verdict;
-use crate::{History, HistoryError, ms};
+use crate::{History, HistoryError};
 
 /// How flakiness is scored.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,8 +117,8 @@ pub fn assess(runs: &[TestRun], policy: &FlakyPolicy) -> Option<FlakyTest> {
 }
 
 impl History {
-    /// Every test flaky under `policy` among the runs that finished since `since_ms`,
-    /// highest score first.
+    /// Every test flaky under `policy` among the runs that finished since `since_ms`
+    /// in suites of `owner`, highest score first.
     ///
     /// # Errors
     ///
@@ -126,12 +126,14 @@ impl History {
     pub async fn flaky(
         &self,
         since_ms: u64,
+        owner: Owner<'_>,
         policy: &FlakyPolicy,
     ) -> Result<Vec<FlakyTest>, HistoryError> {
-        self.flaky_in(None, since_ms, policy).await
+        let runs = self.counted_runs(since_ms, None, owner).await?;
+        Ok(score_all(runs, policy))
     }
 
-    /// As [`History::flaky`], among the tests of suites named `suite` only.
+    /// As [`History::flaky`], among the tests of suites named `suite` only (any owner).
     ///
     /// # Errors
     ///
@@ -142,53 +144,30 @@ impl History {
         since_ms: u64,
         policy: &FlakyPolicy,
     ) -> Result<Vec<FlakyTest>, HistoryError> {
-        self.flaky_in(Some(suite), since_ms, policy).await
+        let runs = self.counted_runs(since_ms, Some(suite), Owner::Any).await?;
+        Ok(score_all(runs, policy))
     }
+}
 
-    async fn flaky_in(
-        &self,
-        suite: Option<&str>,
-        since_ms: u64,
-        policy: &FlakyPolicy,
-    ) -> Result<Vec<FlakyTest>, HistoryError> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM test_runs r JOIN suites s ON s.id = r.suite_id \
-             WHERE r.finished_at_ms >= $1 AND s.outage = 0 AND r.infrastructure = 0"
-        );
-        let rows = match suite {
-            Some(suite) => {
-                sqlx::query(&format!("{sql} AND r.suite_name = $2"))
-                    .bind(ms(since_ms))
-                    .bind(suite.to_owned())
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query(&sql)
-                    .bind(ms(since_ms))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        let mut by_test: BTreeMap<(String, String), Vec<TestRun>> = BTreeMap::new();
-        for row in &rows {
-            let run = test_run(row)?;
-            by_test
-                .entry((run.suite_name.clone(), run.test.clone()))
-                .or_default()
-                .push(run);
-        }
-        let mut flaky: Vec<FlakyTest> = by_test
-            .values()
-            .filter_map(|runs| assess(runs, policy))
-            .collect();
-        flaky.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| (&a.suite, &a.test).cmp(&(&b.suite, &b.test)))
-        });
-        Ok(flaky)
+/// Scores the runs of each test (by suite name and test name), highest score first.
+fn score_all(runs: Vec<TestRun>, policy: &FlakyPolicy) -> Vec<FlakyTest> {
+    let mut by_test: BTreeMap<(String, String), Vec<TestRun>> = BTreeMap::new();
+    for run in runs {
+        by_test
+            .entry((run.suite_name.clone(), run.test.clone()))
+            .or_default()
+            .push(run);
     }
+    let mut flaky: Vec<FlakyTest> = by_test
+        .values()
+        .filter_map(|runs| assess(runs, policy))
+        .collect();
+    flaky.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| (&a.suite, &a.test).cmp(&(&b.suite, &b.test)))
+    });
+    flaky
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 pub use flaky::{FlakyPolicy, FlakyTest};
-pub use read::{SuiteRow, TestRun};
+pub use read::{Owner, SuiteRow, TestRun};
 pub use write::{Recorded, SuiteEntry};
 
 /// The schema's migrations, embedded in the binary; 0001 is the base every later one

@@ -65,7 +65,7 @@ pub struct TestRun {
 
 const SUITE_COLUMNS: &str = "id, name, token, state, created_at_ms, finished_at_ms, total, passed, failed, skipped, flaky, outage, meta";
 
-pub(crate) const RUN_COLUMNS: &str = "r.suite_id, r.suite_name, r.test, r.status, r.flaky, r.duration_ms, r.attempts, r.worker, r.digest, r.exit_code, r.output, r.finished_at_ms, r.infrastructure, s.outage, s.ci_commit, s.ci_branch";
+const RUN_COLUMNS: &str = "r.suite_id, r.suite_name, r.test, r.status, r.flaky, r.duration_ms, r.attempts, r.worker, r.digest, r.exit_code, r.output, r.finished_at_ms, r.infrastructure, s.outage, s.ci_commit, s.ci_branch";
 
 fn suite_row(row: &AnyRow) -> Result<SuiteRow, sqlx::Error> {
     let meta: String = row.try_get("meta")?;
@@ -88,7 +88,7 @@ fn suite_row(row: &AnyRow) -> Result<SuiteRow, sqlx::Error> {
     })
 }
 
-pub(crate) fn test_run(row: &AnyRow) -> Result<TestRun, sqlx::Error> {
+fn test_run(row: &AnyRow) -> Result<TestRun, sqlx::Error> {
     Ok(TestRun {
         suite_id: row.try_get(0)?,
         suite_name: row.try_get(1)?,
@@ -109,39 +109,110 @@ pub(crate) fn test_run(row: &AnyRow) -> Result<TestRun, sqlx::Error> {
     })
 }
 
+/// Whose suites a query sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// Every suite.
+    Any,
+    /// Only suites submitted without a token.
+    Anonymous,
+    /// Only suites of this token (by name).
+    Token(&'a str),
+}
+
+/// A value bound to a query.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// A `SELECT` built of conditions, each with its `$N` parameters numbered in order.
+struct Select {
+    sql: String,
+    conditions: Vec<String>,
+    binds: Vec<Bind>,
+}
+
+impl Select {
+    fn new(sql: impl Into<String>) -> Select {
+        Select {
+            sql: sql.into(),
+            conditions: Vec::new(),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Adds `condition`, whose `?` is the next parameter, bound to `value`.
+    fn bind(&mut self, condition: &str, value: Bind) -> &mut Select {
+        self.binds.push(value);
+        self.conditions
+            .push(condition.replace('?', &format!("${}", self.binds.len())));
+        self
+    }
+
+    fn owner(&mut self, column: &str, owner: Owner<'_>) -> &mut Select {
+        match owner {
+            Owner::Any => {}
+            Owner::Anonymous => self.conditions.push(format!("{column} IS NULL")),
+            Owner::Token(token) => {
+                self.bind(&format!("{column} = ?"), Bind::Text(token.to_owned()));
+            }
+        }
+        self
+    }
+
+    /// The statement with `tail` (ORDER BY, LIMIT: its `?` the next parameter) after
+    /// the conditions.
+    fn finish(&mut self, tail: &str, limit: Option<i64>) -> String {
+        let mut sql = self.sql.clone();
+        if !self.conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&self.conditions.join(" AND "));
+        }
+        let mut tail = tail.to_owned();
+        if let Some(limit) = limit {
+            self.binds.push(Bind::Int(limit));
+            tail = tail.replace('?', &format!("${}", self.binds.len()));
+        }
+        sql.push(' ');
+        sql.push_str(&tail);
+        sql
+    }
+
+    async fn fetch(
+        mut self,
+        pool: &sqlx::AnyPool,
+        tail: &str,
+        limit: Option<i64>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let sql = self.finish(tail, limit);
+        let mut query = sqlx::query(&sql);
+        for bind in self.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(n) => query.bind(n),
+            };
+        }
+        query.fetch_all(pool).await
+    }
+}
+
 impl History {
-    /// The `last` suites that finished most recently, newest first; only those of
-    /// `token` when one is given.
+    /// The `last` suites that finished most recently, newest first, of `owner`.
     ///
     /// # Errors
     ///
     /// Returns [`HistoryError::Query`] when the database fails.
-    pub async fn suites(
-        &self,
-        last: u32,
-        token: Option<&str>,
-    ) -> Result<Vec<SuiteRow>, HistoryError> {
-        let rows = match token {
-            Some(token) => {
-                sqlx::query(&format!(
-                    "SELECT {SUITE_COLUMNS} FROM suites WHERE token = $1 \
-                     ORDER BY finished_at_ms DESC, id DESC LIMIT $2"
-                ))
-                .bind(token.to_owned())
-                .bind(i64::from(last))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {SUITE_COLUMNS} FROM suites \
-                     ORDER BY finished_at_ms DESC, id DESC LIMIT $1"
-                ))
-                .bind(i64::from(last))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+    pub async fn suites(&self, last: u32, owner: Owner<'_>) -> Result<Vec<SuiteRow>, HistoryError> {
+        let mut select = Select::new(format!("SELECT {SUITE_COLUMNS} FROM suites"));
+        select.owner("token", owner);
+        let rows = select
+            .fetch(
+                &self.pool,
+                "ORDER BY finished_at_ms DESC, id DESC LIMIT ?",
+                Some(i64::from(last)),
+            )
+            .await?;
         Ok(rows.iter().map(suite_row).collect::<Result<_, _>>()?)
     }
 
@@ -189,8 +260,8 @@ impl History {
             })
     }
 
-    /// The `last` runs of the test named `test`, newest first; only in suites named
-    /// `suite` when one is given.
+    /// The `last` runs of the test named `test` in suites of `owner`, newest first;
+    /// only in suites named `suite` when one is given.
     ///
     /// # Errors
     ///
@@ -199,33 +270,46 @@ impl History {
         &self,
         test: &str,
         suite: Option<&str>,
+        owner: Owner<'_>,
         last: u32,
     ) -> Result<Vec<TestRun>, HistoryError> {
-        let from =
-            format!("SELECT {RUN_COLUMNS} FROM test_runs r JOIN suites s ON s.id = r.suite_id");
-        let rows = match suite {
-            Some(suite) => {
-                sqlx::query(&format!(
-                    "{from} WHERE r.test = $1 AND r.suite_name = $2 \
-                     ORDER BY r.finished_at_ms DESC, r.suite_id DESC LIMIT $3"
-                ))
-                .bind(test.to_owned())
-                .bind(suite.to_owned())
-                .bind(i64::from(last))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "{from} WHERE r.test = $1 \
-                     ORDER BY r.finished_at_ms DESC, r.suite_id DESC LIMIT $2"
-                ))
-                .bind(test.to_owned())
-                .bind(i64::from(last))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        let mut select = Select::new(format!(
+            "SELECT {RUN_COLUMNS} FROM test_runs r JOIN suites s ON s.id = r.suite_id"
+        ));
+        select.bind("r.test = ?", Bind::Text(test.to_owned()));
+        if let Some(suite) = suite {
+            select.bind("r.suite_name = ?", Bind::Text(suite.to_owned()));
+        }
+        select.owner("s.token", owner);
+        let rows = select
+            .fetch(
+                &self.pool,
+                "ORDER BY r.finished_at_ms DESC, r.suite_id DESC LIMIT ?",
+                Some(i64::from(last)),
+            )
+            .await?;
+        Ok(rows.iter().map(test_run).collect::<Result<_, _>>()?)
+    }
+
+    /// Runs that finished since `since_ms` in suites that were no outage, of `owner`,
+    /// and in suites named `suite` when one is given: what flakiness is scored on.
+    pub(crate) async fn counted_runs(
+        &self,
+        since_ms: u64,
+        suite: Option<&str>,
+        owner: Owner<'_>,
+    ) -> Result<Vec<TestRun>, HistoryError> {
+        let mut select = Select::new(format!(
+            "SELECT {RUN_COLUMNS} FROM test_runs r JOIN suites s ON s.id = r.suite_id"
+        ));
+        select.bind("r.finished_at_ms >= ?", Bind::Int(ms(since_ms)));
+        select.conditions.push("s.outage = 0".into());
+        select.conditions.push("r.infrastructure = 0".into());
+        if let Some(suite) = suite {
+            select.bind("r.suite_name = ?", Bind::Text(suite.to_owned()));
+        }
+        select.owner("s.token", owner);
+        let rows = select.fetch(&self.pool, "", None).await?;
         Ok(rows.iter().map(test_run).collect::<Result<_, _>>()?)
     }
 

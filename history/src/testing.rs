@@ -3,10 +3,10 @@
 
 use sqlx::Connection;
 
-/// The PostgreSQL tests use: `ISOTEST_TEST_POSTGRES_URL`, else the local one with
+/// The PostgreSQL tests use: `DATABASE_URL`, else the local one with
 /// trust authentication (`postgres://postgres@127.0.0.1:5432/test`).
 pub fn postgres_url() -> String {
-    std::env::var("ISOTEST_TEST_POSTGRES_URL")
+    std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 

@@ -11,16 +11,16 @@ use sqlx::Row;
 use sqlx::migrate::Migrator;
 
 use isotest_history::quarantine::Scope;
-use isotest_history::{FlakyPolicy, History, Recorded, SuiteEntry};
+use isotest_history::{FlakyPolicy, History, Owner, Recorded, SuiteEntry};
 use isotest_protocol::api::meta;
 use isotest_protocol::report::{Report, SuiteState};
 use isotest_protocol::result::Status;
 use isotest_report::fixtures;
 
-/// The PostgreSQL the tests use: `ISOTEST_TEST_POSTGRES_URL`, else the local one with
+/// The PostgreSQL the tests use: `DATABASE_URL`, else the local one with
 /// trust authentication.
 fn postgres_base() -> String {
-    std::env::var("ISOTEST_TEST_POSTGRES_URL")
+    std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
@@ -218,7 +218,7 @@ async fn upgrades_a_store_at_the_base_schema() -> Result<()> {
         let good = history.suite("old-good").await?.context("kept")?;
         assert!(outage.outage, "{outage:?}");
         assert!(!good.outage, "{good:?}");
-        let runs = history.test_runs("t", None, 10).await?;
+        let runs = history.test_runs("t", None, Owner::Any, 10).await?;
         assert_eq!(runs.len(), 2);
         assert!(runs.iter().all(|r| !r.infrastructure));
         // The tables 0002 added work.
@@ -269,12 +269,14 @@ async fn a_suite_offered_twice_is_written_once() -> Result<()> {
         );
         assert_eq!(suite.token.as_deref(), Some("ci-main"));
         assert_eq!(suite.meta, meta);
-        let runs = history.test_runs("a", None, 10).await?;
+        let runs = history.test_runs("a", None, Owner::Any, 10).await?;
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].digest.as_deref(), Some("da"));
         assert_eq!(runs[0].commit.as_deref(), Some("abc123"));
         assert_eq!(runs[0].output, "report:tests[0]");
-        let retried = history.test_runs("c~", Some("demo"), 10).await?;
+        let retried = history
+            .test_runs("c~", Some("demo"), Owner::Token("ci-main"), 10)
+            .await?;
         assert!(retried[0].flaky && retried[0].attempts == 2, "{retried:?}");
         assert_eq!(history.report("s-1").await?, Some(r));
         Ok(())
@@ -296,13 +298,20 @@ async fn lists_recent_suites_and_prunes_old_ones() -> Result<()> {
             let _ = history.record(&entry(&r, &none, &none)).await?;
         }
         let last: Vec<String> = history
-            .suites(3, None)
+            .suites(3, Owner::Any)
             .await?
             .into_iter()
             .map(|s| s.id)
             .collect();
         assert_eq!(last, ["s5", "s4", "s3"]);
-        assert!(history.suites(3, Some("someone-else")).await?.is_empty());
+        assert!(
+            history
+                .suites(3, Owner::Token("someone-else"))
+                .await?
+                .is_empty()
+        );
+        assert!(history.suites(3, Owner::Anonymous).await?.is_empty());
+        assert_eq!(history.suites(9, Owner::Token("ci-main")).await?.len(), 5);
         assert_eq!(history.prune(3_000).await?, 2);
         assert_eq!(count(&history, "suites").await?, 3);
         assert_eq!(count(&history, "test_runs").await?, 3);
@@ -411,14 +420,14 @@ async fn a_test_failing_30_percent_of_the_time_is_flagged_within_20_runs() -> Re
         let mut flagged_at = None;
         for i in 1..=20 {
             record_run(&history, i, rng.chance(30)).await?;
-            let flaky = history.flaky(0, &policy).await?;
+            let flaky = history.flaky(0, Owner::Any, &policy).await?;
             if flaky.iter().any(|f| f.test == "coin") {
                 flagged_at = Some(i);
                 break;
             }
         }
         let at = flagged_at.context("`coin` was not flagged within 20 runs")?;
-        let flaky = history.flaky(0, &policy).await?;
+        let flaky = history.flaky(0, Owner::Any, &policy).await?;
         let coin = flaky.iter().find(|f| f.test == "coin").context("flagged")?;
         assert_eq!(coin.suite, "nightly");
         assert!(coin.score > 0.0 && coin.last_failure.is_some(), "{coin:?}");
@@ -435,7 +444,7 @@ async fn no_deterministic_test_is_flagged_over_50_runs() -> Result<()> {
         let policy = FlakyPolicy::default();
         for i in 1..=50 {
             record_run(&history, i, rng.chance(30)).await?;
-            let flaky = history.flaky(0, &policy).await?;
+            let flaky = history.flaky(0, Owner::Any, &policy).await?;
             let wrong: Vec<&str> = flaky
                 .iter()
                 .map(|f| f.test.as_str())
@@ -461,7 +470,7 @@ async fn no_deterministic_test_is_flagged_over_50_runs() -> Result<()> {
         let _ = history
             .record(&entry(&r, &BTreeMap::new(), &digests))
             .await?;
-        let flaky = history.flaky(0, &policy).await?;
+        let flaky = history.flaky(0, Owner::Any, &policy).await?;
         assert!(flaky.iter().all(|f| f.test == "coin"), "{flaky:?}");
         Ok(())
     })

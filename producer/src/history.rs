@@ -1,6 +1,7 @@
 //! The producer's side of the history store (`--history-url`): the quarantined tests
 //! a suite is submitted with, reports and statuses of suites whose Redis keys have
-//! expired, and a small JSON API over the history (a token sees its own suites):
+//! expired, and a small JSON API over the history (a caller sees the suites it may
+//! read: its own, every one with an admin token):
 //! `GET /v1/history/suites`, `GET /v1/tests/{name}/history` and `GET /v1/flaky`.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use isotest_history::{FlakyPolicy, FlakyTest, History, HistoryError, SuiteRow, TestRun};
+use isotest_history::{FlakyPolicy, FlakyTest, History, HistoryError, Owner, SuiteRow, TestRun};
 use isotest_protocol::api::{SuiteRecord, SuiteStatus, meta};
 use isotest_protocol::report::Report;
 
@@ -34,26 +35,27 @@ fn store(state: &AppState) -> Result<&History, ApiFailure> {
     state.history.as_ref().ok_or(ApiFailure::NoHistory)
 }
 
-/// The name of the calling token, which scopes what it sees.
-fn token_of(caller: &Caller) -> Option<&str> {
+/// Whose suites a caller sees, as [`Caller::may_see`] says: its own, every one with
+/// an admin token, the anonymous ones without a token.
+fn owner_of(caller: &Caller) -> Owner<'_> {
     match caller {
-        Caller::Anonymous => None,
-        Caller::Token(token) => Some(token.name.as_str()),
+        Caller::Anonymous => Owner::Anonymous,
+        Caller::Token(token) if token.admin => Owner::Any,
+        Caller::Token(token) => Owner::Token(token.name.as_str()),
     }
 }
 
-/// Fills in what the history store adds to a new suite's record: its token and the
-/// tests quarantined for it (by token, by repository, everywhere). A history store
-/// that fails is logged and leaves the suite without quarantine rather than refusing
-/// a CI job's suite.
-pub(crate) async fn prepare_record(state: &AppState, caller: &Caller, record: &mut SuiteRecord) {
-    record.token = token_of(caller).map(str::to_owned);
+/// Fills in what the history store adds to a new suite's record (its owner already
+/// set): the tests quarantined for it (by owner, by repository, everywhere). A history
+/// store that fails is logged and leaves the suite without quarantine rather than
+/// refusing a CI job's suite.
+pub(crate) async fn prepare_record(state: &AppState, record: &mut SuiteRecord) {
     let Some(history) = &state.history else {
         return;
     };
     let repository = record.meta.get(meta::REPOSITORY).map(String::as_str);
     match history
-        .quarantined_for(record.token.as_deref(), repository)
+        .quarantined_for(record.owner.as_deref(), repository)
         .await
     {
         // Only the suite's own tests: the record stays small whatever the list holds.
@@ -70,14 +72,20 @@ pub(crate) async fn prepare_record(state: &AppState, caller: &Caller, record: &m
     }
 }
 
-/// A report from the history store, for a suite Redis no longer has.
+/// A report from the history store, for a suite Redis no longer has, if the caller
+/// may see it.
 pub(crate) async fn stored_report(
     state: &AppState,
+    caller: &Caller,
     id: &str,
 ) -> Result<Option<StoredReport>, ApiFailure> {
     let Some(history) = &state.history else {
         return Ok(None);
     };
+    match history.suite(id).await? {
+        Some(row) if caller.may_see(row.token.as_deref()) => {}
+        Some(_) | None => return Ok(None),
+    }
     let Some(json) = history.report_json(id).await? else {
         return Ok(None);
     };
@@ -90,8 +98,12 @@ pub(crate) async fn stored_report(
 }
 
 /// A status from the history store, for a suite Redis no longer has.
-pub(crate) async fn status(state: &AppState, id: &str) -> Result<Option<SuiteStatus>, ApiFailure> {
-    Ok(stored_report(state, id).await?.map(|stored| {
+pub(crate) async fn status(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<SuiteStatus>, ApiFailure> {
+    Ok(stored_report(state, caller, id).await?.map(|stored| {
         let report = stored.report;
         SuiteStatus {
             id: id.to_owned(),
@@ -111,14 +123,15 @@ struct Last {
     suite: Option<String>,
 }
 
-/// `GET /v1/history/suites?last=N`: the suites that ended last, newest first.
+/// `GET /v1/history/suites?last=N`: the suites that ended last, newest first, of those
+/// the caller may see.
 async fn suites(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<Last>,
 ) -> Result<Json<Vec<SuiteRow>>, ApiFailure> {
     let last = query.last.unwrap_or(20).min(MAX_ROWS);
-    Ok(Json(store(&state)?.suites(last, token_of(&caller)).await?))
+    Ok(Json(store(&state)?.suites(last, owner_of(&caller)).await?))
 }
 
 /// `GET /v1/tests/{name}/history?last=N&suite=NAME`: a test's last runs, newest first
@@ -129,16 +142,12 @@ async fn test_history(
     Path(name): Path<String>,
     Query(query): Query<Last>,
 ) -> Result<Json<Vec<TestRun>>, ApiFailure> {
-    let history = store(&state)?;
     let last = query.last.unwrap_or(20).min(MAX_ROWS);
-    let mut runs = history
-        .test_runs(&name, query.suite.as_deref(), last)
-        .await?;
-    if let Some(token) = token_of(&caller) {
-        let mine = history.suites(MAX_ROWS, Some(token)).await?;
-        runs.retain(|r| mine.iter().any(|s| s.id == r.suite_id));
-    }
-    Ok(Json(runs))
+    Ok(Json(
+        store(&state)?
+            .test_runs(&name, query.suite.as_deref(), owner_of(&caller), last)
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,14 +156,18 @@ struct FlakyQuery {
     days: Option<u32>,
 }
 
-/// `GET /v1/flaky?days=N`: the flaky tests, highest score first.
+/// `GET /v1/flaky?days=N`: the flaky tests among the suites the caller may see,
+/// highest score first.
 async fn flaky(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<FlakyQuery>,
 ) -> Result<Json<Vec<FlakyTest>>, ApiFailure> {
     let days = u64::from(query.days.unwrap_or(30));
     let since = isotest_protocol::now_ms().saturating_sub(days * 86_400_000);
     Ok(Json(
-        store(&state)?.flaky(since, &FlakyPolicy::default()).await?,
+        store(&state)?
+            .flaky(since, owner_of(&caller), &FlakyPolicy::default())
+            .await?,
     ))
 }

@@ -15,7 +15,7 @@ pub enum DurationError {
     Overflow(String),
 }
 
-/// Parses `"90s"`, `"2m"`, `"1h30m"`, `"250ms"`, `"7d"`; a bare number means seconds.
+/// Parses `"90s"`, `"2m"`, `"1h30m"`, `"250ms"`; a bare number means seconds.
 ///
 /// # Errors
 ///
@@ -49,7 +49,6 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
-            "d" => 86_400_000,
             _ => return Err(malformed()),
         };
         rest = &rest[unit_len..];
@@ -98,7 +97,6 @@ mod tests {
             ("30s", 30_000),
             ("2m", 120_000),
             ("1h30m", 5_400_000),
-            ("7d", 604_800_000),
             ("250ms", 250),
             ("45", 45_000),
             (" 5s ", 5_000),

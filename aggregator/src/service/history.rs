@@ -92,7 +92,7 @@ async fn auto_quarantine(
     };
     let scope = match (
         record.meta.get(isotest_protocol::api::meta::REPOSITORY),
-        &record.token,
+        &record.owner,
     ) {
         (Some(repo), _) => Scope::Repository(repo.clone()),
         (None, Some(token)) => Scope::Token(token.clone()),
@@ -139,7 +139,7 @@ async fn record_one(
     let digests = digests_of(&record);
     let entry = SuiteEntry {
         report: &stored.report,
-        token: record.token.as_deref(),
+        token: record.owner.as_deref(),
         meta: &record.meta,
         digests: &digests,
     };

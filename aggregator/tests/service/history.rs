@@ -88,7 +88,10 @@ async fn two_replicas_record_a_suite_once_and_a_redelivery_adds_nothing() {
     .await;
     assert_eq!(count(&history, "suites").await, 1);
     assert_eq!(count(&history, "test_runs").await, 2);
-    let runs = history.test_runs("beta", None, 10).await.expect("runs");
+    let runs = history
+        .test_runs("beta", None, isotest_history::Owner::Any, 10)
+        .await
+        .expect("runs");
     assert_eq!(runs.len(), 1);
     assert!(runs[0].flaky && runs[0].attempts == 2, "{runs:?}");
 

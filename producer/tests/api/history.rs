@@ -62,7 +62,7 @@ async fn suites_carry_their_quarantine_and_expired_suites_are_read_from_history(
         Some("abc123")
     );
     assert_eq!(record.digests.len(), 2);
-    assert_eq!(record.token, None);
+    assert_eq!(record.owner, None);
 
     // A suite only the history store has (its Redis keys expired).
     let id = uuid::Uuid::now_v7().to_string();
