@@ -9,5 +9,5 @@
 pub mod service;
 pub mod webhook;
 
-pub use service::{Aggregator, AggregatorConfig, AggregatorError};
+pub use service::{Aggregator, AggregatorConfig, AggregatorError, HistorySink};
 pub use webhook::{WebhookConfig, WebhookSecret};

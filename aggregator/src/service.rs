@@ -1,14 +1,18 @@
 //! The aggregator service: what it is made of and how it runs. Its jobs each have a
 //! file: `stream` reads and claims the results stream and completes suites,
 //! `sweep` closes suites past their deadline, delivers queued webhooks and trims the
-//! stream, and `dead_letters` records dead-lettered test messages as infrastructure
-//! errors. Any number of replicas may run: every report goes through the one `SET NX`
+//! stream, `dead_letters` records dead-lettered test messages as infrastructure
+//! errors, and `history` records ended suites in the history store and lets their
+//! Redis keys expire. Any number of replicas may run: every report goes through the one `SET NX`
 //! of [`reports::store`], and assembly is deterministic, so they never store two
 //! different reports.
 
 mod dead_letters;
+mod history;
 mod stream;
 mod sweep;
+
+pub use history::HistorySink;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +57,9 @@ pub struct AggregatorConfig {
     pub amqp_url: Option<String>,
     /// How `suite.finished` webhooks are signed and delivered.
     pub webhooks: WebhookConfig,
+    /// Where ended suites are recorded, and how long their Redis keys stay after;
+    /// `None` records nothing and lets nothing expire.
+    pub history: Option<HistorySink>,
 }
 
 impl AggregatorConfig {
@@ -75,6 +82,7 @@ impl AggregatorConfig {
             retry_backoff: Duration::from_millis(500),
             amqp_url: None,
             webhooks: WebhookConfig::default(),
+            history: None,
         }
     }
 }

@@ -33,6 +33,16 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Manage the producer's API tokens (one per CI system, each with an optional quota).
     Token(crate::tokens::TokenArgs),
+    /// A test's last runs (status, duration, commit, worker), or `prune` old history.
+    History(crate::history::HistoryArgs),
+    /// The suites that ended last.
+    Suites(crate::history::SuitesArgs),
+    /// One suite's state and counts, from a server or the history store.
+    Status(crate::history::StatusArgs),
+    /// The flaky tests, with their scores and last failures.
+    Flaky(crate::history::FlakyArgs),
+    /// Quarantine tests: they run and are reported, but do not fail their suite.
+    Quarantine(crate::history::QuarantineArgs),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +74,16 @@ pub struct RunArgs {
     /// Run only the test of this name (repeatable), such as a failure to rerun.
     #[arg(long = "only", value_name = "NAME")]
     pub only: Vec<String>,
+    /// Metadata kept with the suite in the history (repeatable): `commit`, `branch`,
+    /// `repository`, `system`, `job_url` or any key; overrides what is detected from
+    /// GitHub Actions, GitLab CI, Jenkins or Buildkite.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = crate::meta::parse_pair)]
+    pub meta: Vec<(String, String)>,
+    /// Embedded mode: keep no history of this run (no quarantine either).
+    #[arg(long, env = "ISOTEST_NO_HISTORY")]
+    pub no_history: bool,
+    #[command(flatten)]
+    pub history: crate::history::StoreArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -256,6 +276,25 @@ pub struct AggregatorArgs {
     /// Which internal hosts a suite's `callback_url` may reach (none by default).
     #[command(flatten)]
     pub egress: isotest_infra::egress::EgressArgs,
+    /// The history store (`postgres://…`) ended suites are recorded in; without it,
+    /// nothing is recorded and nothing in Redis expires.
+    #[arg(long, env = "ISOTEST_HISTORY_URL")]
+    pub history_url: Option<String>,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long a suite's data stays in Redis once it is in the history store.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Once a suite is in the history store, its results and report in Redis expire
+    /// after this long (its report is then read from the history store).
+    #[arg(long, env = "ISOTEST_RETENTION", default_value = "7d", value_parser = parse_age)]
+    pub retention: Duration,
+    /// Quarantine a test automatically once its flakiness score (0 to 1, over its last
+    /// 20 counted runs) reaches this, for its suite's repository (else its token).
+    #[arg(long, env = "ISOTEST_AUTO_QUARANTINE_ABOVE")]
+    pub auto_quarantine_above: Option<f64>,
 }
 
 /// How the aggregator signs the `suite.finished` webhooks it sends.
@@ -281,6 +320,8 @@ pub struct UpArgs {
     pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// Where a service serves its metrics and health.
@@ -327,6 +368,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     isotest_protocol::duration::parse(text).map_err(|e| e.to_string())
 }
 
+/// An age or a retention: days (`"7d"`, `"90d"`) or a duration as [`parse_duration`]
+/// reads it (`"12h"`).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    match text.trim().strip_suffix('d') {
+        Some(days) if !days.is_empty() && days.bytes().all(|b| b.is_ascii_digit()) => {
+            let days: u64 = days.parse().map_err(|_| format!("`{text}` is too long"))?;
+            if days == 0 {
+                return Err("must be greater than zero".into());
+            }
+            days.checked_mul(86_400)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{text}` is too long"))
+        }
+        _ => parse_duration(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +419,15 @@ mod tests {
             panic!("not worker")
         };
         assert_eq!(worker.metrics.listen_or(WORKER_METRICS), WORKER_METRICS);
+    }
+
+    #[test]
+    fn ages_take_days_or_durations() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        for bad in ["0d", "d", "1.5d", "-1d", "soon"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

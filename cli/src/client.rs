@@ -199,6 +199,27 @@ fn queue_line(queue: QueueState) -> String {
     }
 }
 
+/// The status of suite `id` on `server`: from Redis while it is kept there, from the
+/// server's history store after.
+///
+/// # Errors
+///
+/// Returns [`Failure::Unreachable`] when the server does not answer, and
+/// [`Failure::BadInput`] when it knows no such suite.
+pub async fn status(server: &str, token: Option<&str>, id: &str) -> Result<SuiteStatus, Failure> {
+    let api = Api {
+        base: server.trim_end_matches('/').to_owned(),
+        http: Client::builder()
+            .default_headers(authorization(token)?)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Failure::Service(e.into()))?,
+    };
+    api.json(api.http.get(api.url(&format!("/v1/suites/{id}"))))
+        .await
+}
+
 /// The `Authorization` header every request carries (none without a token), marked
 /// sensitive so that it never appears in debug output.
 fn authorization(token: Option<&str>) -> Result<reqwest::header::HeaderMap, Failure> {

@@ -32,6 +32,7 @@ pub async fn run(
     args: &RunArgs,
     sandboxer: Arc<Sandboxer>,
     local: &Local<'_>,
+    history: Option<&isotest_history::History>,
 ) -> Ended {
     let runner = Runner::new(
         sandboxer,
@@ -48,12 +49,15 @@ pub async fn run(
     }
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_ms();
-    let record = isotest_producer::suite::record(
+    let mut record = isotest_producer::suite::record(
         &id,
         &loaded.suite,
         now,
         isotest_producer::config::DEFAULT_DEADLINE,
     );
+    if let Some(history) = history {
+        record.quarantined = crate::history::quarantined(history, &record).await;
+    }
     let messages = isotest_producer::suite::messages(&id, &loaded.suite, now);
     let workspace = loaded.workspace.map(|b| b.bytes);
     let concurrency = usize::from(args.concurrency.unwrap_or_else(default_concurrency).max(1));
@@ -78,6 +82,9 @@ pub async fn run(
     };
     progress.finish();
     let report = isotest_report::assemble(&record, results, state);
+    if let Some(history) = history {
+        crate::history::record(history, &record, &report).await;
+    }
     if state == SuiteState::Cancelled {
         Ended::Interrupted(report)
     } else {

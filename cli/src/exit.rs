@@ -12,6 +12,8 @@ pub const BAD_INPUT: u8 = 2;
 pub const ISOLATION_UNAVAILABLE: u8 = 3;
 /// Exit code: a service failed while running (lost its broker or store, say).
 pub const SERVICE_FAILED: u8 = 4;
+/// Exit code: the history store (`--history-url`) cannot be opened or read.
+pub const HISTORY_UNAVAILABLE: u8 = 5;
 /// Exit code: interrupted by Ctrl-C or SIGTERM before the suite finished.
 pub const INTERRUPTED: u8 = 130;
 
@@ -26,6 +28,8 @@ pub enum Failure {
     Isolation(String),
     #[error("{0:#}")]
     Service(anyhow::Error),
+    #[error("the history store failed: {0}")]
+    History(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -36,6 +40,7 @@ impl Failure {
             Failure::BadInput(_) | Failure::Unreachable(_) => BAD_INPUT,
             Failure::Isolation(_) => ISOLATION_UNAVAILABLE,
             Failure::Service(_) => SERVICE_FAILED,
+            Failure::History(_) => HISTORY_UNAVAILABLE,
             Failure::Interrupted => INTERRUPTED,
         }
     }

@@ -3,7 +3,8 @@
 //! tests run from once ([`prepare`]), and runs it embedded ([`embedded`]) or on a server
 //! ([`client`]), then writes the reports ([`output`]); [`services`] starts the producer, worker and aggregator;
 //! [`tokens`] manages the producer's API tokens; [`workspace`] chooses the files a
-//! workspace upload packs;
+//! workspace upload packs; [`history`] reads the history store (`history`, `suites`,
+//! `status`, `flaky`, `quarantine`) and [`meta`] finds a run's CI metadata;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
 pub mod args;
@@ -12,7 +13,9 @@ pub mod client;
 pub mod discover;
 pub mod embedded;
 pub mod exit;
+pub mod history;
 pub mod input;
+pub mod meta;
 pub mod output;
 pub mod prepare;
 pub mod run;
@@ -31,7 +34,14 @@ use crate::exit::Failure;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Run(_) | Command::Bench(_) | Command::Token(_) => "warn",
+        Command::Run(_)
+        | Command::Bench(_)
+        | Command::Token(_)
+        | Command::History(_)
+        | Command::Suites(_)
+        | Command::Status(_)
+        | Command::Flaky(_)
+        | Command::Quarantine(_) => "warn",
         _ => "info",
     };
     isotest_infra::telemetry::init(default_filter);
@@ -54,6 +64,11 @@ pub fn main() -> ExitCode {
             Command::Up(args) => services::up(args).await.map(|()| exit::PASSED),
             Command::Bench(args) => bench::bench(args).await.map(|()| exit::PASSED),
             Command::Token(args) => tokens::token(args).await.map(|()| exit::PASSED),
+            Command::History(args) => history::history(args).await,
+            Command::Suites(args) => history::suites(args).await,
+            Command::Status(args) => history::status(args).await,
+            Command::Flaky(args) => history::flaky(args).await,
+            Command::Quarantine(args) => history::quarantine(args).await,
         }
     });
     // Sandboxes and connections of tasks still running are torn down with the runtime.

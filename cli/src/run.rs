@@ -22,6 +22,11 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         client::server_url(server)?;
     }
     let mut unexpanded = input::read(&args.manifest)?;
+    unexpanded.manifest.meta = crate::meta::merge(
+        &unexpanded.manifest.meta,
+        crate::meta::detect(|name| std::env::var(name).ok()),
+        &args.meta,
+    );
     let local = Local::new(&args.sandbox);
     discover::expand(&mut unexpanded, &args, &local).await?;
     let mut loaded = input::only(unexpanded.validate()?, &args.only)?;
@@ -30,7 +35,10 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         Some(failure) => Ended::Finished(prepare::report_failed_build(&loaded, failure)),
         None => match &args.server {
             Some(server) => client::run(server, args.token.as_deref(), loaded, args.quiet).await?,
-            None => embedded::run(loaded, &args, local.sandboxer()?, &local).await,
+            None => {
+                let history = embedded_history(&args).await;
+                embedded::run(loaded, &args, local.sandboxer()?, &local, history.as_ref()).await
+            }
         },
     };
     match ended {
@@ -55,6 +63,27 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
 pub enum Ended {
     Finished(Report),
     Interrupted(Report),
+}
+
+/// Embedded mode's history store, unless `--no-history`. One that cannot be opened is
+/// logged: a developer's run does not fail for want of its history.
+async fn embedded_history(args: &RunArgs) -> Option<isotest_history::History> {
+    if args.no_history {
+        return None;
+    }
+    let opened = match args.history.url() {
+        Ok(url) => isotest_history::History::open(&url)
+            .await
+            .map_err(|e| isotest_infra::error_chain(&e)),
+        Err(failure) => Err(failure.to_string()),
+    };
+    match opened {
+        Ok(history) => Some(history),
+        Err(error) => {
+            tracing::warn!(%error, "Running without history.");
+            None
+        }
+    }
 }
 
 /// This machine's sandboxes and prepared builds, made on first use and then shared by every

@@ -15,7 +15,7 @@ use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::{AGGREGATOR_METRICS, UP_METRICS_PORT, WORKER_METRICS};
-use crate::args::{AggregatorArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
+use crate::args::{AggregatorArgs, RetentionArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
 use crate::exit::Failure;
 
 /// Serves the producer's HTTP API.
@@ -59,13 +59,33 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     let queues = (&args.endpoints, args.queues.queue_poll_interval);
     let listen = args.metrics.listen_or(AGGREGATOR_METRICS);
     let _metrics = serve_metrics(listen, Some(queues)).await?;
+    let history = history_sink(args.history_url.as_deref(), &args.retention).await?;
     run_aggregator(
         args.endpoints,
         args.webhooks,
         args.egress.policy(),
+        history,
         isotest_infra::shutdown::signal(),
     )
     .await
+}
+
+/// The aggregator's history store, opened (and migrated) now, when a URL is given.
+async fn history_sink(
+    url: Option<&str>,
+    retention: &RetentionArgs,
+) -> Result<Option<isotest_aggregator::HistorySink>, Failure> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let history = isotest_history::History::open(url)
+        .await
+        .map_err(crate::history::store_failure)?;
+    Ok(Some(isotest_aggregator::HistorySink {
+        history,
+        retention: retention.retention,
+        auto_quarantine: retention.auto_quarantine_above,
+    }))
 }
 
 /// Runs the producer, an aggregator and a worker in one process until a signal.
@@ -79,6 +99,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let endpoints = args.producer.endpoints.clone();
     // One set of `--allow-callback-host` for both ends: submission and delivery.
     let egress = args.producer.egress.policy();
+    let history = history_sink(args.producer.history_url.as_deref(), &args.retention).await?;
     let worker = build_worker(&endpoints, &args.worker).await?;
     let producer = isotest_producer::Producer::build(up_producer(args.producer))
         .await
@@ -117,6 +138,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         endpoints,
         args.webhooks,
         egress,
+        history,
         stopped(&stop),
     ));
     tokio::spawn(signal);
@@ -176,6 +198,7 @@ async fn run_aggregator(
     endpoints: Endpoints,
     webhooks: WebhookArgs,
     egress: isotest_infra::egress::EgressPolicy,
+    history: Option<isotest_aggregator::HistorySink>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let mut config = isotest_aggregator::service::AggregatorConfig::new(
@@ -184,6 +207,7 @@ async fn run_aggregator(
         isotest_infra::process_id("aggregator"),
     );
     config.amqp_url = Some(endpoints.amqp_url.clone());
+    config.history = history;
     config.webhooks.secret = webhooks
         .webhook_secret
         .and_then(isotest_aggregator::WebhookSecret::new);

@@ -4,7 +4,8 @@
 //! Completion, the deadline sweep and cancellation all end a suite through [`store`],
 //! so whichever comes first wins and the others find the report already there. The
 //! same Lua script queues the suite's `suite.finished` webhook, so a stored report
-//! always has its delivery queued.
+//! always has its delivery queued, and queues the suite for the history store
+//! ([`Namespace::history_pending_key`]), so no ended suite is left out of it.
 
 use std::sync::LazyLock;
 
@@ -17,8 +18,10 @@ use isotest_protocol::report::{Report, SuiteState};
 use crate::metrics::{self, StateLabels};
 
 /// Stores a report unless one exists and takes its suite off the open set, and in the
-/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none).
-/// KEYS: report, open suites, webhooks; ARGV: report JSON, suite id, due. 1 if stored.
+/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none) and
+/// its recording in the history store (ARGV[4], now in ms).
+/// KEYS: report, open suites, webhooks, history pending; ARGV: report JSON, suite id,
+/// due, now. 1 if stored.
 const STORE_SCRIPT: &str = r"
 local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -28,6 +31,7 @@ end
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
 return 1
 ";
 
@@ -48,7 +52,7 @@ pub enum Stored {
 
 /// Stores `report` unless the suite has one, then takes the suite off the open set;
 /// when `webhook_due_ms` is given, queues its webhook (see [`Namespace::webhooks_key`])
-/// due then, in the same script. A report this call stores is counted in
+/// due then, and queues the suite for the history store, in the same script. A report this call stores is counted in
 /// [`metrics::suites_completed`].
 ///
 /// # Errors
@@ -66,9 +70,11 @@ pub async fn store(
         .key(ns.report_key(&report.suite_id))
         .key(ns.open_suites_key())
         .key(ns.webhooks_key())
+        .key(ns.history_pending_key())
         .arg(json)
         .arg(&report.suite_id)
         .arg(webhook_due_ms.map(|ms| ms.to_string()).unwrap_or_default())
+        .arg(isotest_protocol::now_ms())
         .invoke_async(conn)
         .await?;
     if stored != 1 {

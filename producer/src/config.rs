@@ -53,6 +53,11 @@ pub struct Config {
     /// Which internal hosts a suite's `callback_url` may name (none by default).
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// The history store (`postgres://…`): quarantined tests, and reports of suites
+    /// whose Redis keys have expired. None: no quarantine, and a suite is readable only
+    /// while Redis keeps it.
+    #[arg(long, env = "ISOTEST_HISTORY_URL")]
+    pub history_url: Option<String>,
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -109,6 +114,7 @@ impl Config {
             open: false,
             require_token: false,
             egress: EgressArgs::default(),
+            history_url: None,
         }
     }
 }

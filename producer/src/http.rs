@@ -43,6 +43,9 @@ pub struct AppState {
     pub egress: EgressPolicy,
     /// Room for blob bodies in memory, in KiB: each upload holds its size until done.
     pub uploads: tokio::sync::Semaphore,
+    /// The history store (`--history-url`): quarantine, reports of expired suites, the
+    /// history routes.
+    pub history: Option<isotest_history::History>,
 }
 
 /// How long an upload waits for room in memory before it is refused with 503 (or a
@@ -134,6 +137,10 @@ pub enum ApiFailure {
     },
     #[error("could not use Redis")]
     Store(#[from] StoreError),
+    #[error("this producer keeps no history; start it with --history-url")]
+    NoHistory,
+    #[error("could not use the history store")]
+    History(#[from] isotest_history::HistoryError),
     #[error("no route for {method} {path}")]
     NoRoute { method: Method, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -166,6 +173,11 @@ impl ApiFailure {
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::NoHistory => StatusCode::NOT_IMPLEMENTED,
+            ApiFailure::History(isotest_history::HistoryError::CorruptReport { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiFailure::History(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -214,6 +226,7 @@ fn v1_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/suites/{id}/report.xml", get(report_junit))
         .route("/v1/suites/{id}/report.ctrf.json", get(report_ctrf))
         .route("/v1/blobs/{reference}", put(put_blob).head(head_blob))
+        .merge(crate::history::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             auth::authenticate,
@@ -343,6 +356,7 @@ async fn submit(
         let now = isotest_protocol::now_ms();
         let mut record = suite::record(&id, &suite, now, state.default_deadline);
         record.owner = caller.owner();
+        crate::history::prepare_record(&state, &mut record).await;
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
         match &caller {
@@ -408,6 +422,13 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
     let id = parse_suite_id(&id)?;
+    if state.store.suite(&id).await?.is_none() {
+        // Past its retention in Redis, a suite is in the history store.
+        return crate::history::status(&state, &caller, &id)
+            .await?
+            .map(Json)
+            .ok_or(ApiFailure::SuiteNotFound(id));
+    }
     let record = visible_record(&state, &caller, &id).await?;
     let report = state.store.report(&id).await?;
     let done = state.store.done_count(&id).await?;
@@ -505,6 +526,12 @@ async fn stored_report(
     id: &str,
 ) -> Result<StoredReport, ApiFailure> {
     let id = parse_suite_id(id)?;
+    if state.store.suite(&id).await?.is_none() {
+        // Past its retention in Redis, a suite's report is in the history store.
+        return crate::history::stored_report(state, caller, &id)
+            .await?
+            .ok_or(ApiFailure::SuiteNotFound(id));
+    }
     let record = visible_record(state, caller, &id).await?;
     if let Some(report) = state.store.report(&id).await? {
         return Ok(report);

@@ -4,12 +4,14 @@
 //!
 //! Its parts: [`config`] (settings), [`suite`] (a submission checked and turned into
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
-//! confirms and reconnection), [`auth`] (API tokens and quotas) and [`http`] (routes
-//! and the mapping of failures to status codes). [`Producer`] ties them together as
+//! confirms and reconnection), [`auth`] (API tokens and quotas), [`http`] (routes
+//! and the mapping of failures to status codes) and [`history`] (quarantine, expired
+//! suites' reports and the history routes, with `--history-url`). [`Producer`] ties them together as
 //! `build → local_addr → run`.
 
 pub mod auth;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod publisher;
 pub mod store;
@@ -38,6 +40,8 @@ pub enum ProducerError {
     Redis(#[source] ConnectError),
     #[error("could not set up publishing to RabbitMQ")]
     Amqp(#[source] publisher::PublishError),
+    #[error("could not open the history store")]
+    History(#[source] isotest_history::HistoryError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -63,6 +67,14 @@ impl Producer {
         let publisher = publisher::Publisher::connect(&config.endpoints.amqp_url, ns.clone())
             .await
             .map_err(ProducerError::Amqp)?;
+        let history = match &config.history_url {
+            Some(url) => Some(
+                isotest_history::History::open(url)
+                    .await
+                    .map_err(ProducerError::History)?,
+            ),
+            None => None,
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -80,6 +92,7 @@ impl Producer {
             uploads: tokio::sync::Semaphore::new(
                 http::upload_units(config.limits.upload_buffer_bytes).max(1) as usize,
             ),
+            history,
         });
         Ok(Producer { listener, state })
     }

@@ -60,6 +60,13 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
         flaky_result: suite.flaky_result,
         callback_url: suite.callback_url.clone(),
         owner: None,
+        meta: suite.meta.clone(),
+        digests: suite
+            .tests
+            .iter()
+            .map(|t| outcome_digest(t, suite.workspace.as_deref(), suite.network))
+            .collect(),
+        quarantined: Vec::new(),
     }
 }
 

@@ -1,12 +1,14 @@
 //! Records and responses of the producer's HTTP API, and what it keeps in Redis.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::FlakyResult;
 use crate::report::{SuiteState, Summary};
 
 /// What the producer records for a suite before publishing a single message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuiteRecord {
     pub schema_version: u32,
     pub id: String,
@@ -27,6 +29,31 @@ pub struct SuiteRecord {
     /// or cancels the suite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The suite's metadata (the manifest's `[meta]`: CI system, repository, branch,
+    /// commit, job URL under the keys of [`meta`], and any others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Each test's input digest ([`crate::message::outcome_digest`]), in the order of
+    /// `tests`; the history store compares verdicts by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
+    /// The tests quarantined when the suite was submitted: they run and are reported,
+    /// marked, but their failures do not fail the suite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
+}
+
+/// The keys of a suite's metadata that the history store keeps in columns of their own
+/// (`isotest run --meta KEY=VALUE`, or detected from a CI system's environment).
+pub mod meta {
+    /// The CI system: `github-actions`, `gitlab-ci`, `jenkins`, `buildkite`, or any name.
+    pub const SYSTEM: &str = "system";
+    /// The repository, as the CI system names it (`owner/name`, a URL).
+    pub const REPOSITORY: &str = "repository";
+    pub const BRANCH: &str = "branch";
+    pub const COMMIT: &str = "commit";
+    /// The URL of the CI job that ran the suite.
+    pub const JOB_URL: &str = "job_url";
 }
 
 /// An API token as stored under [`crate::names::Namespace::tokens_key`], keyed by the

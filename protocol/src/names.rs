@@ -84,6 +84,24 @@ impl Namespace {
         format!("{}:webhooks", self.0)
     }
 
+    /// Sorted set of suite ids whose report is stored but not yet in the history store,
+    /// scored by when the report was stored (ms since the epoch). The report's one
+    /// write adds to it; an aggregator with a history store takes from it.
+    pub fn history_pending_key(&self) -> String {
+        format!("{}:history:pending", self.0)
+    }
+
+    /// Every Redis key of one suite's data (record, results, done set, report): what
+    /// expires once the suite is in the history store.
+    pub fn suite_keys(&self, suite_id: &str) -> [String; 4] {
+        [
+            self.suite_key(suite_id),
+            self.results_key(suite_id),
+            self.done_key(suite_id),
+            self.report_key(suite_id),
+        ]
+    }
+
     /// Stream of result notifications, read by aggregators through a consumer group.
     pub fn results_stream(&self) -> String {
         format!("{}:results", self.0)

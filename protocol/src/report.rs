@@ -117,6 +117,10 @@ pub struct TestReport {
     /// framework can start warm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::result::Start>,
+    /// The test was quarantined when its suite was submitted: it ran and is reported as
+    /// it ended, but a failure of it does not fail the suite.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
 }
 
 /// The whole suite's report.
@@ -170,8 +174,13 @@ pub enum BuildStatus {
 }
 
 impl Report {
-    /// Whether the suite passed: complete, and every test passed or was skipped.
+    /// Whether the suite passed: complete, and every test passed, was skipped or is
+    /// quarantined.
     pub fn passed(&self) -> bool {
-        self.state == SuiteState::Complete && self.tests.iter().all(|t| t.status.is_success())
+        self.state == SuiteState::Complete
+            && self
+                .tests
+                .iter()
+                .all(|t| t.status.is_success() || t.quarantined)
     }
 }

@@ -427,6 +427,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     discover: Vec::new(),
                     callback_url: None,
                     warm: None,
+                    meta: Default::default(),
                 }
             },
         )

@@ -68,7 +68,9 @@ pub fn assemble(
         .filter(|name| seen.insert(name.as_str()))
         .map(|name| {
             let attempts = by_name.remove(name.as_str()).unwrap_or_default();
-            test_report(name, attempts, state, record.flaky_result)
+            let mut test = test_report(name, attempts, state, record.flaky_result);
+            test.quarantined = record.quarantined.iter().any(|q| q == name);
+            test
         })
         .collect();
 
@@ -161,6 +163,7 @@ fn test_report(
                 usage: last.usage,
                 attempt_history,
                 start: last.start.clone(),
+                quarantined: false,
             }
         }
         None => {
@@ -188,6 +191,7 @@ fn test_report(
                 usage: Usage::default(),
                 attempt_history,
                 start: None,
+                quarantined: false,
             }
         }
     }

@@ -75,6 +75,12 @@ fn test(test: &TestReport) -> Value {
         "flaky": test.flaky,
         "retries": test.attempts.saturating_sub(1),
     });
+    if test.quarantined {
+        // CTRF has no quarantine of its own: a tag for dashboards that filter by tag, and
+        // `extra` for readers of the JSON.
+        value["tags"] = json!(["quarantined"]);
+        value["extra"] = json!({ "quarantined": true });
+    }
     if !test.status.is_success() {
         value["message"] =
             attempt_message(test.status, test.reason.as_deref(), test.exit_code).into();

@@ -16,6 +16,9 @@ pub fn record(tests: &[&str]) -> SuiteRecord {
         flaky_result: Default::default(),
         callback_url: None,
         owner: None,
+        meta: Default::default(),
+        digests: Vec::new(),
+        quarantined: Vec::new(),
     }
 }
 

@@ -3,8 +3,8 @@
 //! framework reported, or per test where it reported none.
 
 use quick_junit::{
-    FlakyOrRerun, NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestRerun,
-    TestSuite,
+    FlakyOrRerun, NonSuccessKind, Property, Report as JunitReport, TestCase, TestCaseStatus,
+    TestRerun, TestSuite,
 };
 
 use isotest_protocol::report::{AttemptReport, Report, TestReport};
@@ -16,6 +16,9 @@ use super::{ms_to_duration, tail_lines};
 /// `<system-out>` and `<system-err>`.
 const FAILURE_TEXT_LINES: usize = 50;
 
+/// The `<property>` of every `<testcase>` of a quarantined test.
+pub const QUARANTINED_PROPERTY: &str = "isotest.quarantined";
+
 /// Renders the report as JUnit XML.
 ///
 /// The text holds no timestamps nor ids of its own making, so one report always gives
@@ -24,11 +27,19 @@ pub fn junit(report: &Report) -> String {
     let mut suite = TestSuite::new(report.suite.as_str());
     suite.set_time(ms_to_duration(report.summary.wall_ms));
     for test in &report.tests {
-        if test.cases.is_empty() {
-            suite.add_test_case(test_case(report, test));
+        let mut cases = if test.cases.is_empty() {
+            vec![test_case(report, test)]
         } else {
-            suite.add_test_cases(case_test_cases(report, test));
+            case_test_cases(report, test)
+        };
+        if test.quarantined {
+            // A reader that knows nothing of quarantine still sees the failure; one that
+            // does reads the property and does not count it.
+            for case in &mut cases {
+                case.add_property(Property::new(QUARANTINED_PROPERTY, "true"));
+            }
         }
+        suite.add_test_cases(cases);
     }
     if let Some(builds) = builds_text(report) {
         suite.set_system_err(builds);

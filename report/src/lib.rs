@@ -10,7 +10,7 @@ mod summary;
 
 pub use assemble::{CANCELLED_REASON, LOST_REASON, assemble};
 pub use ctrf::ctrf;
-pub use junit::junit;
+pub use junit::{QUARANTINED_PROPERTY, junit};
 pub use summary::terminal_summary;
 
 /// The last `max` lines of `text`, for failure texts that must stay readable.
@@ -77,5 +77,61 @@ mod schema {
         let mut extra = json.clone();
         extra["tests"][0]["surprise"] = true.into();
         assert!(!validator.is_valid(&extra));
+    }
+}
+
+#[cfg(test)]
+mod quarantine {
+    use isotest_protocol::report::SuiteState;
+    use isotest_protocol::result::Status;
+
+    use super::fixtures::{record, result};
+    use super::{assemble, ctrf, junit};
+
+    /// A quarantined test that fails is in every rendering, marked, and the suite passes;
+    /// the same failure unquarantined fails it.
+    #[test]
+    fn a_quarantined_failure_is_marked_and_does_not_fail_the_suite() {
+        let mut rec = record(&["ok", "shaky"]);
+        let results = || {
+            [
+                result("ok", 1, true, Status::Passed),
+                result("shaky", 1, true, Status::Failed),
+            ]
+        };
+        assert!(!assemble(&rec, results(), SuiteState::Complete).passed());
+
+        rec.quarantined = vec!["shaky".into()];
+        let report = assemble(&rec, results(), SuiteState::Complete);
+        assert!(report.passed());
+        assert!(report.tests[1].quarantined && !report.tests[0].quarantined);
+        assert_eq!(report.tests[1].status, Status::Failed);
+
+        let xml = junit(&report);
+        let doc = roxmltree::Document::parse(&xml).expect("JUnit is XML");
+        let marked: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .filter(|case| {
+                case.descendants().any(|p| {
+                    p.has_tag_name("property")
+                        && p.attribute("name") == Some(super::QUARANTINED_PROPERTY)
+                        && p.attribute("value") == Some("true")
+                })
+            })
+            .filter_map(|case| case.attribute("name"))
+            .collect();
+        assert_eq!(marked, ["shaky"]);
+        assert!(
+            xml.contains("<failure"),
+            "the failure is still shown: {xml}"
+        );
+
+        let ctrf = ctrf(&report);
+        let tests = &ctrf["results"]["tests"];
+        assert_eq!(tests[1]["tags"], serde_json::json!(["quarantined"]));
+        assert_eq!(tests[1]["extra"]["quarantined"], true);
+        assert_eq!(tests[1]["status"], "failed");
+        assert!(tests[0].get("tags").is_none());
     }
 }

@@ -67,6 +67,9 @@ fn write_test(out: &mut String, test: &TestReport, paint: Painter) {
     if let Some(code) = test.exit_code {
         facts.push(format!("exit code {code}"));
     }
+    if test.quarantined {
+        facts.push("quarantined: does not fail the suite".to_owned());
+    }
     if !test.worker.is_empty() {
         facts.push(format!("on {}", test.worker));
     }

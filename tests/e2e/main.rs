@@ -9,6 +9,7 @@ mod deploy_files;
 mod faults;
 mod first_hour;
 mod frameworks;
+mod history;
 mod hostile;
 mod junit_reader;
 mod metrics;

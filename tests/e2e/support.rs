@@ -70,6 +70,8 @@ impl TestEnv {
             .env("ISOTEST_NAMESPACE", &self.ns)
             // Each test keeps its own prepared builds, so that one test's builds are its own.
             .env("ISOTEST_CACHE_DIR", self.dir.join("cache"))
+            // Embedded runs keep their history in this test's folder, never the user's.
+            .env("XDG_DATA_HOME", &self.dir)
             .env("ISOTEST_LOG_FORMAT", "text")
             // Many services run on this one host: each takes a free port for /metrics.
             .env("ISOTEST_METRICS_LISTEN", "127.0.0.1:0")

@@ -1,5 +1,6 @@
 //! The sweeper: every `sweep_interval` it closes suites past their deadline (tests
-//! without a final result become `lost`), delivers queued webhooks that are due, and
+//! without a final result become `lost`), delivers queued webhooks that are due,
+//! records ended suites in the history store (`history.rs`), and
 //! counts the open suites and their unfinished tests; every `trim_interval` it trims handled entries off the
 //! results stream.
 
@@ -37,6 +38,9 @@ impl Aggregator {
             }
             if let Err(error) = self.webhooks.sweep(&mut conn).await {
                 tracing::warn!(%error, "Could not sweep queued webhooks.");
+            }
+            if let Err(error) = self.record_history(&mut conn).await {
+                tracing::warn!(error = %isotest_infra::error_chain(&error), "Could not record ended suites in the history store; they stay queued.");
             }
             match unfinished.count(&mut conn, &self.config.namespace).await {
                 Ok((suites, tests)) => {

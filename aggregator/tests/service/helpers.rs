@@ -79,6 +79,7 @@ impl TestEnv {
             flaky_result: Default::default(),
             callback_url: None,
             owner: None,
+            ..SuiteRecord::default()
         };
         let mut redis = self.redis.clone();
         let json = serde_json::to_string(&record).expect("serializes");

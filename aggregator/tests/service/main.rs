@@ -6,6 +6,7 @@ mod helpers;
 
 mod complete;
 mod deadline;
+mod history;
 mod replicas;
 mod restart;
 mod webhooks;

@@ -3,6 +3,7 @@
 
 mod blobs;
 mod helpers;
+mod history;
 mod openapi;
 mod reconnect;
 mod status;

@@ -26,6 +26,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/suites/{id}/report.ctrf.json"),
     ("put", "/v1/blobs/{reference}"),
     ("head", "/v1/blobs/{reference}"),
+    ("get", "/v1/history/suites"),
+    ("get", "/v1/tests/{name}/history"),
+    ("get", "/v1/flaky"),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "head", "patch", "options"];

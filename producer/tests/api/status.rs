@@ -46,6 +46,7 @@ fn report(id: &str, names: &[&str]) -> Report {
                 usage: Default::default(),
                 attempt_history: vec![],
                 start: None,
+                quarantined: false,
             })
             .collect(),
         builds: vec![],

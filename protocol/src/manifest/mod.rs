@@ -39,7 +39,8 @@ pub use raw::{
     discovered_name,
 };
 pub use validate::{
-    DEFAULT_TIMEOUT, MAX_CALLBACK_URL_BYTES, MAX_RETRIES, MAX_TIMEOUT, check_callback_url,
+    DEFAULT_TIMEOUT, MAX_CALLBACK_URL_BYTES, MAX_META_ENTRIES, MAX_META_KEY_BYTES,
+    MAX_META_VALUE_BYTES, MAX_RETRIES, MAX_TIMEOUT, check_callback_url, check_meta,
     check_relative_path,
 };
 pub use wire::{Framework, Suite, TestBody, TestSpec};

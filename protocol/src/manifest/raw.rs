@@ -60,6 +60,11 @@ pub struct Manifest {
     /// from nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<bool>,
+    /// What the history store keeps about the run: CI system, repository, branch,
+    /// commit, job URL (the keys of [`crate::api::meta`]) and any others.
+    /// `isotest run` fills it from `--meta KEY=VALUE` and the CI system's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt

@@ -691,3 +691,29 @@ fn every_per_test_field_is_in_every_place() {
     expected.insert("name".into());
     assert_eq!(defaults_keys(test), expected);
 }
+
+#[test]
+fn meta_is_kept_and_checked() {
+    let suite = load(
+        "name = \"s\"\n[meta]\ncommit = \"abc\"\nrepository = \"acme/shop\"\n[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n",
+    )
+    .expect("valid meta");
+    assert_eq!(suite.meta.get("commit").map(String::as_str), Some("abc"));
+    assert_eq!(suite.meta.len(), 2);
+    let cases = [
+        ("[meta]\n\"Bad Key\" = \"x\"\n", "key `Bad Key` is invalid"),
+        ("[meta]\nnote = \"a\\nb\"\n", "meta.note: must be at most"),
+    ];
+    for (meta, fragment) in cases {
+        let text = format!("name = \"s\"\n{meta}[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n");
+        let err = load(&text).expect_err(meta);
+        assert!(err.to_string().contains(fragment), "{meta}: {err}");
+    }
+    let many: String = (0..=crate::manifest::MAX_META_ENTRIES)
+        .map(|i| format!("k{i} = \"v\"\n"))
+        .collect();
+    let text =
+        format!("name = \"s\"\n[meta]\n{many}[[tests]]\nname = \"a\"\ncommand = [\"true\"]\n");
+    let err = load(&text).expect_err("too many");
+    assert!(err.to_string().contains("at most 32 are allowed"), "{err}");
+}

@@ -16,6 +16,54 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most retries a test may ask for.
 pub const MAX_RETRIES: u32 = 10;
+/// The most `[meta]` entries a suite may carry.
+pub const MAX_META_ENTRIES: usize = 32;
+/// The longest `[meta]` key, in bytes.
+pub const MAX_META_KEY_BYTES: usize = 64;
+/// The longest `[meta]` value, in bytes.
+pub const MAX_META_VALUE_BYTES: usize = 1024;
+
+/// Checks a suite's `[meta]`: at most [`MAX_META_ENTRIES`] entries, keys of 1 to
+/// [`MAX_META_KEY_BYTES`] of `a-z`, `0-9`, `_`, `.` and `-`, values of at most
+/// [`MAX_META_VALUE_BYTES`] bytes without control characters.
+///
+/// # Errors
+///
+/// Returns a [`ManifestError`] naming the first bad entry.
+pub fn check_meta(meta: &std::collections::BTreeMap<String, String>) -> Result<(), ManifestError> {
+    if meta.len() > MAX_META_ENTRIES {
+        return Err(ManifestError::field(
+            "meta",
+            format!(
+                "has {} entries; at most {MAX_META_ENTRIES} are allowed",
+                meta.len()
+            ),
+        ));
+    }
+    for (key, value) in meta {
+        let good_key = !key.is_empty()
+            && key.len() <= MAX_META_KEY_BYTES
+            && key.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
+        if !good_key {
+            return Err(ManifestError::field(
+                "meta",
+                format!(
+                    "key `{key}` is invalid: use 1 to {MAX_META_KEY_BYTES} of a-z, 0-9, `_`, `.` and `-`"
+                ),
+            ));
+        }
+        if value.len() > MAX_META_VALUE_BYTES || value.chars().any(char::is_control) {
+            return Err(ManifestError::field(
+                format!("meta.{key}"),
+                format!("must be at most {MAX_META_VALUE_BYTES} bytes without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The longest `callback_url`, in bytes.
 pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
 /// Where tests see their workspace (the sandbox's working directory).
@@ -60,6 +108,7 @@ impl Manifest {
         if let Some(url) = &self.callback_url {
             check_callback_url("callback_url", url)?;
         }
+        check_meta(&self.meta)?;
         if !self.discover.is_empty() {
             return Err(ManifestError::field(
                 "discover[0]",
@@ -103,6 +152,7 @@ impl Manifest {
             flaky_result: self.flaky_result,
             callback_url: self.callback_url.clone(),
             warm: self.warm.unwrap_or(true),
+            meta: self.meta.clone(),
         })
     }
 }

@@ -142,6 +142,9 @@ pub struct Suite {
     /// Whether Python tests may start warm (see the manifest's `warm`).
     #[serde(default = "yes")]
     pub warm: bool,
+    /// The manifest's `[meta]`, checked by [`super::check_meta`].
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
