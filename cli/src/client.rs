@@ -67,7 +67,7 @@ pub async fn run(
             let status: SuiteStatus = api
                 .json(api.http.get(api.url(&submitted.status_url)))
                 .await?;
-            progress.set_done(status.done);
+            progress.set_done(status.done, status.waiting);
             if status.state != SuiteState::Running {
                 break status;
             }

@@ -1,7 +1,8 @@
 //! What every isotest service shares at its edges: the connection settings
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
-//! one write of a suite's report and its reading ([`reports`]), reading a suite's
+//! one write of a suite's report and its reading ([`reports`]), the scheduler's state
+//! and its atomic steps, from claim to the worker's fence ([`schedule`]), reading a suite's
 //! record and results ([`suites`]), cancelling a suite ([`cancel`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
 //! shutdown signal ([`shutdown`]).
@@ -11,6 +12,7 @@ pub mod cancel;
 pub mod metrics;
 pub mod reports;
 pub mod results;
+pub mod schedule;
 pub mod shutdown;
 pub mod store;
 pub mod suites;

@@ -2,9 +2,10 @@
 //! middleware that lets a `/v1` request through only with a valid token (or, on a
 //! producer that is open, with none).
 //!
-//! A token belongs to one CI system (its `name`) and may carry a quota: how many of
-//! its tests may be queued or running at once, checked at submission by
-//! [`crate::store::Store::record_suite_within_quota`].
+//! A token belongs to one CI system (its `name`) and carries its share of the test
+//! slots (`weight`), its highest `priority`, and perhaps a quota: how many of its tests
+//! may be dispatched and unfinished at once. The dispatcher ([`crate::dispatch`])
+//! applies all three; a quota makes a suite wait, never refuses it.
 
 use std::sync::Arc;
 

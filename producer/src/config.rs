@@ -1,6 +1,6 @@
 //! The producer's settings: where RabbitMQ and Redis are, where to listen, how large a
-//! request may be, the deadline of a suite that names none, and whether every request
-//! needs an API token.
+//! request may be, the deadline of a suite that names none, whether every request
+//! needs an API token, and how the dispatcher keeps the queue.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub struct Config {
     /// (without it, the API is open until the first `isotest token add`).
     #[arg(long, env = "ISOTEST_REQUIRE_TOKEN")]
     pub require_token: bool,
+    #[command(flatten)]
+    pub dispatch: crate::dispatch::DispatchConfig,
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -64,6 +66,7 @@ impl Config {
             limits: Limits::default(),
             default_deadline: DEFAULT_DEADLINE,
             require_token: false,
+            dispatch: crate::dispatch::DispatchConfig::default(),
         }
     }
 }

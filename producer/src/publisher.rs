@@ -116,6 +116,39 @@ impl Publisher {
         published
     }
 
+    /// The tests queue's ready messages and consumers, as RabbitMQ counts them now.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`PublishError::Connect`] when RabbitMQ cannot be reached or does not
+    /// answer (the channel is then reopened next time).
+    pub async fn queue_state(&self) -> Result<(u32, u32), PublishError> {
+        let channel = self.channel().await?;
+        let queue = self.namespace.tests_queue();
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => Ok((q.message_count(), q.consumer_count())),
+            Err(source) => {
+                self.mark_stale(&channel).await;
+                Err(PublishError::Connect(
+                    isotest_infra::amqp::AmqpError::Declare {
+                        name: queue,
+                        source,
+                    },
+                ))
+            }
+        }
+    }
+
     /// Makes the next request start over on a new channel, unless another request
     /// already did.
     async fn mark_stale(&self, channel: &Channel) {

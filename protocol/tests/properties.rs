@@ -646,6 +646,7 @@ proptest! {
                     warm: suite.warm,
                     digest: outcome_digest(test, Some(&blob), suite.network),
                     published_at_ms: u64::MAX,
+                    dispatch: None,
                 }
                 .to_bytes()
                 .len()

@@ -52,6 +52,10 @@ pub struct Manifest {
     /// from nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<bool>,
+    /// How urgently the suite's tests are dispatched: `high`, `normal` or `low`, at most
+    /// its token's priority (by default, its token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::schedule::Priority>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt

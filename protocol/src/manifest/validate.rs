@@ -103,6 +103,7 @@ impl Manifest {
             flaky_result: self.flaky_result,
             callback_url: self.callback_url.clone(),
             warm: self.warm.unwrap_or(true),
+            priority: self.priority,
         })
     }
 }

@@ -142,6 +142,9 @@ pub struct Suite {
     /// Whether Python tests may start warm (see the manifest's `warm`).
     #[serde(default = "yes")]
     pub warm: bool,
+    /// The priority the suite asks for (see the manifest's `priority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::schedule::Priority>,
 }
 
 fn yes() -> bool {
