@@ -12,5 +12,6 @@ mod metrics;
 mod modes;
 mod pipeline;
 mod prepare;
+mod scheduling;
 mod support;
 mod webhooks;
