@@ -149,6 +149,16 @@ impl Publisher {
         }
     }
 
+    /// Makes the next use start over on a new channel and connection: for a caller
+    /// whose operation did not finish in time (a connection closed under it can leave
+    /// an answer that never comes).
+    pub async fn reset(&self) {
+        if let Some(link) = self.link.lock().await.as_mut() {
+            link.stale = true;
+            let _ = link.connection.close(200, "no answer in time".into()).await;
+        }
+    }
+
     /// Makes the next request start over on a new channel, unless another request
     /// already did.
     async fn mark_stale(&self, channel: &Channel) {

@@ -34,6 +34,9 @@ const ROUND: Duration = Duration::from_millis(10);
 const SLOTS_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a failed round, so an outage is not hammered.
 const FAILED_PAUSE: Duration = Duration::from_millis(500);
+/// How long RabbitMQ may take to answer a look at the queue or to confirm a batch:
+/// a connection closed under a call can leave its answer pending for good.
+const AMQP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the dispatcher keeps the queue.
 #[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
@@ -81,6 +84,8 @@ enum RoundError {
     Redis(#[from] redis::RedisError),
     #[error("could not read the tests queue")]
     Queue(#[source] crate::publisher::PublishError),
+    #[error("RabbitMQ did not answer within {}s", AMQP_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 /// One producer's dispatcher.
@@ -204,11 +209,14 @@ impl Dispatcher {
         if waiting == 0 {
             return Ok(());
         }
-        let (ready, consumers) = self
-            .publisher
-            .queue_state()
-            .await
-            .map_err(RoundError::Queue)?;
+        let (ready, consumers) =
+            match tokio::time::timeout(AMQP_TIMEOUT, self.publisher.queue_state()).await {
+                Ok(state) => state.map_err(RoundError::Queue)?,
+                Err(_) => {
+                    self.publisher.reset().await;
+                    return Err(RoundError::Timeout);
+                }
+            };
         if Instant::now() >= self.next_slots {
             self.next_slots = Instant::now() + SLOTS_EVERY;
             self.slots = schedule::live_slots(&mut self.conn, &self.ns).await?;
@@ -389,7 +397,15 @@ impl Dispatcher {
         if messages.is_empty() {
             return Ok(());
         }
-        match self.publisher.publish_all(&messages).await {
+        let published =
+            match tokio::time::timeout(AMQP_TIMEOUT, self.publisher.publish_all(&messages)).await {
+                Ok(published) => published.map_err(|e| isotest_infra::error_chain(&e)),
+                Err(_) => {
+                    self.publisher.reset().await;
+                    Err(RoundError::Timeout.to_string())
+                }
+            };
+        match published {
             Ok(()) => {
                 schedule::confirm(&mut self.conn, &self.ns, &self.owner, &token, &claimed).await?;
                 isotest_infra::metrics::producer()
@@ -401,7 +417,7 @@ impl Dispatcher {
             Err(error) => {
                 let (back, _) =
                     schedule::put_back(&mut self.conn, &self.ns, Claims::Token(&token)).await?;
-                tracing::warn!(error = %chain(&error), put_back = back, "RabbitMQ did not take a batch of tests; they wait again.");
+                tracing::warn!(%error, put_back = back, "RabbitMQ did not take a batch of tests; they wait again.");
                 Ok(())
             }
         }
