@@ -116,8 +116,12 @@ return {back, started}
 ";
 
 /// A worker's fence: the copy with token ARGV[2] of test ARGV[1] may run only while it
-/// is the test's current dispatch; then it is marked started. KEYS: dispatch, started.
+/// is the test's current dispatch and its suite is open; then it is marked started.
+/// KEYS: dispatch, started, report. 1: run, 0: a stale copy, 2: the suite is closed.
 const START_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return 2
+end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
   return 0
 end
@@ -305,9 +309,20 @@ pub async fn put_back(
         .await
 }
 
-/// The worker's fence: whether the copy of test `index` dispatched with `token` is its
-/// current dispatch, marking it started if so. A copy that is not (its dispatcher died
-/// and the test was dispatched again) must be dropped, not run.
+/// What the worker's fence says of a dispatched copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The copy is the test's current dispatch, now marked started: run it.
+    Run,
+    /// Its dispatcher died and the test was dispatched again: drop this copy.
+    Stale,
+    /// The suite has a report: drop it, as any message of a closed suite.
+    Closed,
+}
+
+/// The worker's fence, in one step with the closed-suite check: whether the copy of
+/// test `index` dispatched with `token` is its current dispatch, marking it started if
+/// so.
 ///
 /// # Errors
 ///
@@ -318,15 +333,20 @@ pub async fn start(
     suite_id: &str,
     index: u32,
     token: &str,
-) -> redis::RedisResult<bool> {
+) -> redis::RedisResult<Start> {
     let started: i64 = START
         .key(ns.dispatch_key(suite_id))
         .key(ns.started_key(suite_id))
+        .key(ns.report_key(suite_id))
         .arg(index)
         .arg(token)
         .invoke_async(conn)
         .await?;
-    Ok(started == 1)
+    Ok(match started {
+        1 => Start::Run,
+        2 => Start::Closed,
+        _ => Start::Stale,
+    })
 }
 
 /// Drops the scheduling keys of a suite that has ended, and its entry in its token's

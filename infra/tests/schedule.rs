@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 
-use isotest_infra::schedule::{self, Claim, Claims, Lease};
+use isotest_infra::schedule::{self, Claim, Claims, Lease, Start};
 use isotest_protocol::names::Namespace;
 
 async fn redis() -> (ConnectionManager, Namespace) {
@@ -86,10 +86,11 @@ async fn a_claim_left_by_a_dead_dispatcher_is_dispatched_again_and_its_copy_drop
     };
     assert_eq!(claimed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
     // `a` published both, a worker started test 0's copy, and `a` died unconfirmed.
-    assert!(
+    assert_eq!(
         schedule::start(&mut conn, &ns, "s", 0, "a#1")
             .await
-            .expect("start")
+            .expect("start"),
+        Start::Run
     );
 
     // b may not claim while a's lease lasts.
@@ -108,10 +109,11 @@ async fn a_claim_left_by_a_dead_dispatcher_is_dispatched_again_and_its_copy_drop
     assert_eq!(pending, ["1:0", "2:0"], "put back at the head, in order");
 
     // a's copy of test 1 arrives at a worker after the take-over: dropped.
-    assert!(
-        !schedule::start(&mut conn, &ns, "s", 1, "a#1")
+    assert_eq!(
+        schedule::start(&mut conn, &ns, "s", 1, "a#1")
             .await
-            .expect("start")
+            .expect("start"),
+        Start::Stale
     );
     // b dispatches test 1 again; its copy runs, and runs again on a redelivery.
     let Claim::Tests(again) = schedule::claim(&mut conn, &ns, "b", "s", 1, "b#1")
@@ -121,26 +123,30 @@ async fn a_claim_left_by_a_dead_dispatcher_is_dispatched_again_and_its_copy_drop
         panic!("b holds the lease");
     };
     assert_eq!(again.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
-    assert!(
+    assert_eq!(
         schedule::start(&mut conn, &ns, "s", 1, "b#1")
             .await
-            .expect("start")
+            .expect("start"),
+        Start::Run
     );
-    assert!(
+    assert_eq!(
         schedule::start(&mut conn, &ns, "s", 1, "b#1")
             .await
-            .expect("redelivery")
+            .expect("redelivery"),
+        Start::Run
     );
-    assert!(
-        !schedule::start(&mut conn, &ns, "s", 1, "a#1")
+    assert_eq!(
+        schedule::start(&mut conn, &ns, "s", 1, "a#1")
             .await
-            .expect("start")
+            .expect("start"),
+        Start::Stale
     );
     // Test 0's running copy, redelivered after its worker died, may run again.
-    assert!(
+    assert_eq!(
         schedule::start(&mut conn, &ns, "s", 0, "a#1")
             .await
-            .expect("start")
+            .expect("start"),
+        Start::Run
     );
     schedule::confirm(&mut conn, &ns, "b", "b#1", &[("s".into(), 1)])
         .await
@@ -174,6 +180,12 @@ async fn a_batch_rabbitmq_refused_waits_again_and_a_closed_suite_is_not_claimed(
     assert_eq!(conn.llen(ns.pending_key("s")).await.expect("LLEN"), 2);
 
     conn.set(ns.report_key("s"), "{}").await.expect("SET");
+    assert_eq!(
+        schedule::start(&mut conn, &ns, "s", 0, "a#1")
+            .await
+            .expect("start"),
+        Start::Closed
+    );
     assert_eq!(
         schedule::claim(&mut conn, &ns, "a", "s", 5, "a#2")
             .await

@@ -154,7 +154,7 @@ impl Recorder {
         suite_id: &str,
         index: u32,
         token: &str,
-    ) -> Result<bool, RecordError> {
+    ) -> Result<isotest_infra::schedule::Start, RecordError> {
         isotest_infra::schedule::start(&mut self.redis.clone(), &self.ns, suite_id, index, token)
             .await
             .map_err(RecordError::Read)

@@ -21,6 +21,7 @@ use isotest_infra::amqp::consume::{Consumer, ConsumerConfig, delivery_count};
 use isotest_infra::amqp::publish::{self, PublishError};
 use isotest_infra::amqp::{self, AmqpError, DELIVERY_LIMIT};
 use isotest_infra::metrics::{self, GaugeGuard, StatusLabels, TestLabels};
+use isotest_infra::schedule::Start;
 use isotest_infra::store::{self, StoreError};
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
@@ -304,16 +305,22 @@ impl Shared {
         taken_at_ms: u64,
         publish: &Channel,
     ) -> Result<(), HandleError> {
-        if self.recorder.is_closed(&msg.suite_id).await? {
+        // A dispatched copy passes the scheduler's fence, which also says whether the
+        // suite is closed (one round trip): a copy from a dispatcher that died before
+        // confirming it was dispatched again, and only the current copy may run.
+        let closed = match &msg.dispatch {
+            Some(token) => match self.recorder.start(&msg.suite_id, msg.index, token).await? {
+                Start::Run => false,
+                Start::Closed => true,
+                Start::Stale => {
+                    info!("This copy of the test was dispatched again; dropping it.");
+                    return Ok(());
+                }
+            },
+            None => self.recorder.is_closed(&msg.suite_id).await?,
+        };
+        if closed {
             debug!("Suite already closed; dropping the message.");
-            return Ok(());
-        }
-        // A copy from a dispatcher that died before confirming it: the test was
-        // dispatched again, and only the current copy may run.
-        if let Some(token) = &msg.dispatch
-            && !self.recorder.start(&msg.suite_id, msg.index, token).await?
-        {
-            info!("This copy of the test was dispatched again; dropping it.");
             return Ok(());
         }
         match self

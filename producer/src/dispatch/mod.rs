@@ -103,6 +103,12 @@ pub struct Dispatcher {
     next_slots: Instant,
     fair: Fair,
     batch: u64,
+    /// Tests kept ready beyond slots × ahead: grown when a round finds the queue empty
+    /// (the workers drain it faster than a round refills it, as with trivial tests),
+    /// shrunk while it stays fed, so that only fast tests get a longer queue.
+    extra: u64,
+    /// Tests waiting when the suites were last read.
+    waiting: u64,
 }
 
 /// A scheduled suite as one round reads it.
@@ -133,6 +139,8 @@ impl Dispatcher {
             next_slots: now,
             fair: Fair::default(),
             batch: 0,
+            extra: 0,
+            waiting: 0,
         }
     }
 
@@ -196,18 +204,20 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// One round. Cheap when there is nothing to do: idle, it reads one count; busy,
+    /// it looks at the queue first and reads the suites only when the queue is short.
     async fn round(&mut self) -> Result<(), RoundError> {
         self.lead().await?;
         if !self.leader {
             return Ok(());
         }
-        let suites = self.scheduled().await?;
-        let waiting: u64 = suites.iter().map(|s| s.pending).sum();
-        isotest_infra::metrics::producer()
-            .tests_waiting
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        if waiting == 0 {
-            return Ok(());
+        if self.waiting == 0 {
+            let scheduled: u64 =
+                redis::AsyncCommands::hlen(&mut self.conn, self.ns.scheduled_suites_key()).await?;
+            if scheduled == 0 {
+                isotest_infra::metrics::producer().tests_waiting.set(0);
+                return Ok(());
+            }
         }
         let (ready, consumers) =
             match tokio::time::timeout(AMQP_TIMEOUT, self.publisher.queue_state()).await {
@@ -222,10 +232,22 @@ impl Dispatcher {
             self.slots = schedule::live_slots(&mut self.conn, &self.ns).await?;
         }
         let slots = self.slots.max(u64::from(consumers));
-        let target = ((slots as f64 * self.config.ahead).ceil() as u64)
+        let base = ((slots as f64 * self.config.ahead).ceil() as u64)
             .max(u64::from(self.config.min_ready));
+        if self.waiting > 0 {
+            self.extra = next_extra(self.extra, u64::from(ready), base, slots);
+        }
+        let target = base + self.extra;
         let budget = usize::try_from(target.saturating_sub(u64::from(ready))).unwrap_or(0);
-        if budget == 0 {
+        if budget == 0 && self.waiting > 0 {
+            return Ok(());
+        }
+        let suites = self.scheduled().await?;
+        self.waiting = suites.iter().map(|s| s.pending).sum();
+        isotest_infra::metrics::producer()
+            .tests_waiting
+            .set(i64::try_from(self.waiting).unwrap_or(i64::MAX));
+        if self.waiting == 0 || budget == 0 {
             return Ok(());
         }
         let candidates = self.candidates(&suites, budget).await?;
@@ -424,6 +446,18 @@ impl Dispatcher {
     }
 }
 
+/// The next [`Dispatcher::extra`]: doubled (plus the slots) when the queue ran dry,
+/// by an eighth less while more than half the base target waits, at most 32 per slot.
+fn next_extra(extra: u64, ready: u64, base: u64, slots: u64) -> u64 {
+    if ready == 0 {
+        (extra * 2 + slots.max(1)).min(slots.max(1) * 32)
+    } else if ready > base / 2 {
+        extra.saturating_sub((extra / 8).max(1))
+    } else {
+        extra
+    }
+}
+
 /// `host/pid/random`: unique per process, and tells an operator which one leads.
 fn owner_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -436,4 +470,27 @@ fn owner_id() -> String {
     let mut random = [0u8; 4];
     let _ = getrandom::fill(&mut random);
     format!("{host}/{}/{}", std::process::id(), hex::encode(random))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_extra;
+
+    #[test]
+    fn the_queue_grows_only_while_the_workers_drain_it() {
+        // (extra, ready, base 8, slots 4) → next extra
+        let cases = [
+            (0, 0, 4),
+            (4, 0, 12),
+            (100, 0, 128),
+            (128, 0, 128),
+            (16, 5, 14),
+            (3, 5, 2),
+            (0, 5, 0),
+            (16, 2, 16),
+        ];
+        for (extra, ready, expected) in cases {
+            assert_eq!(next_extra(extra, ready, 8, 4), expected, "{extra} {ready}");
+        }
+    }
 }
