@@ -425,6 +425,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     discover: Vec::new(),
                     callback_url: None,
                     warm: None,
+                    priority: None,
                 }
             },
         )

@@ -45,7 +45,7 @@ pub fn order(tests: &[Known]) -> Vec<PendingEntry> {
         })
         .collect();
     // Stable: equal keys keep manifest order.
-    entries.sort_by(|a, b| b.1.cmp(&a.1));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.1));
     entries.into_iter().map(|(entry, _)| entry).collect()
 }
 
