@@ -37,6 +37,9 @@ pub enum TokenCommand {
         /// of a higher priority goes before any of a lower one.
         #[arg(long, default_value = "normal", value_parser = parse_priority)]
         priority: Priority,
+        /// Let this token read and cancel every suite, not only its own (for operators).
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -67,6 +70,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             quota,
             weight,
             priority,
+            admin,
             endpoints,
         } => {
             auth::validate_name(&name).map_err(|e| Failure::BadInput(e.to_string()))?;
@@ -78,6 +82,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 quota,
                 weight,
                 priority,
+                admin,
             };
             if !store
                 .add_token(&auth::hash(&token), &record)
@@ -89,8 +94,13 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 )));
             }
             let quota = quota.map_or("no quota".to_owned(), |q| format!("quota {q}"));
+            let role = if admin {
+                ", admin: sees every suite"
+            } else {
+                ""
+            };
             eprintln!(
-                "isotest: added token {name} ({quota}, weight {weight}, priority {priority}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
+                "isotest: added token {name} ({quota}, weight {weight}, priority {priority}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
             );
             println!("{token}");
         }

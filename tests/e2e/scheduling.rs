@@ -312,7 +312,7 @@ async fn a_dispatcher_killed_mid_suite_loses_and_repeats_no_test() -> Result<()>
         .push(("ISOTEST_DISPATCH_LEASE".into(), "1s".into()));
     env.start(2, 2).await?;
     let standby = format!("127.0.0.1:{}", free_port()?);
-    env.spawn("producer-b", &["producer", "--listen", &standby]);
+    env.spawn("producer-b", &["producer", "--listen", &standby, "--open"]);
     let api = Api::new(&env, None)?;
     let suite = api
         .submit(&manifest("survivor", "k", 150, &["sleep", "0.05"]))

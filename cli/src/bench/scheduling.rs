@@ -258,6 +258,7 @@ async fn add_token(endpoints: &Endpoints, name: &str, weight: u32) -> anyhow::Re
         schema_version: SCHEMA_VERSION,
         name: name.to_owned(),
         quota: None,
+        admin: false,
         weight,
         priority: Priority::Normal,
     };

@@ -220,7 +220,7 @@ impl Dispatcher {
             }
         }
         let (ready, consumers) =
-            match tokio::time::timeout(AMQP_TIMEOUT, self.publisher.queue_state()).await {
+            match tokio::time::timeout(AMQP_TIMEOUT, self.publisher.depth()).await {
                 Ok(state) => state.map_err(RoundError::Queue)?,
                 Err(_) => {
                     self.publisher.reset().await;
