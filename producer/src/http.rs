@@ -17,7 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use isotest_protocol::api::{
-    ApiError, BlobStored, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
+    ApiError, BlobStored, QueueState, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
 };
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::schedule::{Priority, ScheduledSuite};
@@ -430,6 +430,13 @@ async fn status(
     let record = visible_record(&state, &caller, &id).await?;
     let report = state.store.report(&id).await?;
     let done = state.store.done_count(&id).await?;
+    let (queue, waiting, unstarted) = if report.is_none() {
+        let queue = state.publisher.queue_state().await;
+        let waiting = state.store.waiting(&id).await?;
+        (queue, waiting, state.store.unstarted(&id).await?)
+    } else {
+        (None, 0, 0)
+    };
     let status = match report {
         Some(StoredReport { report, .. }) => SuiteStatus {
             id,
@@ -442,15 +449,20 @@ async fn status(
             queue: None,
         },
         None => SuiteStatus {
-            waiting: Some(state.store.waiting(&id).await?),
+            waiting: Some(waiting),
             id,
             name: record.name,
             state: SuiteState::Running,
             total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
             done,
             summary: None,
-            // So that a client can say when no worker takes the suite's tests.
-            queue: state.publisher.queue_state().await,
+            // So that a client can say when no worker takes the suite's tests: the
+            // tests in RabbitMQ, or this suite's not started yet (some of which wait
+            // for the scheduler), whichever is more.
+            queue: queue.map(|q| QueueState {
+                waiting: q.waiting.max(unstarted),
+                ..q
+            }),
         },
     };
     Ok(Json(status))

@@ -251,6 +251,26 @@ impl Store {
         &self.ns
     }
 
+    /// How many of the suite's tests no worker has started yet, wherever they wait:
+    /// in Redis for the scheduler, claimed, or in RabbitMQ (read in one transaction,
+    /// so a test moving from one to the next is counted once).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn unstarted(&self, id: &str) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let (pending, dispatched, started): (u64, Option<u64>, u64) = redis::pipe()
+            .atomic()
+            .llen(self.ns.pending_key(id))
+            .get(self.ns.dispatched_key(id))
+            .hlen(self.ns.started_key(id))
+            .query_async(&mut conn)
+            .await?;
+        let unstarted = pending + dispatched.unwrap_or(0).saturating_sub(started);
+        Ok(u32::try_from(unstarted).unwrap_or(u32::MAX))
+    }
+
     /// A connection for the dispatcher (cheap: it shares this one).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()

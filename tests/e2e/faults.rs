@@ -110,15 +110,15 @@ async fn kill_worker_mid_test(workers: &[u32]) -> Result<u32> {
 }
 
 /// A JSON manifest of `n` tests: every 10th fails, every 20th (and each of the last
-/// ten, so that a late kill still finds one however fast the rest went) sleeps long
-/// enough for a kill to land mid-test; the rest pass at once. Returns it with each
-/// test's verdict.
+/// thirty, so that a late kill still finds one however fast the rest went, even while
+/// `rabbitmqctl` takes seconds on a loaded machine) sleeps long enough for a kill to
+/// land mid-test; the rest pass at once. Returns it with each test's verdict.
 fn suite(name: &str, n: usize) -> (serde_json::Value, BTreeMap<String, Status>) {
     let mut tests = Vec::new();
     let mut expected = BTreeMap::new();
     for i in 0..n {
         let test = format!("t{i:03}");
-        let (command, status) = if i % 20 == 7 || (n > 100 && i + 10 >= n) {
+        let (command, status) = if i % 20 == 7 || (n > 100 && i + 30 >= n) {
             (json!(["sleep", "2"]), Status::Passed)
         } else if i % 10 == 3 {
             (json!(["false"]), Status::Failed)

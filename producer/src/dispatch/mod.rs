@@ -32,6 +32,8 @@ use fair::{Candidate, Fair};
 const ROUND: Duration = Duration::from_millis(10);
 /// How often the workers' registered slots are read again.
 const SLOTS_EVERY: Duration = Duration::from_secs(1);
+/// How often the suites are read while the queue is full (to drop ended ones).
+const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a failed round, so an outage is not hammered.
 const FAILED_PAUSE: Duration = Duration::from_millis(500);
 /// How long RabbitMQ may take to answer a look at the queue or to confirm a batch:
@@ -109,6 +111,8 @@ pub struct Dispatcher {
     extra: u64,
     /// Tests waiting when the suites were last read.
     waiting: u64,
+    /// When the suites are read next even if the queue is full.
+    next_scan: Instant,
 }
 
 /// A scheduled suite as one round reads it.
@@ -141,6 +145,7 @@ impl Dispatcher {
             batch: 0,
             extra: 0,
             waiting: 0,
+            next_scan: now,
         }
     }
 
@@ -239,9 +244,12 @@ impl Dispatcher {
         }
         let target = base + self.extra;
         let budget = usize::try_from(target.saturating_sub(u64::from(ready))).unwrap_or(0);
-        if budget == 0 && self.waiting > 0 {
+        // With the queue full, the suites are read only now and then, to drop the
+        // schedules of suites that ended.
+        if budget == 0 && self.waiting > 0 && Instant::now() < self.next_scan {
             return Ok(());
         }
+        self.next_scan = Instant::now() + SCAN_EVERY;
         let suites = self.scheduled().await?;
         self.waiting = suites.iter().map(|s| s.pending).sum();
         isotest_infra::metrics::producer()
