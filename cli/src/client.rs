@@ -85,7 +85,7 @@ pub async fn run(
             if let Some(line) = status.queue.and_then(|q| watch.line(q, Instant::now())) {
                 progress.println(&line);
             }
-            progress.set_done(status.done);
+            progress.set_done(status.done, status.waiting);
             if status.state != SuiteState::Running {
                 break status;
             }

@@ -76,17 +76,27 @@ impl Progress {
         }
     }
 
-    /// The server says this many tests are done.
-    pub fn set_done(&mut self, now_done: u32) {
+    /// The server says this many tests are done, and this many wait for their turn
+    /// (their fair share of the workers, or their token's quota).
+    pub fn set_done(&mut self, now_done: u32, waiting: Option<u32>) {
+        let waiting = waiting
+            .filter(|w| *w > 0)
+            .map(|w| format!("{w} waiting for their turn"));
         match self {
-            Progress::Bar(bar) => bar.set_position(u64::from(now_done)),
+            Progress::Bar(bar) => {
+                bar.set_position(u64::from(now_done));
+                bar.set_message(waiting.unwrap_or_default());
+            }
             Progress::Lines { total, done, last } => {
                 // Plain logs get a line when something changed, at most one a second.
                 let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
                 if now_done != *done && (due || now_done == *total) {
                     *done = now_done;
                     *last = Some(Instant::now());
-                    eprintln!("isotest: {now_done}/{total} tests done");
+                    match waiting {
+                        Some(w) => eprintln!("isotest: {now_done}/{total} tests done, {w}"),
+                        None => eprintln!("isotest: {now_done}/{total} tests done"),
+                    }
                 }
             }
             Progress::Quiet => {}

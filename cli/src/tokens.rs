@@ -1,5 +1,6 @@
 //! `isotest token add | list | revoke`: the API tokens of the producer, managed
-//! directly in its Redis (one token per CI system, each with an optional quota).
+//! directly in its Redis (one token per CI system, each with its share of the test
+//! slots, its priority and an optional quota).
 
 use clap::{Args, Subcommand};
 
@@ -8,6 +9,7 @@ use isotest_producer::auth;
 use isotest_producer::store::Store;
 use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::TokenRecord;
+use isotest_protocol::schedule::Priority;
 
 use crate::exit::Failure;
 
@@ -23,9 +25,18 @@ pub enum TokenCommand {
     Add {
         /// Who holds it, such as `ci-gitlab` (1 to 64 of A-Z a-z 0-9 . - _).
         name: String,
-        /// The most of its tests that may be queued or running at once (no limit by default).
+        /// The most of its tests that may run at once (no limit by default); the rest of
+        /// its suites wait their turn.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         quota: Option<u32>,
+        /// Its share of the test slots against other tokens of its priority: a token of
+        /// weight 3 gets three times the slots of one of weight 1 while both have work.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        weight: u32,
+        /// The highest priority its suites may ask for, and theirs by default: every test
+        /// of a higher priority goes before any of a lower one.
+        #[arg(long, default_value = "normal", value_parser = parse_priority)]
+        priority: Priority,
         /// Let this token read and cancel every suite, not only its own (for operators).
         #[arg(long)]
         admin: bool,
@@ -36,7 +47,8 @@ pub enum TokenCommand {
         #[command(flatten)]
         endpoints: Endpoints,
     },
-    /// List the tokens: name, quota and tests in flight (never the secrets).
+    /// List the tokens: name, quota, weight, priority, tests running and waiting (never
+    /// the secrets).
     List {
         #[command(flatten)]
         endpoints: Endpoints,
@@ -60,6 +72,8 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
         TokenCommand::Add {
             name,
             quota,
+            weight,
+            priority,
             admin,
             network,
             endpoints,
@@ -71,6 +85,8 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 schema_version: SCHEMA_VERSION,
                 name: name.clone(),
                 quota,
+                weight,
+                priority,
                 admin,
                 network,
             };
@@ -92,18 +108,24 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 role.push_str(", may use the host's network");
             }
             eprintln!(
-                "isotest: added token {name} ({quota}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
+                "isotest: added token {name} ({quota}, weight {weight}, priority {priority}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
             );
             println!("{token}");
         }
         TokenCommand::List { endpoints } => {
             let store = connect(&endpoints).await?;
             let tokens = store.tokens().await.map_err(service)?;
-            println!("{:<32} {:>10} {:>10}", "NAME", "QUOTA", "IN FLIGHT");
+            println!(
+                "{:<32} {:>8} {:>6} {:>8} {:>8} {:>8}",
+                "NAME", "QUOTA", "WEIGHT", "PRIORITY", "RUNNING", "WAITING"
+            );
             for token in tokens {
-                let in_flight = store.in_flight(&token.name).await.map_err(service)?;
+                let (running, waiting) = store.in_flight(&token.name).await.map_err(service)?;
                 let quota = token.quota.map_or("-".to_owned(), |q| q.to_string());
-                println!("{:<32} {quota:>10} {in_flight:>10}", token.name);
+                println!(
+                    "{:<32} {quota:>8} {:>6} {:>8} {running:>8} {waiting:>8}",
+                    token.name, token.weight, token.priority
+                );
             }
         }
         TokenCommand::Revoke { name, endpoints } => {
@@ -122,6 +144,11 @@ async fn connect(endpoints: &Endpoints) -> Result<Store, Failure> {
         .await
         .map_err(|e| Failure::Unreachable(isotest_infra::error_chain(&e)))?;
     Ok(Store::new(conn, endpoints.namespace.clone()))
+}
+
+fn parse_priority(text: &str) -> Result<Priority, String> {
+    Priority::parse(text)
+        .ok_or_else(|| format!("`{text}` is not a priority; use high, normal or low"))
 }
 
 fn service(e: isotest_producer::store::StoreError) -> Failure {

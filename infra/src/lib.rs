@@ -2,7 +2,8 @@
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
 //! cut of a result's output to its suite's budget ([`output_budget`]), the
-//! one write of a suite's report and its reading ([`reports`]), reading a suite's
+//! one write of a suite's report and its reading ([`reports`]), the scheduler's state
+//! and its atomic steps, from claim to the worker's fence ([`schedule`]), reading a suite's
 //! record and results ([`suites`]), cancelling a suite ([`cancel`]), where a tenant's
 //! URL may send a request ([`egress`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod output_budget;
 pub mod reports;
 pub mod results;
+pub mod schedule;
 pub mod shutdown;
 pub mod store;
 pub mod suites;

@@ -228,6 +228,11 @@ pub fn aggregator() -> &'static AggregatorMetrics {
 pub struct ProducerMetrics {
     pub suites_submitted: Counter,
     pub tests_submitted: Counter,
+    /// Tests the scheduler has sent to RabbitMQ (first attempts).
+    pub tests_dispatched: Counter,
+    /// Tests waiting in Redis for the scheduler, as the dispatching producer last
+    /// counted them (0 on the others).
+    pub tests_waiting: Gauge,
 }
 
 /// The producer's metrics, registered on first use.
@@ -236,16 +241,28 @@ pub fn producer() -> &'static ProducerMetrics {
         let m = ProducerMetrics {
             suites_submitted: Counter::default(),
             tests_submitted: Counter::default(),
+            tests_dispatched: Counter::default(),
+            tests_waiting: Gauge::default(),
         };
         register(
             "suites_submitted",
-            "Suites accepted (every test message confirmed by RabbitMQ)",
+            "Suites accepted (recorded with their tests waiting for the scheduler)",
             &m.suites_submitted,
         );
         register(
             "tests_submitted",
-            "Test messages published for accepted suites",
+            "Tests of accepted suites",
             &m.tests_submitted,
+        );
+        register(
+            "tests_dispatched",
+            "Tests the scheduler sent to RabbitMQ",
+            &m.tests_dispatched,
+        );
+        register(
+            "tests_waiting",
+            "Tests waiting in Redis for the scheduler (on the dispatching producer)",
+            &m.tests_waiting,
         );
         m
     });

@@ -83,6 +83,11 @@ pub async fn store(
     metrics::suites_completed()
         .get_or_create(&StateLabels::of(report.state))
         .inc();
+    // Only the scheduler's order depends on them: a failure here costs the next run
+    // its longest-first order, never this suite its report.
+    if let Err(error) = crate::schedule::record_durations(conn, ns, report).await {
+        tracing::warn!(error = %crate::error_chain(&error), "Could not keep the tests' durations.");
+    }
     Ok(Stored::Now)
 }
 

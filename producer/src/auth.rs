@@ -3,9 +3,10 @@
 //! producer started with `--open`, with none). It fails closed: no token defined, a
 //! flushed Redis or a namespace typo means every request is refused, never accepted.
 //!
-//! A token belongs to one CI system (its `name`) and may carry a quota: how many of
-//! its tests may be queued or running at once, checked at submission by
-//! [`crate::store::Store::record_suite_within_quota`].
+//! A token belongs to one CI system (its `name`) and carries its share of the test
+//! slots (`weight`), its highest `priority`, and perhaps a quota: how many of its tests
+//! may be dispatched and unfinished at once. The dispatcher ([`crate::dispatch`])
+//! applies all three; a quota makes a suite wait, never refuses it.
 
 use std::sync::Arc;
 
@@ -294,6 +295,8 @@ mod tests {
                 quota: None,
                 admin,
                 network: false,
+                weight: 1,
+                priority: isotest_protocol::schedule::Priority::Normal,
             })
         };
         // (caller, owner of the suite, may see it)

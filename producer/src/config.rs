@@ -1,6 +1,7 @@
 //! The producer's settings: where RabbitMQ and Redis are, where to listen, how large a
-//! request may be, the deadline of a suite that names none, and whether the API is open
-//! to requests without a token (it is not, unless the operator says so).
+//! request may be, the deadline of a suite that names none, whether the API is open
+//! to requests without a token (it is not, unless the operator says so), and how the
+//! dispatcher keeps the queue.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct Config {
     /// said explicitly (for `isotest up`, which is otherwise open on loopback).
     #[arg(long, env = "ISOTEST_REQUIRE_TOKEN")]
     pub require_token: bool,
+    #[command(flatten)]
+    pub dispatch: crate::dispatch::DispatchConfig,
     /// Which internal hosts a suite's `callback_url` may name (none by default).
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -113,6 +116,7 @@ impl Config {
             default_deadline: DEFAULT_DEADLINE,
             open: false,
             require_token: false,
+            dispatch: crate::dispatch::DispatchConfig::default(),
             egress: EgressArgs::default(),
             history_url: None,
         }

@@ -114,6 +114,7 @@ pub(crate) async fn status(
                 .unwrap_or(u32::MAX),
             summary: Some(report.summary),
             queue: None,
+            waiting: None,
         }
     }))
 }

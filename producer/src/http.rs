@@ -17,16 +17,17 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use isotest_protocol::api::{
-    ApiError, BlobStored, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
+    ApiError, BlobStored, QueueState, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
 };
 use isotest_protocol::report::SuiteState;
+use isotest_protocol::schedule::{Priority, ScheduledSuite};
 
 use isotest_infra::egress::{EgressError, EgressPolicy};
 
 use crate::auth::{self, Caller};
 use crate::config::Limits;
-use crate::publisher::{PublishError, Publisher};
-use crate::store::{BlobQuota, OverBlobQuota, OverQuota, Store, StoreError, StoredReport};
+use crate::publisher::Publisher;
+use crate::store::{BlobQuota, OverBlobQuota, Store, StoreError, StoredReport};
 use crate::suite::{self, SubmitError};
 use isotest_infra::error_chain as chain;
 
@@ -34,7 +35,12 @@ use isotest_infra::error_chain as chain;
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
-    pub publisher: Publisher,
+    /// Shared with the dispatcher, which publishes; the API only checks it is up.
+    pub publisher: Arc<Publisher>,
+    /// Wakes this process's dispatcher when a suite is accepted.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// How the dispatcher keeps the queue.
+    pub dispatch: crate::dispatch::DispatchConfig,
     pub limits: Limits,
     pub default_deadline: Duration,
     /// Accept `/v1` requests without a token (`--open`).
@@ -116,24 +122,15 @@ pub enum ApiFailure {
     Running { id: String, done: u32, total: u32 },
     #[error("suite {id} has already ended ({state}); there is nothing to cancel")]
     AlreadyEnded { id: String, state: &'static str },
-    // The suite's record stays in Redis: the aggregator's deadline sweeper closes it,
-    // reporting the tests that never ran as lost, so a failed submission still ends.
+    /// The one submission a token can never have accepted (a quota only makes a suite
+    /// wait).
     #[error(
-        "suite {id} was recorded but its tests could not all be queued (it will end at its deadline); resubmit it"
+        "the suite asks for priority {asked}, above token {token}'s {allowed}; ask for {allowed} or lower, or use a token made with --priority {asked}"
     )]
-    Publish {
-        id: String,
-        #[source]
-        source: Box<PublishError>,
-    },
-    #[error(
-        "token {token} has {in_flight} tests in flight; this suite's {tests} would exceed its quota of {quota}"
-    )]
-    OverQuota {
+    PriorityAboveToken {
         token: String,
-        in_flight: u64,
-        tests: usize,
-        quota: u32,
+        asked: Priority,
+        allowed: Priority,
     },
     #[error("could not use Redis")]
     Store(#[from] StoreError),
@@ -164,13 +161,14 @@ impl ApiFailure {
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiFailure::NetworkNotGranted(_) => StatusCode::FORBIDDEN,
-            ApiFailure::OverQuota { .. }
-            | ApiFailure::TooManyBlobs { .. }
-            | ApiFailure::TooManyBlobBytes { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiFailure::NetworkNotGranted(_) | ApiFailure::PriorityAboveToken { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ApiFailure::TooManyBlobs { .. } | ApiFailure::TooManyBlobBytes { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiFailure::UploadsBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::NoHistory => StatusCode::NOT_IMPLEMENTED,
@@ -301,7 +299,8 @@ async fn read_body(
     Ok(Bytes::from(bytes))
 }
 
-/// `POST /v1/suites`: validate, record, publish, and only then accept.
+/// `POST /v1/suites`: validate, then record the suite with its tests waiting for the
+/// dispatcher, in longest-first order, in one transaction; then accept.
 async fn submit(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -354,38 +353,31 @@ async fn submit(
     let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
+        let scheduled = scheduled(&caller, suite.priority, now)?;
         let mut record = suite::record(&id, &suite, now, state.default_deadline);
         record.owner = caller.owner();
         crate::history::prepare_record(&state, &mut record).await;
-        // Recorded before the first publish, so a worker's result always finds its
-        // suite, and a suite whose publishing fails is still closed by the sweeper.
-        match &caller {
-            Caller::Anonymous => state.store.record_suite(&record).await?,
-            Caller::Token(token) => {
-                if let Err(OverQuota { in_flight }) = state
-                    .store
-                    .record_suite_within_quota(&record, token)
-                    .await?
-                {
-                    return Err(ApiFailure::OverQuota {
-                        token: token.name.clone(),
-                        in_flight,
-                        tests: record.tests.len(),
-                        quota: token.quota.unwrap_or(u32::MAX),
-                    });
-                }
-            }
-        }
         let messages = suite::messages(&id, &suite, now);
+        let known = state.store.durations(&suite.name, &record.tests).await?;
+        let pending = crate::dispatch::order::order(
+            &suite
+                .tests
+                .iter()
+                .zip(known)
+                .map(|(test, last_ms)| crate::dispatch::order::Known {
+                    timeout_ms: test.timeout_ms,
+                    last_ms,
+                })
+                .collect::<Vec<_>>(),
+        );
+        // One transaction: a worker's result always finds its suite, the sweeper
+        // closes it at its deadline, and the dispatcher sees all of its tests or none.
         state
-            .publisher
-            .publish_all(&messages)
-            .await
-            .map_err(|source| ApiFailure::Publish {
-                id: id.clone(),
-                source: Box::new(source),
-            })?;
-        tracing::info!(tests = messages.len(), "Accepted suite.");
+            .store
+            .schedule_suite(&record, &scheduled, &messages, &pending)
+            .await?;
+        state.wake.notify_one();
+        tracing::info!(tests = messages.len(), priority = %scheduled.priority, "Accepted suite.");
         let producer_metrics = isotest_infra::metrics::producer();
         producer_metrics.suites_submitted.inc();
         producer_metrics
@@ -405,6 +397,44 @@ async fn submit(
     }
     .instrument(span)
     .await
+}
+
+/// The scheduler's entry of a suite from its caller: the token's weight, quota and
+/// priority, or the suite's own priority where it asks for one the token allows.
+/// Without a token (an open producer), a suite may ask for any priority.
+///
+/// # Errors
+///
+/// Returns [`ApiFailure::PriorityAboveToken`] for a priority above the token's.
+pub fn scheduled(
+    caller: &Caller,
+    asked: Option<Priority>,
+    now_ms: u64,
+) -> Result<ScheduledSuite, ApiFailure> {
+    let (token, weight, quota, allowed) = match caller {
+        Caller::Anonymous => (String::new(), 1, None, Priority::High),
+        Caller::Token(t) => (t.name.clone(), t.weight.max(1), t.quota, t.priority),
+    };
+    let priority = match (caller, asked) {
+        (_, Some(asked)) if asked > allowed => {
+            return Err(ApiFailure::PriorityAboveToken {
+                token,
+                asked,
+                allowed,
+            });
+        }
+        (_, Some(asked)) => asked,
+        (Caller::Anonymous, None) => Priority::Normal,
+        (Caller::Token(_), None) => allowed,
+    };
+    Ok(ScheduledSuite {
+        schema_version: isotest_protocol::SCHEMA_VERSION,
+        token,
+        weight,
+        priority,
+        quota,
+        created_at_ms: now_ms,
+    })
 }
 
 /// Suite ids are UUIDs; the canonical lowercase form is the one in Redis keys.
@@ -432,6 +462,13 @@ async fn status(
     let record = visible_record(&state, &caller, &id).await?;
     let report = state.store.report(&id).await?;
     let done = state.store.done_count(&id).await?;
+    let (queue, waiting, unstarted) = if report.is_none() {
+        let queue = state.publisher.queue_state().await;
+        let waiting = state.store.waiting(&id).await?;
+        (queue, waiting, state.store.unstarted(&id).await?)
+    } else {
+        (None, 0, 0)
+    };
     let status = match report {
         Some(StoredReport { report, .. }) => SuiteStatus {
             id,
@@ -439,18 +476,25 @@ async fn status(
             state: report.state,
             total: report.summary.total,
             done,
+            waiting: None,
             summary: Some(report.summary),
             queue: None,
         },
         None => SuiteStatus {
+            waiting: Some(waiting),
             id,
             name: record.name,
             state: SuiteState::Running,
             total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
             done,
             summary: None,
-            // So that a client can say when no worker takes the suite's tests.
-            queue: state.publisher.queue_state().await,
+            // So that a client can say when no worker takes the suite's tests: the
+            // tests in RabbitMQ, or this suite's not started yet (some of which wait
+            // for the scheduler), whichever is more.
+            queue: queue.map(|q| QueueState {
+                waiting: q.waiting.max(unstarted),
+                ..q
+            }),
         },
     };
     Ok(Json(status))
@@ -479,6 +523,7 @@ async fn cancel(
                 state: report.state,
                 total: report.summary.total,
                 done,
+                waiting: None,
                 summary: Some(report.summary),
                 queue: None,
             }))
@@ -702,6 +747,44 @@ mod tests {
     }
 
     #[test]
+    fn a_suite_gets_its_tokens_share_and_at_most_its_priority() {
+        use isotest_protocol::api::TokenRecord;
+        let token = Caller::Token(TokenRecord {
+            schema_version: 1,
+            name: "ci".into(),
+            quota: Some(4),
+            admin: false,
+            network: false,
+            weight: 3,
+            priority: Priority::Normal,
+        });
+        // (caller, asked) → the priority given, or None for a refusal.
+        let cases = [
+            (&token, None, Some(Priority::Normal)),
+            (&token, Some(Priority::Low), Some(Priority::Low)),
+            (&token, Some(Priority::Normal), Some(Priority::Normal)),
+            (&token, Some(Priority::High), None),
+            (&Caller::Anonymous, None, Some(Priority::Normal)),
+            (
+                &Caller::Anonymous,
+                Some(Priority::High),
+                Some(Priority::High),
+            ),
+        ];
+        for (caller, asked, expected) in cases {
+            let got = scheduled(caller, asked, 7).ok().map(|s| s.priority);
+            assert_eq!(got, expected, "{caller:?} {asked:?}");
+        }
+        let entry = scheduled(&token, None, 7).expect("allowed");
+        assert_eq!(
+            (entry.token.as_str(), entry.weight, entry.quota),
+            ("ci", 3, Some(4))
+        );
+        let err = scheduled(&token, Some(Priority::High), 7).expect_err("above");
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
     fn failures_map_to_their_status_and_line() {
         let cases: Vec<(ApiFailure, StatusCode, &str)> = vec![
             (
@@ -741,22 +824,13 @@ mod tests {
                 "request body: workspace: blob sha256:ab is not stored; upload it with PUT /v1/blobs/sha256:ab first",
             ),
             (
-                ApiFailure::Publish {
-                    id: "s".into(),
-                    source: Box::new(PublishError::Nacked { test: "a".into() }),
-                },
-                StatusCode::SERVICE_UNAVAILABLE,
-                "suite s was recorded but its tests could not all be queued (it will end at its deadline); resubmit it: RabbitMQ refused test `a` (nack)",
-            ),
-            (
-                ApiFailure::OverQuota {
+                ApiFailure::PriorityAboveToken {
                     token: "ci-gitlab".into(),
-                    in_flight: 480,
-                    tests: 60,
-                    quota: 500,
+                    asked: Priority::High,
+                    allowed: Priority::Normal,
                 },
-                StatusCode::TOO_MANY_REQUESTS,
-                "token ci-gitlab has 480 tests in flight; this suite's 60 would exceed its quota of 500",
+                StatusCode::FORBIDDEN,
+                "the suite asks for priority high, above token ci-gitlab's normal; ask for normal or lower, or use a token made with --priority high",
             ),
         ];
         for (failure, status, line) in cases {

@@ -1,16 +1,18 @@
-//! The isotest producer: an HTTP API that accepts a suite, records it in Redis and
-//! publishes one RabbitMQ message per test, then answers for the suite's progress and
-//! report.
+//! The isotest producer: an HTTP API that accepts a suite and records it in Redis with
+//! its tests waiting, and the dispatcher that publishes them, one RabbitMQ message per
+//! test, in fair order; then it answers for the suite's progress and report.
 //!
 //! Its parts: [`config`] (settings), [`suite`] (a submission checked and turned into
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
-//! confirms and reconnection), [`auth`] (API tokens and quotas), [`http`] (routes
-//! and the mapping of failures to status codes) and [`history`] (quarantine, expired
-//! suites' reports and the history routes, with `--history-url`). [`Producer`] ties them together as
+//! confirms and reconnection), [`dispatch`] (the scheduler: fair order, the lease,
+//! the queue kept short), [`auth`] (API tokens), [`http`] (routes and the mapping
+//! of failures to status codes) and [`history`] (quarantine, expired suites' reports
+//! and the history routes, with `--history-url`). [`Producer`] ties them together as
 //! `build → local_addr → run`.
 
 pub mod auth;
 pub mod config;
+pub mod dispatch;
 pub mod history;
 pub mod http;
 pub mod publisher;
@@ -84,7 +86,9 @@ impl Producer {
                 })?;
         let state = Arc::new(http::AppState {
             store: store::Store::new(redis, ns),
-            publisher,
+            publisher: Arc::new(publisher),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            dispatch: config.dispatch,
             limits: config.limits,
             default_deadline: config.default_deadline,
             open: config.open,
@@ -140,10 +144,20 @@ impl Producer {
         tracing::info!(?addr, "Producer listening.");
         self.warn_if_open().await;
         let app = http::router(Arc::clone(&self.state));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let dispatcher = dispatch::Dispatcher::new(
+            self.state.store.connection(),
+            self.state.store.namespace().clone(),
+            Arc::clone(&self.state.publisher),
+            self.state.dispatch,
+        );
+        let dispatching = tokio::spawn(dispatcher.run(Arc::clone(&self.state.wake), stop.clone()));
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ProducerError::Serve);
+        stop.cancel();
+        let _ = dispatching.await;
         self.state.publisher.close().await;
         tracing::info!("Producer stopped.");
         served

@@ -152,6 +152,52 @@ impl Publisher {
         published
     }
 
+    /// The tests queue's ready messages and consumers, as RabbitMQ counts them now, for
+    /// the dispatcher, many times a second: asked on the confirm channel (no channel
+    /// opened per look, unlike [`Publisher::queue_state`]); a missing queue closes it,
+    /// and the next use opens a new one and declares the topology again.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`PublishError::Connect`] when RabbitMQ cannot be reached or does not
+    /// answer (the channel is then reopened next time).
+    pub async fn depth(&self) -> Result<(u32, u32), PublishError> {
+        let channel = self.channel().await?;
+        let queue = self.namespace.tests_queue();
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => Ok((q.message_count(), q.consumer_count())),
+            Err(source) => {
+                self.mark_stale(&channel).await;
+                Err(PublishError::Connect(
+                    isotest_infra::amqp::AmqpError::Declare {
+                        name: queue,
+                        source,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Makes the next use start over on a new channel and connection: for a caller
+    /// whose operation did not finish in time (a connection closed under it can leave
+    /// an answer that never comes).
+    pub async fn reset(&self) {
+        if let Some(link) = self.link.lock().await.as_mut() {
+            link.stale = true;
+            let _ = link.connection.close(200, "no answer in time".into()).await;
+        }
+    }
+
     /// Makes the next request start over on a new channel, unless another request
     /// already did.
     async fn mark_stale(&self, channel: &Channel) {

@@ -1,5 +1,6 @@
 //! What the producer reads and writes in Redis: suite records and the open-suite
-//! index, blobs, API tokens and their in-flight suites, and (read-only) the workers'
+//! index, each suite's tests waiting for the scheduler, blobs, API tokens and their
+//! suites, earlier tests' durations, and (read-only) the workers'
 //! progress and the aggregator's report; cancelling goes through
 //! [`isotest_infra::cancel`], which stores the cancelled report.
 
@@ -12,7 +13,9 @@ use redis::aio::ConnectionManager;
 use isotest_infra::cancel::{self, Cancelled};
 use isotest_infra::reports::{self, LoadError};
 use isotest_protocol::api::{SuiteRecord, TokenRecord};
+use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
+use isotest_protocol::schedule::{PendingEntry, ScheduledSuite};
 
 pub use isotest_infra::reports::StoredReport;
 
@@ -42,38 +45,6 @@ impl From<LoadError> for StoreError {
         }
     }
 }
-
-/// Records a suite for a token only if the token's tests in flight plus this suite's
-/// stay within its quota, in one step, so concurrent submissions cannot both slip
-/// under it. In flight means: over the token's suites that have no report yet, their
-/// tests minus those with a final result. Entries of ended suites are dropped here.
-///
-/// KEYS: suite record, open suites, the token's suites. ARGV: record JSON, suite id,
-/// deadline, test count, quota (-1: none), then the suite key prefix and the done and
-/// report key suffixes (from `Namespace`, so key names stay in one place).
-const RECORD_WITHIN_QUOTA_SCRIPT: &str = r"
-local inflight = 0
-local open = redis.call('HGETALL', KEYS[3])
-for i = 1, #open, 2 do
-  local suite = ARGV[6] .. open[i]
-  if redis.call('EXISTS', suite .. ARGV[8]) == 1 or redis.call('EXISTS', suite) == 0 then
-    redis.call('HDEL', KEYS[3], open[i])
-  else
-    local left = tonumber(open[i + 1]) - redis.call('SCARD', suite .. ARGV[7])
-    if left > 0 then
-      inflight = inflight + left
-    end
-  end
-end
-local quota = tonumber(ARGV[5])
-if quota >= 0 and inflight + tonumber(ARGV[4]) > quota then
-  return {0, inflight}
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-return {1, inflight}
-";
 
 /// Adds a token unless one of that name exists. KEYS: tokens. ARGV: hash, record JSON, name.
 const ADD_TOKEN_SCRIPT: &str = r"
@@ -158,18 +129,9 @@ pub struct BlobQuota {
     pub ttl: Duration,
 }
 
-static RECORD_WITHIN_QUOTA: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(RECORD_WITHIN_QUOTA_SCRIPT));
 static ADD_TOKEN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADD_TOKEN_SCRIPT));
 static REVOKE_TOKEN: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(REVOKE_TOKEN_SCRIPT));
-
-/// A submission the token's quota does not leave room for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverQuota {
-    /// The token's tests queued or running when the suite came.
-    pub in_flight: u64,
-}
 
 /// The producer's view of Redis under one namespace.
 #[derive(Debug, Clone)]
@@ -196,63 +158,122 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a suite's record and enters it in the open set, both or neither.
+    /// Records a suite and schedules its tests, all or nothing, in one transaction:
+    /// its record and deadline, the token's index of its suites, its first-attempt
+    /// messages and pending list (in `pending` order) and, last, its entry among the
+    /// scheduled suites, which makes the dispatcher see it.
     ///
     /// # Errors
     ///
-    /// Returns [`StoreError::Redis`] when the transaction fails.
-    pub async fn record_suite(&self, record: &SuiteRecord) -> Result<(), StoreError> {
-        // A struct of strings and numbers always serializes.
+    /// Returns [`StoreError::Redis`] when the transaction fails (nothing is written).
+    pub async fn schedule_suite(
+        &self,
+        record: &SuiteRecord,
+        scheduled: &ScheduledSuite,
+        messages: &[TestMessage],
+        pending: &[PendingEntry],
+    ) -> Result<(), StoreError> {
+        // Structs of strings and numbers always serialize.
         let json = serde_json::to_string(record).unwrap_or_default();
+        let entry = serde_json::to_string(scheduled).unwrap_or_default();
+        let id = &record.id;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set(self.ns.suite_key(id), json)
+            .ignore()
+            .zadd(self.ns.open_suites_key(), id, record.deadline_at_ms)
+            .ignore();
+        if !scheduled.token.is_empty() {
+            pipe.hset(
+                self.ns.token_suites_key(&scheduled.token),
+                id,
+                record.tests.len(),
+            )
+            .ignore();
+        }
+        for chunk in messages.chunks(1000) {
+            let fields: Vec<(u32, Vec<u8>)> =
+                chunk.iter().map(|m| (m.index, m.to_bytes())).collect();
+            pipe.hset_multiple(self.ns.messages_key(id), &fields)
+                .ignore();
+        }
+        for chunk in pending.chunks(1000) {
+            let entries: Vec<String> = chunk.iter().map(|e| e.encode()).collect();
+            pipe.rpush(self.ns.pending_key(id), entries).ignore();
+        }
+        pipe.hset(self.ns.scheduled_suites_key(), id, entry)
+            .ignore();
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .set(self.ns.suite_key(&record.id), json)
-            .ignore()
-            .zadd(self.ns.open_suites_key(), &record.id, record.deadline_at_ms)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
-    /// Writes a suite's record, enters it in the open set and in the token's in-flight
-    /// index, all or nothing, unless that would take the token's tests in flight over
-    /// its quota.
+    /// The last known duration of each named test of suites called `suite_name`.
     ///
     /// # Errors
     ///
-    /// Returns [`StoreError::Redis`] when the script fails.
-    pub async fn record_suite_within_quota(
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn durations(
         &self,
-        record: &SuiteRecord,
-        token: &TokenRecord,
-    ) -> Result<Result<(), OverQuota>, StoreError> {
-        // A struct of strings and numbers always serializes.
-        let json = serde_json::to_string(record).unwrap_or_default();
-        let prefix = self.ns.suite_key("");
-        let suffix = |key: String| key.strip_prefix(&prefix).unwrap_or_default().to_owned();
+        suite_name: &str,
+        tests: &[String],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let key = self.ns.durations_key(suite_name);
         let mut conn = self.conn.clone();
-        let (recorded, in_flight): (i64, i64) = RECORD_WITHIN_QUOTA
-            .key(self.ns.suite_key(&record.id))
-            .key(self.ns.open_suites_key())
-            .key(self.ns.token_suites_key(&token.name))
-            .arg(json)
-            .arg(&record.id)
-            .arg(record.deadline_at_ms)
-            .arg(record.tests.len())
-            .arg(token.quota.map_or(-1, i64::from))
-            .arg(&prefix)
-            .arg(suffix(self.ns.done_key("")))
-            .arg(suffix(self.ns.report_key("")))
-            .invoke_async(&mut conn)
+        if !conn.exists(&key).await? {
+            return Ok(vec![None; tests.len()]);
+        }
+        let mut known = Vec::with_capacity(tests.len());
+        for chunk in tests.chunks(5000) {
+            let values: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg(&key)
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await?;
+            known.extend(values);
+        }
+        Ok(known)
+    }
+
+    /// How many of the suite's tests wait for the scheduler.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn waiting(&self, id: &str) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let waiting = conn.llen(self.ns.pending_key(id)).await?;
+        Ok(u32::try_from(waiting).unwrap_or(u32::MAX))
+    }
+
+    /// The namespace of every key this store touches.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// How many of the suite's tests no worker has started yet, wherever they wait:
+    /// in Redis for the scheduler, claimed, or in RabbitMQ (read in one transaction,
+    /// so a test moving from one to the next is counted once).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn unstarted(&self, id: &str) -> Result<u32, StoreError> {
+        let mut conn = self.conn.clone();
+        let (pending, dispatched, started): (u64, Option<u64>, u64) = redis::pipe()
+            .atomic()
+            .llen(self.ns.pending_key(id))
+            .get(self.ns.dispatched_key(id))
+            .hlen(self.ns.started_key(id))
+            .query_async(&mut conn)
             .await?;
-        let in_flight = u64::try_from(in_flight).unwrap_or(0);
-        Ok(if recorded == 1 {
-            Ok(())
-        } else {
-            Err(OverQuota { in_flight })
-        })
+        let unstarted = pending + dispatched.unwrap_or(0).saturating_sub(started);
+        Ok(u32::try_from(unstarted).unwrap_or(u32::MAX))
+    }
+
+    /// A connection for the dispatcher (cheap: it shares this one).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// The token stored under this hash, if any.
@@ -319,27 +340,30 @@ impl Store {
         Ok(tokens)
     }
 
-    /// How many tests of the token's suites are queued or running, as the quota
-    /// check counts them (read-only, for `isotest token list`).
+    /// The token's tests (running: dispatched without a final result, which its quota
+    /// bounds; waiting: not yet dispatched), over its open suites (read-only, for
+    /// `isotest token list`).
     ///
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn in_flight(&self, token_name: &str) -> Result<u64, StoreError> {
+    pub async fn in_flight(&self, token_name: &str) -> Result<(u64, u64), StoreError> {
         let mut conn = self.conn.clone();
         let open = conn.hgetall(self.ns.token_suites_key(token_name)).await?;
-        let mut in_flight = 0u64;
-        for (id, total) in open {
-            if conn.exists(self.ns.report_key(&id)).await?
-                || !conn.exists(self.ns.suite_key(&id)).await?
+        let (mut running, mut waiting) = (0u64, 0u64);
+        for id in open.keys() {
+            if conn.exists(self.ns.report_key(id)).await?
+                || !conn.exists(self.ns.suite_key(id)).await?
             {
                 continue;
             }
-            let done = conn.scard(self.ns.done_key(&id)).await?;
-            let total = total.parse::<u64>().unwrap_or(0);
-            in_flight += total.saturating_sub(u64::try_from(done).unwrap_or(0));
+            let done = u64::try_from(conn.scard(self.ns.done_key(id)).await?).unwrap_or(0);
+            let dispatched: Option<u64> =
+                redis::AsyncCommands::get(&mut conn, self.ns.dispatched_key(id)).await?;
+            running += dispatched.unwrap_or(0).saturating_sub(done);
+            waiting += u64::try_from(conn.llen(self.ns.pending_key(id)).await?).unwrap_or(0);
         }
-        Ok(in_flight)
+        Ok((running, waiting))
     }
 
     /// Revokes the token of this name; false when there is none.

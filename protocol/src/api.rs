@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::FlakyResult;
 use crate::report::{SuiteState, Summary};
+use crate::schedule::Priority;
 
 /// What the producer records for a suite before publishing a single message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,8 @@ pub struct TokenRecord {
     pub schema_version: u32,
     /// Who holds the token, such as `ci-gitlab`: unique in a namespace.
     pub name: String,
-    /// The most tests of this token's suites that may be queued or running at once;
-    /// none means no limit.
+    /// The most tests of this token's suites that may be dispatched and unfinished
+    /// (running, or next in RabbitMQ) at once; none means no limit. The rest wait.
     #[serde(default)]
     pub quota: Option<u32>,
     /// An admin token reads and cancels every suite; any other only its own.
@@ -75,10 +76,24 @@ pub struct TokenRecord {
     /// worker's network and reaches whatever it can.
     #[serde(default, skip_serializing_if = "is_false")]
     pub network: bool,
+    /// The token's share of the test slots against other tokens of its priority.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// The highest priority its suites may ask for, and what they get by default.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// The answer to a submitted suite (202 Accepted).
@@ -100,6 +115,10 @@ pub struct SuiteStatus {
     pub total: u32,
     /// Tests whose final attempt has a result.
     pub done: u32,
+    /// Tests still waiting for the scheduler to send them to a worker (fair share,
+    /// or the token's quota); absent from producers that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u32>,
     /// Present once the suite is no longer running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,

@@ -2,7 +2,8 @@
 //! ([`manifest`]), the message published for each test ([`message`]), the result a
 //! worker writes back ([`result`]), the report the aggregator assembles ([`report`]),
 //! the records and responses of the HTTP API ([`api`]), the index of a prepared build
-//! ([`artifact`]), and the names of every queue and key ([`names`]). No I/O happens here.
+//! ([`artifact`]), what the scheduler keeps for tests not yet dispatched ([`schedule`]),
+//! and the names of every queue and key ([`names`]). No I/O happens here.
 //!
 //! A serialized type is a promise to every running worker: each carries
 //! [`SCHEMA_VERSION`], and fields are added, never repurposed.
@@ -15,6 +16,7 @@ pub mod message;
 pub mod names;
 pub mod report;
 pub mod result;
+pub mod schedule;
 
 /// The version of every serialized isotest type. A reader refuses anything newer.
 pub const SCHEMA_VERSION: u32 = 1;

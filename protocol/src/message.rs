@@ -29,6 +29,11 @@ pub struct TestMessage {
     pub digest: String,
     /// When the message was published, ms since the epoch (for queue-wait figures).
     pub published_at_ms: u64,
+    /// The dispatcher's token for this copy of the message: a worker runs it only while
+    /// it is the test's current dispatch (see [`crate::names::Namespace::dispatch_key`]).
+    /// Absent from messages of older producers, which are run without that check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<String>,
 }
 
 fn yes() -> bool {
@@ -151,6 +156,7 @@ pub(crate) mod tests {
             warm: true,
             digest: outcome_digest(&spec("a"), None, false),
             published_at_ms: 1,
+            dispatch: None,
         };
         assert_eq!(
             TestMessage::from_bytes(&msg.to_bytes()).expect("round trip"),
@@ -186,6 +192,7 @@ pub(crate) mod tests {
             warm: true,
             digest: String::new(),
             published_at_ms: 0,
+            dispatch: None,
         };
         let second = msg.next_attempt(5).expect("one retry left");
         assert_eq!(second.attempt, 2);

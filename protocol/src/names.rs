@@ -139,6 +139,60 @@ impl Namespace {
         format!("{}:blob:{sha256_hex}", self.0)
     }
 
+    /// Hash suite id → JSON [`crate::schedule::ScheduledSuite`]: the suites the
+    /// dispatcher looks at, from submission until their report exists.
+    pub fn scheduled_suites_key(&self) -> String {
+        format!("{}:sched:suites", self.0)
+    }
+
+    /// List of [`crate::schedule::PendingEntry`]: the suite's tests not yet dispatched to
+    /// RabbitMQ, in the order they should go (longest expected first).
+    pub fn pending_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:pending", self.0)
+    }
+
+    /// Hash test index → JSON [`crate::message::TestMessage`] of its first attempt,
+    /// kept until the suite ends so that a dispatch can be made again.
+    pub fn messages_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:messages", self.0)
+    }
+
+    /// Hash test index → the dispatch token of the one copy of its message a worker
+    /// may run (the fence against a copy published by a dispatcher that then died).
+    pub fn dispatch_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:dispatch", self.0)
+    }
+
+    /// Hash test index → the dispatch token a worker started.
+    pub fn started_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:started", self.0)
+    }
+
+    /// Counter of the suite's tests dispatched (claimed for RabbitMQ) so far.
+    pub fn dispatched_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:dispatched", self.0)
+    }
+
+    /// Hash `suite_id|index` → `owner|token|entry`: dispatches claimed but not yet
+    /// confirmed by RabbitMQ, which a new leader checks and puts back.
+    pub fn claims_key(&self) -> String {
+        format!("{}:sched:claims", self.0)
+    }
+
+    /// The dispatcher lease: the id of the one producer that dispatches, with a TTL.
+    pub fn dispatcher_lease_key(&self) -> String {
+        format!("{}:sched:leader", self.0)
+    }
+
+    /// Hash worker id → `concurrency:expires_at_ms`: the test slots of live workers.
+    pub fn worker_slots_key(&self) -> String {
+        format!("{}:workers", self.0)
+    }
+
+    /// Hash test name → last duration in ms, of the tests of suites named `suite_name`.
+    pub fn durations_key(&self, suite_name: &str) -> String {
+        format!("{}:durations:{suite_name}", self.0)
+    }
     /// Set of the owners of a blob: the names of the tokens that uploaded its bytes
     /// ([`Namespace::ANONYMOUS_OWNER`] for uploads without a token). Only they may
     /// see it or run suites on it.
@@ -190,6 +244,16 @@ mod tests {
             ns.blob_key("ab"),
             ns.tokens_key(),
             ns.token_suites_key("ci"),
+            ns.scheduled_suites_key(),
+            ns.pending_key("s"),
+            ns.messages_key("s"),
+            ns.dispatch_key("s"),
+            ns.started_key("s"),
+            ns.dispatched_key("s"),
+            ns.claims_key(),
+            ns.dispatcher_lease_key(),
+            ns.worker_slots_key(),
+            ns.durations_key("s"),
         ] {
             assert!(name.starts_with("t1.") || name.starts_with("t1:"), "{name}");
         }

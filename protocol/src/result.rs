@@ -300,6 +300,7 @@ mod tests {
             warm: true,
             digest: String::new(),
             published_at_ms: 0,
+            dispatch: None,
         }
     }
 

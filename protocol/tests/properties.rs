@@ -428,6 +428,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     callback_url: None,
                     warm: None,
                     meta: Default::default(),
+                    priority: None,
                 }
             },
         )
@@ -649,6 +650,7 @@ proptest! {
                     warm: suite.warm,
                     digest: outcome_digest(test, Some(&blob), suite.network),
                     published_at_ms: u64::MAX,
+                    dispatch: None,
                 }
                 .to_bytes()
                 .len()

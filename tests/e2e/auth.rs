@@ -1,7 +1,9 @@
 //! API tokens and quotas: the producer refuses `/v1` requests without a valid token
-//! (401, nothing written), takes them with one, refuses a suite over its token's quota
-//! (429, nothing written), and forgets a revoked token. Tokens are managed with
-//! `isotest token`, and `isotest run --server` sends `ISOTEST_TOKEN`.
+//! (401, nothing written), takes them with one, lets a suite over its token's quota
+//! wait (never more of the token's tests dispatched than the quota), refuses only a
+//! priority above the token's (403, nothing written), and forgets a revoked token.
+//! Tokens are managed with `isotest token`, and `isotest run --server` sends
+//! `ISOTEST_TOKEN`.
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
@@ -144,7 +146,12 @@ async fn a_missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()>
     assert_eq!(response.status().as_u16(), 202);
     let submitted: Submitted = response.json().await?;
     assert_eq!(suite_records(&env).await?, 1);
-    assert_eq!(env.queue_state().await?.0, 3, "one message per test");
+    crate::support::poll(
+        std::time::Duration::from_secs(10),
+        "one message per test",
+        || async { Ok(env.queue_state().await?.0 == 3) },
+    )
+    .await?;
     let status = client
         .get(url(&env, &submitted.status_url)?)
         .bearer_auth(&token)
@@ -155,9 +162,24 @@ async fn a_missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()>
     env.cleanup().await
 }
 
+/// The row of `isotest token list` for a token, split on whitespace.
+fn listed(env: &TestEnv, name: &str) -> Result<Vec<String>> {
+    let listed = String::from_utf8(env.command(&["token", "list"]).output()?.stdout)?;
+    Ok(listed
+        .lines()
+        .find(|l| l.starts_with(name))
+        .with_context(|| format!("{name} listed in {listed}"))?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_suite_over_its_tokens_quota_is_refused_until_tests_finish() -> Result<()> {
+async fn a_suite_over_its_tokens_quota_waits_its_turn() -> Result<()> {
     let mut env = TestEnv::new().await;
+    // Without workers the dispatcher would keep this many ready: only the quota limits.
+    env.service_env
+        .push(("ISOTEST_DISPATCH_MIN_READY".into(), "20".into()));
     env.open = false;
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-quota", Some(5))?;
@@ -166,46 +188,106 @@ async fn a_suite_over_its_tokens_quota_is_refused_until_tests_finish() -> Result
     let first = submit(&env, Some(&bearer), &manifest("first", 3)).await?;
     assert_eq!(first.status().as_u16(), 202);
     let first: Submitted = first.json().await?;
-
-    let (status, error) =
-        refusal(submit(&env, Some(&bearer), &manifest("second", 3)).await?).await?;
+    let second = submit(&env, Some(&bearer), &manifest("second", 4)).await?;
     assert_eq!(
-        (status, error.as_str()),
-        (
-            429,
-            "token ci-quota has 3 tests in flight; this suite's 3 would exceed its quota of 5"
-        )
+        second.status().as_u16(),
+        202,
+        "over the quota, the suite waits"
+    );
+    let second: Submitted = second.json().await?;
+    assert_eq!(suite_records(&env).await?, 2);
+
+    // Five of the seven tests go to RabbitMQ, and no more; two wait, as the suites'
+    // status and `token list` say.
+    crate::support::poll(
+        std::time::Duration::from_secs(10),
+        "the quota's five tests dispatched",
+        || async { Ok(env.queue_state().await?.0 == 5) },
+    )
+    .await?;
+    let mut waiting = 0;
+    for suite in [&first, &second] {
+        let status: isotest_protocol::api::SuiteStatus = reqwest::Client::new()
+            .get(url(&env, &suite.status_url)?)
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        waiting += status.waiting.unwrap_or(0);
+    }
+    assert_eq!(waiting, 2);
+    assert_eq!(
+        listed(&env, "ci-quota")?,
+        ["ci-quota", "5", "1", "normal", "5", "2"]
     );
     assert_eq!(
-        suite_records(&env).await?,
-        1,
-        "the refused suite is not recorded"
+        env.queue_state().await?.0,
+        5,
+        "still no more than the quota"
     );
-    assert_eq!(env.queue_state().await?.0, 3, "nor queued");
 
-    // Exactly at the quota is allowed.
-    let second = submit(&env, Some(&bearer), &manifest("second", 2)).await?;
-    assert_eq!(second.status().as_u16(), 202);
-
-    // A suite that ends (here: cancelled) frees its tests' share of the quota.
+    // A suite that ends (here: cancelled) frees its tests' share: the rest go.
     let cancelled = reqwest::Client::new()
         .delete(url(&env, &first.status_url)?)
         .bearer_auth(&token)
         .send()
         .await?;
     assert_eq!(cancelled.status().as_u16(), 200);
-    let third = submit(&env, Some(&bearer), &manifest("third", 3)).await?;
-    assert_eq!(third.status().as_u16(), 202, "{}", third.text().await?);
+    crate::support::poll(
+        std::time::Duration::from_secs(10),
+        "the waiting tests dispatched",
+        || async { Ok(listed(&env, "ci-quota")?[5] == "0") },
+    )
+    .await?;
+    env.stop();
+    env.cleanup().await
+}
 
-    let listed = env.command(&["token", "list"]).output()?;
-    let listed = String::from_utf8(listed.stdout)?;
-    let row: Vec<&str> = listed
-        .lines()
-        .find(|l| l.starts_with("ci-quota"))
-        .context("ci-quota listed")?
-        .split_whitespace()
-        .collect();
-    assert_eq!(row, ["ci-quota", "5", "5"], "{listed}");
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_priority_above_the_tokens_is_refused() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(0, 1).await?;
+    let output = env
+        .command(&[
+            "token",
+            "add",
+            "ci-low",
+            "--weight",
+            "3",
+            "--priority",
+            "low",
+        ])
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout)?.trim().to_owned();
+    assert_eq!(
+        listed(&env, "ci-low")?,
+        ["ci-low", "-", "3", "low", "0", "0"]
+    );
+    let mut suite = manifest("urgent", 2);
+    suite["priority"] = json!("normal");
+    let (status, error) =
+        refusal(submit(&env, Some(&format!("Bearer {token}")), &suite).await?).await?;
+    assert_eq!(
+        (status, error.as_str()),
+        (
+            403,
+            "the suite asks for priority normal, above token ci-low's low; ask for low or lower, or use a token made with --priority normal"
+        )
+    );
+    assert_eq!(
+        suite_records(&env).await?,
+        0,
+        "the refused suite is not recorded"
+    );
+    suite["priority"] = json!("low");
+    let accepted = submit(&env, Some(&format!("Bearer {token}")), &suite).await?;
+    assert_eq!(accepted.status().as_u16(), 202);
+    let bad = env
+        .command(&["token", "add", "ci-bad", "--priority", "urgent"])
+        .output()?;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     env.stop();
     env.cleanup().await
 }
@@ -213,6 +295,8 @@ async fn a_suite_over_its_tokens_quota_is_refused_until_tests_finish() -> Result
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_submissions_cannot_overrun_a_quota() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.service_env
+        .push(("ISOTEST_DISPATCH_MIN_READY".into(), "50".into()));
     env.open = false;
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-race", Some(4))?;
@@ -224,10 +308,18 @@ async fn concurrent_submissions_cannot_overrun_a_quota() -> Result<()> {
     for answer in answers {
         codes.push(answer?.status().as_u16());
     }
-    codes.sort_unstable();
-    assert_eq!(codes, [202, 429, 429, 429, 429, 429, 429, 429]);
-    assert_eq!(suite_records(&env).await?, 1);
-    assert_eq!(env.queue_state().await?.0, 3);
+    assert_eq!(
+        codes, [202; 8],
+        "a quota makes suites wait, never refuses them"
+    );
+    assert_eq!(suite_records(&env).await?, 8);
+    crate::support::poll(
+        std::time::Duration::from_secs(10),
+        "the quota's four tests dispatched",
+        || async { Ok(env.queue_state().await?.0 == 4) },
+    )
+    .await?;
+    assert_eq!(listed(&env, "ci-race")?[4..], ["4", "20"]);
     env.stop();
     env.cleanup().await
 }

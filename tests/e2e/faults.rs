@@ -109,14 +109,16 @@ async fn kill_worker_mid_test(workers: &[u32]) -> Result<u32> {
     Ok(worker)
 }
 
-/// A JSON manifest of `n` tests: every 10th fails, every 20th sleeps long enough for a
-/// kill to land mid-test; the rest pass at once. Returns it with each test's verdict.
+/// A JSON manifest of `n` tests: every 10th fails, every 20th (and each of the last
+/// thirty, so that a late kill still finds one however fast the rest went, even while
+/// `rabbitmqctl` takes seconds on a loaded machine) sleeps long enough for a kill to
+/// land mid-test; the rest pass at once. Returns it with each test's verdict.
 fn suite(name: &str, n: usize) -> (serde_json::Value, BTreeMap<String, Status>) {
     let mut tests = Vec::new();
     let mut expected = BTreeMap::new();
     for i in 0..n {
         let test = format!("t{i:03}");
-        let (command, status) = if i % 20 == 7 {
+        let (command, status) = if i % 20 == 7 || (n > 100 && i + 30 >= n) {
             (json!(["sleep", "2"]), Status::Passed)
         } else if i % 10 == 3 {
             (json!(["false"]), Status::Failed)
@@ -566,69 +568,17 @@ async fn ctrl_c_in_isotest_run_cancels_the_suite_on_the_server() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_suite_that_cannot_be_queued_is_refused_and_closed_at_its_deadline() -> Result<()> {
+async fn a_suite_still_waiting_at_its_deadline_is_closed_and_its_waiting_tests_never_go()
+-> Result<()> {
     let mut env = TestEnv::new().await;
+    // No worker, and the dispatcher keeps one test ready: two of three wait in Redis.
+    env.service_env
+        .push(("ISOTEST_DISPATCH_MIN_READY".into(), "1".into()));
     env.start(0, 1).await?;
-    // The producer declared the queue when it connected; without it, every publish
-    // comes back unroutable. The aggregator declares the same topology when its
-    // dead-letter consumer starts: wait for that first, or it re-creates the queue.
-    let conn = lapin::Connection::connect(
-        &env.servers.amqp_url,
-        lapin::ConnectionProperties::default(),
-    )
-    .await?;
-    let channel = conn.create_channel().await?;
-    let dead = format!("{}.tests.dead", env.ns);
-    poll(
-        Duration::from_secs(30),
-        "the dead-letter consumer",
-        || async {
-            // A passive declare of a missing queue closes its channel: one channel a look.
-            let queue = conn
-                .create_channel()
-                .await?
-                .queue_declare(
-                    dead.as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    lapin::types::FieldTable::default(),
-                )
-                .await;
-            Ok(queue.is_ok_and(|q| q.consumer_count() >= 1))
-        },
-    )
-    .await?;
-    channel
-        .queue_delete(
-            format!("{}.tests", env.ns).as_str().into(),
-            Default::default(),
-        )
-        .await?;
-    let _ = conn.close(200, "".into()).await;
-    let (mut manifest, _) = suite("unqueued", 3);
+    let (mut manifest, _) = suite("unserved", 3);
     manifest["deadline"] = json!("2s");
-    let base = env.producer_url.clone().context("producer")?;
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/suites"))
-        .json(&manifest)
-        .send()
-        .await?;
-    ensure!(response.status().as_u16() == 503, "{}", response.status());
-    let error: isotest_protocol::api::ApiError = response.json().await?;
-    ensure!(
-        error.error.contains("could not all be queued"),
-        "{}",
-        error.error
-    );
-    let id = error
-        .error
-        .strip_prefix("suite ")
-        .and_then(|rest| rest.split(' ').next())
-        .context("suite id in the error")?
-        .to_owned();
-    let report = report(&env, &id, Duration::from_secs(15)).await?;
+    let submitted = submit(&env, &manifest).await?;
+    let report = report(&env, &submitted.id, Duration::from_secs(15)).await?;
     ensure!(
         report.state == SuiteState::DeadlineExceeded,
         "{:?}",
@@ -638,6 +588,23 @@ async fn a_suite_that_cannot_be_queued_is_refused_and_closed_at_its_deadline() -
         report.tests.len() == 3 && report.tests.iter().all(|t| t.status == Status::Lost),
         "{:?}",
         report.tests
+    );
+    // The closed suite's waiting tests are dropped, never published.
+    poll(
+        Duration::from_secs(10),
+        "the closed suite's schedule to be dropped",
+        || async {
+            Ok(!env
+                .suite_keys()
+                .await?
+                .iter()
+                .any(|k| k.ends_with(":pending")))
+        },
+    )
+    .await?;
+    ensure!(
+        ready(&env, "tests").await? == 1,
+        "only one test was dispatched"
     );
     env.stop();
     env.cleanup().await?;

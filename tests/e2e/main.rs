@@ -16,6 +16,7 @@ mod metrics;
 mod modes;
 mod pipeline;
 mod prepare;
+mod scheduling;
 mod support;
 mod warm;
 mod webhooks;

@@ -169,6 +169,45 @@ impl Recorder {
             .map_err(RecordError::Read)
     }
 
+    /// The scheduler's fence: whether this copy of a dispatched test (its dispatch
+    /// `token`) is the one to run, marking it started if so (see
+    /// [`isotest_infra::schedule::start`]).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RecordError::Read`] when Redis does not answer.
+    pub async fn start(
+        &self,
+        suite_id: &str,
+        index: u32,
+        token: &str,
+    ) -> Result<isotest_infra::schedule::Start, RecordError> {
+        isotest_infra::schedule::start(&mut self.redis.clone(), &self.ns, suite_id, index, token)
+            .await
+            .map_err(RecordError::Read)
+    }
+
+    /// Registers this worker's test slots for the dispatcher (see
+    /// [`isotest_infra::schedule::register_slots`]); `None` slots removes them.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RecordError::Read`] when Redis does not answer.
+    pub async fn register_slots(
+        &self,
+        worker: &str,
+        slots: Option<u16>,
+    ) -> Result<(), RecordError> {
+        let mut conn = self.redis.clone();
+        match slots {
+            Some(n) => {
+                isotest_infra::schedule::register_slots(&mut conn, &self.ns, worker, n).await
+            }
+            None => isotest_infra::schedule::unregister_slots(&mut conn, &self.ns, worker).await,
+        }
+        .map_err(RecordError::Read)
+    }
+
     /// A blob a reference names, straight from Redis (a prepared build: the worker unpacks
     /// it once and keeps the unpacked tree, not the bytes).
     ///

@@ -21,6 +21,7 @@ use isotest_infra::amqp::consume::{Consumer, ConsumerConfig, delivery_count};
 use isotest_infra::amqp::publish::{self, PublishError};
 use isotest_infra::amqp::{self, AmqpError, DELIVERY_LIMIT};
 use isotest_infra::metrics::{self, GaugeGuard, StatusLabels, TestLabels};
+use isotest_infra::schedule::Start;
 use isotest_infra::store::{self, StoreError};
 use isotest_protocol::duration;
 use isotest_protocol::message::TestMessage;
@@ -126,6 +127,8 @@ struct Shared {
     /// Tests running at once, across sessions: after a reconnection, the new
     /// consumer's deliveries wait while the old session's tests finish.
     permits: Semaphore,
+    /// The slots the dispatcher counts for this worker (its concurrency).
+    slots: u16,
     max_test_timeout: Duration,
 }
 
@@ -157,6 +160,7 @@ impl Worker {
                 ns,
                 runner,
                 permits: Semaphore::new(usize::from(concurrency)),
+                slots: concurrency,
                 max_test_timeout: config.max_test_timeout,
             }),
             drain_timeout: config.drain_timeout,
@@ -174,6 +178,7 @@ impl Worker {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let shared = Arc::clone(&self.shared);
+        let registering = tokio::spawn(Arc::clone(&self.shared).register(token.clone()));
         // Each delivery runs on the tracker; the prefetch and the permits bound how many.
         let sessions = self.consumer.run(&token, |delivery, session| {
             let shared = Arc::clone(&shared);
@@ -192,6 +197,8 @@ impl Worker {
             }
         };
         let tag = self.shared.runner.worker_id();
+        token.cancel();
+        let _ = registering.await;
         // Stop taking work first, so nothing new arrives while the running tests finish.
         if let Some(session) = &session {
             session.stop_consuming(tag).await;
@@ -214,6 +221,23 @@ impl Worker {
 }
 
 impl Shared {
+    /// Keeps this worker's slots registered for the dispatcher until `stop`, then
+    /// removes them, so the queue is kept as long as the live workers need.
+    async fn register(self: Arc<Self>, stop: CancellationToken) {
+        let worker = self.runner.worker_id();
+        let every = isotest_infra::schedule::SLOTS_TTL / 3;
+        loop {
+            if let Err(e) = self.recorder.register_slots(worker, Some(self.slots)).await {
+                debug!(error = %error_chain(&e), "Could not register the worker's slots.");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        let _ = self.recorder.register_slots(worker, None).await;
+    }
+
     async fn handle(&self, delivery: Delivery, publish: &Channel) {
         // Held until the message is settled: unacked messages, as RabbitMQ counts them.
         let _in_flight = GaugeGuard::inc(&metrics::worker().tests_in_flight);
@@ -284,7 +308,21 @@ impl Shared {
         taken_at_ms: u64,
         publish: &Channel,
     ) -> Result<(), HandleError> {
-        if self.recorder.is_closed(&msg.suite_id).await? {
+        // A dispatched copy passes the scheduler's fence, which also says whether the
+        // suite is closed (one round trip): a copy from a dispatcher that died before
+        // confirming it was dispatched again, and only the current copy may run.
+        let closed = match &msg.dispatch {
+            Some(token) => match self.recorder.start(&msg.suite_id, msg.index, token).await? {
+                Start::Run => false,
+                Start::Closed => true,
+                Start::Stale => {
+                    info!("This copy of the test was dispatched again; dropping it.");
+                    return Ok(());
+                }
+            },
+            None => self.recorder.is_closed(&msg.suite_id).await?,
+        };
+        if closed {
             debug!("Suite already closed; dropping the message.");
             return Ok(());
         }

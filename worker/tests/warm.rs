@@ -82,6 +82,7 @@ fn message(suite: &str, id: &str, warm: bool) -> Result<TestMessage> {
         warm,
         digest: String::new(),
         published_at_ms: 0,
+        dispatch: None,
     })
 }
 

@@ -1,11 +1,16 @@
 //! `isotest bench`: measurements, never assertions. [`pipeline`] pushes trivial tests
 //! through the whole distributed pipeline; [`suite`] runs a real suite through isotest and
-//! the command its users run today, alternately, on the same machine, and compares them.
+//! the command its users run today, alternately, on the same machine, and compares them;
+//! [`scheduling`] measures the scheduler's fairness and order against its targets. Both
+//! pipeline benchmarks start their services through [`stack`].
 
 mod pipeline;
+mod scheduling;
+mod stack;
 mod suite;
 
 pub use pipeline::PipelineArgs;
+pub use scheduling::SchedulingArgs;
 pub use suite::SuiteArgs;
 
 use crate::exit::Failure;
@@ -23,6 +28,8 @@ pub enum BenchKind {
     Pipeline(PipelineArgs),
     /// A real suite through isotest beside its users' own runner, round by round.
     Suite(SuiteArgs),
+    /// The scheduler: a small suite beside a large one, shares by weight, longest first.
+    Scheduling(SchedulingArgs),
 }
 
 /// Runs a benchmark and prints its figures.
@@ -35,6 +42,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Failure> {
     match args.what {
         BenchKind::Pipeline(args) => pipeline::pipeline(args).await,
         BenchKind::Suite(args) => suite::suite(args).await,
+        BenchKind::Scheduling(args) => scheduling::scheduling(args).await,
     }
 }
 

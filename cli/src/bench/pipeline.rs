@@ -2,21 +2,17 @@
 //! → Redis → aggregator, all in this process on this machine, and prints throughput
 //! and each stage's median and p99.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use redis::AsyncCommands as _;
-use tokio_util::sync::CancellationToken;
 
 use isotest_infra::Endpoints;
 use isotest_protocol::api::{Submitted, SuiteStatus};
-use isotest_protocol::names::Namespace;
 use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::TestResult;
-use isotest_sandbox::Sandboxer;
-use isotest_worker::{Runner, Worker, WorkerConfig};
 
+use super::stack::Stack;
 use crate::args::SandboxArgs;
 use crate::exit::Failure;
 
@@ -48,88 +44,15 @@ pub struct PipelineArgs {
 ///
 /// Returns a [`Failure`] when the servers cannot be reached or the pipeline fails.
 pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
-    let ns = Namespace::new(&format!(
-        "bench-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    ))
-    .map_err(|e| Failure::Service(e.into()))?;
-    let endpoints = Endpoints {
-        namespace: ns.clone(),
-        ..args.endpoints.clone()
-    };
-    let stop = CancellationToken::new();
-    let sandboxer = Arc::new(Sandboxer::new(args.sandbox.sandbox_config())?);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.workers {
-        let runner = Runner::new(
-            sandboxer.clone(),
-            args.sandbox.runner_config(format!("bench-worker-{i}")),
-        );
-        let config = WorkerConfig {
-            endpoints: endpoints.clone(),
-            concurrency: args.concurrency,
-            drain_timeout: Duration::from_secs(10),
-            max_test_timeout: isotest_worker::service::DEFAULT_MAX_TEST_TIMEOUT,
-            suite_output_bytes: isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES,
-        };
-        let worker = Worker::build(config, runner)
-            .await
-            .context("start a worker")?;
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            worker
-                .run(stop.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    let aggregator = isotest_aggregator::service::Aggregator::build(
-        isotest_aggregator::service::AggregatorConfig::new(
-            endpoints.redis_url.clone(),
-            ns.clone(),
-            "bench-aggregator",
-        ),
+    let stack = Stack::start(
+        &args.endpoints,
+        args.workers,
+        args.concurrency,
+        &args.sandbox,
     )
-    .await
-    .context("start the aggregator")?;
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            aggregator
-                .run(stop.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    });
-    let mut config = isotest_producer::Config::new(
-        endpoints.clone(),
-        "127.0.0.1:0"
-            .parse()
-            .map_err(|e: std::net::AddrParseError| Failure::Service(e.into()))?,
-    );
-    // The bench's own producer, on loopback, for the bench's own client.
-    config.open = true;
-    let producer = isotest_producer::Producer::build(config)
-        .await
-        .context("start the producer")?;
-    let base = format!(
-        "http://{}",
-        producer.local_addr().context("producer address")?
-    );
-    tasks.spawn({
-        let stop = stop.clone();
-        async move {
-            producer
-                .run(stop.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    });
-
-    let measured = measure(&args, &base, &endpoints).await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    let _ = cleanup(&endpoints).await;
+    .await?;
+    let measured = measure(&args, &stack.base, &stack.endpoints).await;
+    stack.stop().await;
     let figures = measured?;
     print!("{figures}");
     Ok(())
@@ -299,35 +222,11 @@ pub fn percentiles(values: &mut [f64]) -> (f64, f64) {
     (rank(0.5), rank(0.99))
 }
 
-fn kernel() -> String {
+pub(crate) fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
         |_| "unknown kernel".into(),
         |k| format!("Linux {}", k.trim()),
     )
-}
-
-async fn cleanup(endpoints: &Endpoints) -> anyhow::Result<()> {
-    let conn = isotest_infra::amqp::connect(&endpoints.amqp_url, "isotest-bench-cleanup").await?;
-    let channel = conn.create_channel().await?;
-    let ns = &endpoints.namespace;
-    for queue in [ns.tests_queue(), ns.dead_letter_queue()] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            ns.dead_letter_exchange().as_str().into(),
-            Default::default(),
-        )
-        .await;
-    let _ = conn.close(200, "".into()).await;
-    let mut redis = isotest_infra::store::connect(&endpoints.redis_url).await?;
-    let keys: Vec<String> = redis.keys(format!("{ns}:*")).await?;
-    if !keys.is_empty() {
-        let _: () = redis.del(keys).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

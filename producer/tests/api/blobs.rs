@@ -66,7 +66,7 @@ async fn a_blob_is_stored_once_and_a_suite_can_use_it() {
     let response = env.post_suite(body.to_string()).await;
     assert_eq!(response.status().as_u16(), 202);
     let id = response.json::<Submitted>().await.expect("Submitted").id;
-    let messages = env.drain_tests_queue().await;
+    let messages = env.take_tests(1).await;
     assert_eq!(messages.len(), 1);
     let message = TestMessage::from_bytes(&messages[0].delivery.data).expect("TestMessage");
     assert_eq!(message.suite_id, id);

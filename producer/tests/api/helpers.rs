@@ -120,6 +120,23 @@ impl TestEnv {
         messages
     }
 
+    /// Takes `n` messages off the tests queue as the dispatcher publishes them, failing
+    /// after ten seconds without them.
+    pub async fn take_tests(&self, n: usize) -> Vec<BasicGetMessage> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut messages = Vec::new();
+        while messages.len() < n {
+            messages.extend(self.drain_tests_queue().await);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} test messages were dispatched",
+                messages.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        messages
+    }
+
     /// Suite keys in Redis under this namespace.
     pub async fn suite_keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();

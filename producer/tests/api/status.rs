@@ -81,6 +81,8 @@ async fn a_running_suite_then_its_report() {
     let response = env.post_suite(manifest(&names).to_string()).await;
     assert_eq!(response.status().as_u16(), 202);
     let id = response.json::<Submitted>().await.expect("Submitted").id;
+    // Once dispatched, no test of the suite waits.
+    env.take_tests(2).await;
 
     let mut redis = env.redis.clone();
     redis.sadd(env.ns.done_key(&id), "a").await.expect("SADD");
@@ -98,6 +100,7 @@ async fn a_running_suite_then_its_report() {
             state: SuiteState::Running,
             total: 2,
             done: 1,
+            waiting: Some(0),
             summary: None,
             // No worker runs in this test: both messages wait, and nothing consumes.
             queue: Some(QueueState {

@@ -65,6 +65,10 @@ pub struct Manifest {
     /// `isotest run` fills it from `--meta KEY=VALUE` and the CI system's environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// How urgently the suite's tests are dispatched: `high`, `normal` or `low`, at most
+    /// its token's priority (by default, its token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::schedule::Priority>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt

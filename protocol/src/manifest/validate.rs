@@ -153,6 +153,7 @@ impl Manifest {
             callback_url: self.callback_url.clone(),
             warm: self.warm.unwrap_or(true),
             meta: self.meta.clone(),
+            priority: self.priority,
         })
     }
 }

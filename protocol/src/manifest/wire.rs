@@ -145,6 +145,9 @@ pub struct Suite {
     /// The manifest's `[meta]`, checked by [`super::check_meta`].
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub meta: std::collections::BTreeMap<String, String>,
+    /// The priority the suite asks for (see the manifest's `priority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::schedule::Priority>,
 }
 
 fn yes() -> bool {
