@@ -1,13 +1,15 @@
 //! What every isotest service shares at its edges: the connection settings
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
-//! one write of a suite's report and its reading ([`reports`]), reading a suite's
+//! one write of a suite's report and its reading ([`reports`]), a suite's live event
+//! stream for the dashboard ([`events`]), reading a suite's
 //! record and results ([`suites`]), cancelling a suite ([`cancel`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
 //! shutdown signal ([`shutdown`]).
 
 pub mod amqp;
 pub mod cancel;
+pub mod events;
 pub mod metrics;
 pub mod reports;
 pub mod results;

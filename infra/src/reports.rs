@@ -17,8 +17,10 @@ use isotest_protocol::report::{Report, SuiteState};
 use crate::metrics::{self, StateLabels};
 
 /// Stores a report unless one exists and takes its suite off the open set, and in the
-/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none).
-/// KEYS: report, open suites, webhooks; ARGV: report JSON, suite id, due. 1 if stored.
+/// same step queues its webhook (ARGV[3], the ms when it is due; empty for none) and
+/// tells the suite's live event stream ([`crate::events`]) that it ended.
+/// KEYS: report, open suites, webhooks, events; ARGV: report JSON, suite id, due,
+/// state, the stream's bound. 1 if stored.
 const STORE_SCRIPT: &str = r"
 local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -28,6 +30,8 @@ end
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 end
+redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], '*', 'kind', 'end',
+  'state', ARGV[4])
 return 1
 ";
 
@@ -66,9 +70,12 @@ pub async fn store(
         .key(ns.report_key(&report.suite_id))
         .key(ns.open_suites_key())
         .key(ns.webhooks_key())
+        .key(ns.suite_events_key(&report.suite_id))
         .arg(json)
         .arg(&report.suite_id)
         .arg(webhook_due_ms.map(|ms| ms.to_string()).unwrap_or_default())
+        .arg(report.state.as_str())
+        .arg(crate::events::MAX_EVENTS)
         .invoke_async(conn)
         .await?;
     if stored != 1 {

@@ -1,6 +1,7 @@
 //! API tokens: making and hashing them, reading `Authorization: Bearer`, and the
 //! middleware that lets a `/v1` request through only with a valid token (or, on a
-//! producer that is open, with none).
+//! producer that is open, with none). A dashboard session cookie
+//! ([`crate::ui::session`]) stands for its token on reads (GET and HEAD) only.
 //!
 //! A token belongs to one CI system (its `name`) and may carry a quota: how many of
 //! its tests may be queued or running at once, checked at submission by
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -150,12 +151,39 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
 ///
 /// A token that is given must be valid even on an open producer: a CI job that sends
 /// a revoked or mistyped token should hear so rather than run unaccounted.
+///
+/// Without a header, a read (GET, HEAD) may come from the dashboard with its session
+/// cookie, which stands for the token it was opened with. Only reads: the cookie is
+/// SameSite=Strict, and a read changes nothing, so no other site can act with it.
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, AuthFailure> {
-    let caller = match bearer(request.headers())? {
+    let caller = caller(&state, request.method(), request.headers()).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Who sent the request, or why it is refused.
+pub async fn caller(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller, AuthFailure> {
+    let is_read = matches!(*method, Method::GET | Method::HEAD);
+    if bearer(headers)?.is_none()
+        && is_read
+        && let Some(session) = crate::ui::session::cookie(headers)
+        && let Some(record) = state
+            .store
+            .session_token(session)
+            .await
+            .map_err(AuthFailure::Store)?
+    {
+        return Ok(Caller::Token(record));
+    }
+    Ok(match bearer(headers)? {
         Some(token) => {
             // Looked up by hash, so no secret is compared here (no timing to leak).
             match state
@@ -175,9 +203,7 @@ pub async fn authenticate(
             true => return Err(AuthFailure::Missing),
             false => Caller::Anonymous,
         },
-    };
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    })
 }
 
 #[cfg(test)]

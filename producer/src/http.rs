@@ -35,6 +35,8 @@ pub struct AppState {
     pub default_deadline: Duration,
     /// Refuse `/v1` requests without a token even while no token exists.
     pub require_token: bool,
+    /// The dashboard's live views.
+    pub live: crate::ui::live::Live,
 }
 
 /// The OpenAPI document of this API, served at `GET /openapi.yaml`.
@@ -68,6 +70,10 @@ pub enum ApiFailure {
     DigestMismatch { expected: String, actual: String },
     #[error("suite {0} not found")]
     SuiteNotFound(String),
+    #[error("suite {suite} has no test `{test}`")]
+    TestNotFound { suite: String, test: String },
+    #[error("this server already streams {0} live views; try again later")]
+    TooManyStreams(usize),
     #[error("suite {id} is still running ({done} of {total} tests done)")]
     Running { id: String, done: u32, total: u32 },
     #[error("suite {id} has already ended ({state}); there is nothing to cancel")]
@@ -112,11 +118,15 @@ impl ApiFailure {
             ApiFailure::TooLarge { .. } | ApiFailure::TooLargeStream { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiFailure::SuiteNotFound(_)
+            | ApiFailure::TestNotFound { .. }
+            | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiFailure::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::Publish { .. } | ApiFailure::TooManyStreams(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -149,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(isotest_infra::metrics::render))
         .route("/openapi.yaml", get(openapi))
         .merge(v1_routes(Arc::clone(&state)))
+        .merge(crate::ui::routes(Arc::clone(&state)))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by `read_body`, which enforces each route's own limit
@@ -270,7 +281,10 @@ async fn submit(
     let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
-        let record = suite::record(&id, &suite, now, state.default_deadline);
+        let mut record = suite::record(&id, &suite, now, state.default_deadline);
+        if let Caller::Token(token) = &caller {
+            record.token = Some(token.name.clone());
+        }
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
         match &caller {
@@ -394,12 +408,7 @@ async fn cancel(
 
 /// A suite state as the API's JSON spells it.
 fn state_name(state: SuiteState) -> &'static str {
-    match state {
-        SuiteState::Running => "running",
-        SuiteState::Complete => "complete",
-        SuiteState::DeadlineExceeded => "deadline_exceeded",
-        SuiteState::Cancelled => "cancelled",
-    }
+    state.as_str()
 }
 
 /// The report, or why there is none yet.

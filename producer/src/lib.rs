@@ -4,8 +4,8 @@
 //!
 //! Its parts: [`config`] (settings), [`suite`] (a submission checked and turned into
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
-//! confirms and reconnection), [`auth`] (API tokens and quotas) and [`http`] (routes
-//! and the mapping of failures to status codes). [`Producer`] ties them together as
+//! confirms and reconnection), [`auth`] (API tokens and quotas), [`http`] (routes
+//! and the mapping of failures to status codes) and [`ui`] (the dashboard at `/ui`). [`Producer`] ties them together as
 //! `build → local_addr → run`.
 
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod http;
 pub mod publisher;
 pub mod store;
 pub mod suite;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,12 +71,19 @@ impl Producer {
                     addr: config.listen,
                     source,
                 })?;
+        let live = ui::live::Live::new(&config.endpoints.redis_url).map_err(|source| {
+            ProducerError::Redis(ConnectError::Url {
+                url: config.endpoints.redis_url.clone(),
+                source,
+            })
+        })?;
         let state = Arc::new(http::AppState {
             store: store::Store::new(redis, ns),
             publisher,
             limits: config.limits,
             default_deadline: config.default_deadline,
             require_token: config.require_token,
+            live,
         });
         Ok(Producer { listener, state })
     }

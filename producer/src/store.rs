@@ -10,11 +10,15 @@ use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 
 use isotest_infra::cancel::{self, Cancelled};
+use isotest_infra::events;
 use isotest_infra::reports::{self, LoadError};
 use isotest_protocol::api::{SuiteRecord, TokenRecord};
 use isotest_protocol::names::Namespace;
 
 pub use isotest_infra::reports::StoredReport;
+
+/// How many of a token's latest suites the dashboard lists.
+pub const RECENT_SUITES: i64 = 200;
 
 /// How long a readiness probe waits for Redis to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,9 +52,14 @@ impl From<LoadError> for StoreError {
 /// under it. In flight means: over the token's suites that have no report yet, their
 /// tests minus those with a final result. Entries of ended suites are dropped here.
 ///
-/// KEYS: suite record, open suites, the token's suites. ARGV: record JSON, suite id,
-/// deadline, test count, quota (-1: none), then the suite key prefix and the done and
-/// report key suffixes (from `Namespace`, so key names stay in one place).
+/// With the record it opens the suite's live event stream (see
+/// [`isotest_infra::events`]) and enters the suite in the token's recent suites.
+///
+/// KEYS: suite record, open suites, the token's suites, the suite's events, the
+/// token's recent suites. ARGV: record JSON, suite id, deadline, test count, quota
+/// (-1: none), then the suite key prefix and the done and report key suffixes (from
+/// `Namespace`, so key names stay in one place), the events' bound and expiry (ms),
+/// the submission time (ms) and how many recent suites to keep.
 const RECORD_WITHIN_QUOTA_SCRIPT: &str = r"
 local inflight = 0
 local open = redis.call('HGETALL', KEYS[3])
@@ -72,6 +81,10 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'submitted')
+redis.call('PEXPIREAT', KEYS[4], ARGV[10])
+redis.call('ZADD', KEYS[5], ARGV[11], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1 - tonumber(ARGV[12]))
 return {1, inflight}
 ";
 
@@ -118,8 +131,8 @@ pub struct OverQuota {
 /// The producer's view of Redis under one namespace.
 #[derive(Debug, Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    ns: Namespace,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) ns: Namespace,
 }
 
 impl Store {
@@ -140,7 +153,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a suite's record and enters it in the open set, both or neither.
+    /// Writes a suite's record, enters it in the open set, opens its live event stream
+    /// and enters it in the recent suites of its token (or of no token), all or nothing.
     ///
     /// # Errors
     ///
@@ -148,12 +162,34 @@ impl Store {
     pub async fn record_suite(&self, record: &SuiteRecord) -> Result<(), StoreError> {
         // A struct of strings and numbers always serializes.
         let json = serde_json::to_string(record).unwrap_or_default();
+        let events = self.ns.suite_events_key(&record.id);
+        let recent = self.ns.recent_suites_key(record.token.as_deref());
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
             .set(self.ns.suite_key(&record.id), json)
             .ignore()
             .zadd(self.ns.open_suites_key(), &record.id, record.deadline_at_ms)
+            .ignore()
+            .cmd("XADD")
+            .arg(&events)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(events::MAX_EVENTS)
+            .arg("*")
+            .arg("kind")
+            .arg(events::SUBMITTED)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&events)
+            .arg(events::expires_at_ms(record.deadline_at_ms))
+            .ignore()
+            .zadd(&recent, &record.id, record.created_at_ms)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&recent)
+            .arg(0)
+            .arg(-1 - RECENT_SUITES)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -181,6 +217,8 @@ impl Store {
             .key(self.ns.suite_key(&record.id))
             .key(self.ns.open_suites_key())
             .key(self.ns.token_suites_key(&token.name))
+            .key(self.ns.suite_events_key(&record.id))
+            .key(self.ns.recent_suites_key(Some(&token.name)))
             .arg(json)
             .arg(&record.id)
             .arg(record.deadline_at_ms)
@@ -189,6 +227,10 @@ impl Store {
             .arg(&prefix)
             .arg(suffix(self.ns.done_key("")))
             .arg(suffix(self.ns.report_key("")))
+            .arg(events::MAX_EVENTS)
+            .arg(events::expires_at_ms(record.deadline_at_ms))
+            .arg(record.created_at_ms)
+            .arg(RECENT_SUITES)
             .invoke_async(&mut conn)
             .await?;
         let in_flight = u64::try_from(in_flight).unwrap_or(0);

@@ -58,6 +58,7 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
         deadline_at_ms: now_ms.saturating_add(deadline_ms),
         flaky_result: suite.flaky_result,
         callback_url: suite.callback_url.clone(),
+        token: None,
     }
 }
 

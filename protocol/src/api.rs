@@ -22,6 +22,10 @@ pub struct SuiteRecord {
     /// Where the aggregator POSTs a [`SuiteFinished`] when the suite ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The name of the API token that submitted the suite; none on an open producer.
+    /// Only that token's holder sees the suite on the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// An API token as stored under [`crate::names::Namespace::tokens_key`], keyed by the

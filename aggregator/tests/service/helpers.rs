@@ -77,6 +77,7 @@ impl TestEnv {
             deadline_at_ms: now + u64::try_from(deadline_in.as_millis()).expect("short"),
             flaky_result: Default::default(),
             callback_url: None,
+            token: None,
         };
         let mut redis = self.redis.clone();
         let json = serde_json::to_string(&record).expect("serializes");
