@@ -128,8 +128,13 @@ impl Producer {
         tracing::info!(?addr, "Producer listening.");
         self.warn_if_open().await;
         let app = http::router(Arc::clone(&self.state));
+        let live = self.state.live.clone();
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Live views never end by themselves; the drain would wait for them.
+                live.close();
+            })
             .await
             .map_err(ProducerError::Serve);
         self.state.publisher.close().await;

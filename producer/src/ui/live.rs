@@ -22,6 +22,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use isotest_infra::events::{self, Entry, ResultEvent, Start, SuiteEvent};
 use isotest_protocol::SCHEMA_VERSION;
@@ -50,6 +51,9 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Live {
     client: redis::Client,
     permits: Arc<Semaphore>,
+    /// Cancelled when the producer shuts down: a live view never ends by itself, and
+    /// the server's graceful shutdown waits for every response to end.
+    closing: CancellationToken,
 }
 
 impl Live {
@@ -60,7 +64,14 @@ impl Live {
         Ok(Live {
             client: redis::Client::open(redis_url)?,
             permits: Arc::new(Semaphore::new(MAX_STREAMS)),
+            closing: CancellationToken::new(),
         })
+    }
+
+    /// Ends every live view (the browsers reconnect to another producer, or to this
+    /// one when it is back).
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -105,6 +116,7 @@ pub async fn events(
         after: String::new(),
         pending: VecDeque::new(),
         phase: Phase::Start,
+        closing: state.live.closing.clone(),
         _permit: permit,
     };
     let mut response = Sse::new(stream(reader)).into_response();
@@ -141,6 +153,7 @@ struct Reader {
     after: String,
     pending: VecDeque<Event>,
     phase: Phase,
+    closing: CancellationToken,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -157,16 +170,27 @@ impl Reader {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            let step = match self.phase {
-                Phase::Done => return None,
-                Phase::Start => self.start().await,
-                Phase::Tail => self.tail().await,
+            if self.phase == Phase::Done || self.closing.is_cancelled() {
+                return None;
+            }
+            let closing = self.closing.clone();
+            let step = tokio::select! {
+                () = closing.cancelled() => return None,
+                step = self.step() => step,
             };
             if let Err(error) = step {
                 // The browser reconnects after RETRY and resumes from its last id.
                 tracing::warn!(suite_id = %self.record.id, error = %isotest_infra::error_chain(&error), "Live view failed; closing it.");
                 self.phase = Phase::Done;
             }
+        }
+    }
+
+    async fn step(&mut self) -> Result<(), StoreError> {
+        match self.phase {
+            Phase::Start => self.start().await,
+            Phase::Tail => self.tail().await,
+            Phase::Done => Ok(()),
         }
     }
 
@@ -220,7 +244,14 @@ impl Reader {
         let mut conn = self.store.conn.clone();
         let mut results =
             isotest_infra::suites::load_results(&mut conn, &self.ns, &self.record.id).await?;
-        results.sort_by_key(|r| (r.finished_at_ms, r.index, r.attempt));
+        results.sort_by(|a, b| {
+            (a.finished_at_ms, a.index, &a.name, a.attempt).cmp(&(
+                b.finished_at_ms,
+                b.index,
+                &b.name,
+                b.attempt,
+            ))
+        });
         let snapshot = LiveSnapshot {
             schema_version: SCHEMA_VERSION,
             results: results.iter().map(LiveResult::of).collect(),
