@@ -74,7 +74,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` with the login
+        // form, and the origin check below could not tell it from another site's.
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -114,9 +116,13 @@ async fn login_page(State(state): State<Arc<AppState>>) -> Response {
     login_html(StatusCode::OK, message)
 }
 
-/// A form posted from another site (an `Origin` that is not this host) is refused, so
-/// no other site can log a browser in under its own token.
+/// A form posted from another site is refused, so no other site can log a browser in
+/// under its own token: the browser's `Sec-Fetch-Site` says so where it is sent, else
+/// an `Origin` that is not this host.
 fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         // Browsers send Origin with every POST; a client that does not is no browser
         // another site controls.
@@ -228,6 +234,19 @@ mod tests {
                 headers.insert(header::HOST, HeaderValue::from_static(host));
             }
             assert_eq!(same_origin(&headers), accepted, "{origin:?} {host}");
+        }
+        // Sec-Fetch-Site, where a browser sends it, decides.
+        for (site, accepted) in [
+            ("same-origin", true),
+            ("none", true),
+            ("same-site", false),
+            ("cross-site", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("sec-fetch-site", HeaderValue::from_static(site));
+            headers.insert(header::ORIGIN, HeaderValue::from_static("http://h"));
+            headers.insert(header::HOST, HeaderValue::from_static("h"));
+            assert_eq!(same_origin(&headers), accepted, "{site}");
         }
     }
 }

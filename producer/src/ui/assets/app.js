@@ -392,7 +392,7 @@ function historyView(data) {
       h("thead", {}, h("tr", {}, keys.map((k) => h("th", { text: k.replace(/_ms$/, "").replace("_", " ") })))),
       h("tbody", {}, runs.slice(0, 20).map((r) => h("tr", {}, keys.map((k) => h("td", {},
         k === "status" ? badge(String(r[k])) : k === "duration_ms" ? ms(r[k])
-          : k === "finished_at_ms" ? new Date(r[k]).toLocaleString() : String(r[k] ?? "")))))))));
+          : k === "finished_at_ms" ? new Date(r[k]).toLocaleString() : String(r[k] ?? ""))))))));
 }
 
 // ---------- flaky tests (from the history store) ----------
