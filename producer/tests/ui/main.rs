@@ -140,6 +140,8 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
         failures.contains("test_10") && failures.contains("will retry"),
         "{failures}"
     );
+    b.wait_text("#failures", |t| t.contains("passed on attempt 2"))
+        .await;
     let counts = b.wait_text("#counts", |t| t.contains("9 passed")).await;
     assert!(
         counts.contains("1 failed") && counts.contains("1 passed on a retry"),
@@ -189,14 +191,26 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
         "{attempts}"
     );
 
+    // A second suite of theirs, partly done.
+    let more: Vec<String> = (1..=40).map(|i| format!("test_payment_{i:02}")).collect();
+    let more_refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    let mut body = manifest(&more_refs);
+    body["name"] = "payments-api".into();
+    let second = env.submit_as(Some(&mine), &body).await;
+    for name in &more_refs[..15] {
+        env.write_result(&result(&second, name, 1, true, Status::Passed))
+            .await;
+    }
     b.client
         .goto(&env.url("/ui#/"))
         .await
         .expect("the suite list");
-    b.wait_text("table.suites", |t| {
-        t.contains("checkout-service") && t.contains("complete")
-    })
-    .await;
+    let text = b
+        .wait_text("main", |t| {
+            t.contains("RUNNING (1)") && t.contains("15 / 40") && t.contains("12 / 12")
+        })
+        .await;
+    assert!(text.contains("payments-api") && text.contains("checkout-service"));
     b.screenshot("dashboard-suites").await;
     browser.close().await;
     env.finish().await;

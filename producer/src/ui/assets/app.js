@@ -188,6 +188,7 @@ function livePage(suiteId) {
   const results = new Map(); // "test#attempt" -> result
   const finals = new Map(); // test -> its final result
   const latest = []; // the last results, newest first
+  const failureCards = new Map(); // test -> its failures' cards
   let suite = null;
   let fresh = []; // fields received since the last paint
   let scheduled = false;
@@ -249,14 +250,27 @@ function livePage(suiteId) {
     const outputs = [];
     if (r.stdout_tail) outputs.push(h("div", { class: "stream", text: "stdout" }), h("pre", { class: "out", text: r.stdout_tail }));
     if (r.stderr_tail) outputs.push(h("div", { class: "stream", text: "stderr" }), h("pre", { class: "out err", text: r.stderr_tail }));
-    failures.prepend(h("div", { class: "failure", "data-test": r.test, "data-attempt": r.attempt },
+    const card = h("div", { class: "failure", "data-test": r.test, "data-attempt": r.attempt },
       h("div", { class: "failure-head" },
         badge(r.status), " ", testLink(suiteId, r.test),
         h("span", { class: "muted", text: ` attempt ${r.attempt}${r.final ? "" : " (will retry)"} · ${ms(r.duration_ms)} · ${r.worker}` +
           (r.exit_code !== undefined ? ` · exit ${r.exit_code}` : "") })),
       r.reason ? h("div", { class: "reason", text: r.reason }) : null,
       outputs.length ? h("details", { open: true }, h("summary", { text: "Output (end)" }), outputs) : null,
-    ));
+    );
+    failures.prepend(card);
+    const cards = failureCards.get(r.test) || [];
+    cards.push(card);
+    failureCards.set(r.test, cards);
+  };
+
+  // A test that failed and then passed on a retry: its failures stay, marked so.
+  const passedLater = (r) => {
+    for (const card of failureCards.get(r.test) || []) {
+      card.classList.add("recovered");
+      card.querySelector(".failure-head").append(
+        h("span", { class: "badge s-flaky", text: `passed on attempt ${r.attempt}` }));
+    }
   };
 
   const take = (r) => {
@@ -268,6 +282,7 @@ function livePage(suiteId) {
     latest.unshift(r);
     if (latest.length > 50) latest.pop();
     if (r.status !== "passed" && r.status !== "skipped") addFailure(r);
+    else if (r.status === "passed" && r.attempt > 1) passedLater(r);
     fresh.push(field);
     schedule();
   };
