@@ -13,4 +13,5 @@ mod modes;
 mod pipeline;
 mod prepare;
 mod support;
+mod warm;
 mod webhooks;
