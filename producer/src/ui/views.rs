@@ -80,7 +80,7 @@ pub async fn suite(
     Path(id): Path<String>,
 ) -> Result<Json<SuiteRow>, ApiFailure> {
     let record = owned_suite(&state.store, &caller, &id).await?;
-    let mut rows = state.store.suite_rows(&[record.id.clone()]).await?;
+    let mut rows = state.store.suite_rows(std::slice::from_ref(&record.id)).await?;
     rows.pop()
         .map(Json)
         .ok_or(ApiFailure::SuiteNotFound(record.id))
@@ -99,7 +99,7 @@ pub async fn attempts(
     Query(query): Query<TestQuery>,
 ) -> Result<Json<TestAttempts>, ApiFailure> {
     let record = owned_suite(&state.store, &caller, &id).await?;
-    if !record.tests.iter().any(|t| *t == query.test) {
+    if !record.tests.contains(&query.test) {
         return Err(ApiFailure::TestNotFound {
             suite: record.id,
             test: query.test,
