@@ -80,7 +80,10 @@ pub async fn suite(
     Path(id): Path<String>,
 ) -> Result<Json<SuiteRow>, ApiFailure> {
     let record = owned_suite(&state.store, &caller, &id).await?;
-    let mut rows = state.store.suite_rows(std::slice::from_ref(&record.id)).await?;
+    let mut rows = state
+        .store
+        .suite_rows(std::slice::from_ref(&record.id))
+        .await?;
     rows.pop()
         .map(Json)
         .ok_or(ApiFailure::SuiteNotFound(record.id))

@@ -349,3 +349,88 @@ async fn a_view_behind_a_trimmed_stream_gets_a_snapshot() {
     assert!(snapshot.results[0].stdout_tail.is_empty());
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_suites_event_stream_expires_after_it_and_is_never_made_again() {
+    let env = TestEnv::start().await;
+    let suite = env.submit_as(None, &manifest(&["a", "b"])).await;
+    let key = env.ns.suite_events_key(&suite);
+    let mut redis = env.redis.clone();
+    let record: isotest_protocol::api::SuiteRecord = serde_json::from_str(
+        &redis
+            .get(env.ns.suite_key(&suite))
+            .await
+            .expect("GET")
+            .expect("the record"),
+    )
+    .expect("a record");
+    let expires_at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("PEXPIRETIME");
+    assert_eq!(
+        u64::try_from(expires_at).expect("an expiry"),
+        isotest_infra::events::expires_at_ms(record.deadline_at_ms),
+        "the stream expires a retention after the deadline"
+    );
+
+    // Once it has expired, a late result (a worker's retry, a dead letter) and the
+    // report do not make it again, without an expiry.
+    redis.del(&key).await.expect("DEL");
+    env.write_result(&result(&suite, "a", 1, true, Status::Passed))
+        .await;
+    let mut conn = manager().await;
+    let report = isotest_report::assemble(
+        &record,
+        isotest_infra::suites::load_results(&mut conn, &env.ns, &suite)
+            .await
+            .expect("Redis"),
+        SuiteState::Cancelled,
+    );
+    let _ = isotest_infra::reports::store(&mut conn, &env.ns, &report, None)
+        .await
+        .expect("store the report");
+    assert!(
+        !redis.exists(&key).await.expect("EXISTS"),
+        "no stream made again"
+    );
+
+    // Its live view still shows what there is, then the end.
+    let mut view = live(&env, &suite, None).await;
+    assert_eq!(view.next().await.expect("suite").event, "suite");
+    let snapshot = view.next().await.expect("a snapshot");
+    assert_eq!(snapshot.event, "snapshot");
+    assert!(snapshot.data.contains("\"test\":\"a\""), "{snapshot:?}");
+    let end = view.next().await.expect("the end");
+    assert_eq!((end.event.as_str(), end.id), ("end", None));
+    assert_eq!(view.next().await, None);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_results_event_carries_its_verdict_and_a_failures_output_tail() {
+    let env = TestEnv::start().await;
+    let suite = env.submit_as(None, &manifest(&["big"])).await;
+    let mut failed = result(&suite, "big", 1, true, Status::Failed);
+    failed.stdout = format!("{}THE END", "x".repeat(100_000));
+    failed.reason = Some("exit code 1".into());
+    env.write_result(&failed).await;
+    let mut view = live(&env, &suite, None).await;
+    let (got, id) = read_results(&mut view, 1).await;
+    let got = &got[0];
+    assert!(id.is_some(), "a result carries its stream id");
+    assert_eq!(
+        (got.status, got.is_final, got.attempt),
+        (Status::Failed, true, 1)
+    );
+    assert_eq!(got.reason.as_deref(), Some("exit code 1"));
+    assert_eq!(got.duration_ms, failed.duration_ms);
+    assert_eq!(
+        got.stdout_tail.len(),
+        isotest_protocol::live::OUTPUT_TAIL_BYTES,
+        "only the end of a long output"
+    );
+    assert!(got.stdout_tail.ends_with("THE END"));
+    env.finish().await;
+}
