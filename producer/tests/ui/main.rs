@@ -56,7 +56,7 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
     let suite = env.submit_as(Some(&mine), &body).await;
     let mut other = manifest(&["x"]);
     other["name"] = "someone-elses-suite".into();
-    env.submit_as(Some(&theirs), &other).await;
+    let their_suite = env.submit_as(Some(&theirs), &other).await;
     let b = &browser;
 
     // Not signed in: the page sends the person to the login form.
@@ -101,6 +101,17 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
     // The session cookie is out of the page's reach.
     let cookies = b.eval("return document.cookie").await;
     assert_eq!(cookies, "", "the session cookie is HttpOnly");
+
+    // Another token's suite is not to be had, even by its address.
+    b.client
+        .goto(&env.url(&format!("/ui#/suites/{their_suite}")))
+        .await
+        .expect("open another token's suite");
+    b.wait_text("#not-found", |t| t.starts_with("No such suite"))
+        .await;
+    b.client.goto(&env.url("/ui#/")).await.expect("back");
+    b.wait_text("table.suites", |t| t.contains("checkout-service"))
+        .await;
 
     // The live view of the suite.
     b.client

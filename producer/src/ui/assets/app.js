@@ -179,7 +179,20 @@ function suiteTable(suites) {
 
 // ---------- a suite's live view ----------
 
-function livePage(suiteId) {
+async function livePage(suiteId) {
+  let stopped = false;
+  leave = () => { stopped = true; };
+  try {
+    await getJson(`/ui/api/suites/${suiteId}`);
+  } catch (error) {
+    if (!stopped) {
+      show(h("p", { class: "error", id: "not-found",
+        text: error.status === 404 ? "No such suite (or not one of this token's)." : `Could not load the suite: ${error.message}` }),
+        h("p", {}, h("a", { href: "#/", text: "All suites" })));
+    }
+    return;
+  }
+  if (stopped) return;
   const live = {
     opens: 0, snapshots: 0, results: 0, errors: 0, ended: null,
     painted: {}, // field -> ms since the epoch when first painted
@@ -312,7 +325,10 @@ function livePage(suiteId) {
   source.addEventListener("error", () => {
     if (live.ended) return;
     live.errors += 1;
-    status.textContent = "reconnecting…";
+    // CLOSED: the server refused the stream (signed out, too many views); the browser
+    // will not try again by itself.
+    const closed = source.readyState === EventSource.CLOSED;
+    status.textContent = closed ? "disconnected: reload the page" : "reconnecting…";
     status.className = "conn down";
   });
   source.addEventListener("suite", (e) => {
