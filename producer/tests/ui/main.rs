@@ -39,6 +39,43 @@ async fn end_suite(env: &TestEnv, suite: &str) {
         .expect("store the report");
 }
 
+/// A script that answers the page's history requests with six runs of `test` (three
+/// failed) and one flaky test, as the history store's routes would.
+fn history_stub(suite: &str, test: &str) -> String {
+    let now = isotest_protocol::now_ms();
+    let runs: Vec<serde_json::Value> = (0..6u64)
+        .map(|i| {
+            serde_json::json!({
+                "suite_id": suite, "suite_name": "checkout-service", "test": test,
+                "status": if i % 2 == 0 { "failed" } else { "passed" },
+                "flaky": i == 3, "duration_ms": 300 + 150 * i, "attempts": 1,
+                "worker": "worker-1", "output": "report:tests[8]",
+                "finished_at_ms": now - 3_600_000 * i,
+                "infrastructure": false, "outage": false,
+                "commit": format!("abc123{i}"), "branch": "main",
+            })
+        })
+        .collect();
+    let flaky = serde_json::json!([{
+        "suite": "checkout-service", "test": test, "score": 0.666, "signals": 4, "runs": 6,
+        "last_failure": runs[0],
+    }]);
+    format!(
+        "const answers = {{ runs: {runs}, flaky: {flaky} }};
+         const real = window.fetch;
+         window.fetch = (url, options) => {{
+           const path = String(url);
+           const json = (body) => Promise.resolve(new Response(JSON.stringify(body),
+             {{ status: 200, headers: {{ 'content-type': 'application/json' }} }}));
+           if (path.startsWith('/v1/tests/')) return json(answers.runs);
+           if (path.startsWith('/v1/flaky')) return json(answers.flaky);
+           return real(url, options);
+         }};
+         return true;",
+        runs = serde_json::Value::Array(runs.clone()),
+    )
+}
+
 #[tokio::test]
 async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
     let Some(browser) = Browser::start().await else {
@@ -187,6 +224,36 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
     b.wait_text("#history", |t| t.contains("keeps no test history"))
         .await;
     b.screenshot("dashboard-test").await;
+
+    // Where the server keeps history, the page shows it: stand-ins for the history
+    // store's `/v1` answers, in its shapes (runs newest first, flaky tests with their
+    // last failure), put in front of the page's fetch.
+    let stubbed = b.eval(&history_stub(&suite, refs[8])).await;
+    assert_eq!(stubbed, true);
+    b.eval("window.location.hash = '#/flaky'; return true")
+        .await;
+    let flaky = b.wait_text("#flaky", |t| t.contains("67%")).await;
+    assert!(
+        flaky.contains(refs[8]) && flaky.contains("4 of 6"),
+        "{flaky}"
+    );
+    b.client
+        .find(Locator::LinkText(refs[8]))
+        .await
+        .expect("the flaky test's link")
+        .click()
+        .await
+        .expect("click");
+    let history = b.wait_text("#history", |t| t.contains("abc1234")).await;
+    assert!(
+        history.contains("checkout-service") && history.contains("main"),
+        "{history}"
+    );
+    let bars = b
+        .eval("return document.querySelectorAll('#history svg rect').length")
+        .await;
+    assert_eq!(bars, 6, "one bar per run");
+    b.screenshot("dashboard-history").await;
 
     // The retried test shows both attempts.
     b.client

@@ -416,7 +416,7 @@ function historyView(data) {
     bar.append(tip);
     svg.append(bar);
   });
-  const keys = ["status", "duration_ms", "attempts", "commit", "branch", "worker", "finished_at_ms"]
+  const keys = ["finished_at_ms", "suite_name", "status", "duration_ms", "attempts", "flaky", "commit", "branch", "worker"]
     .filter((k) => runs.some((r) => r[k] !== undefined));
   return h("div", {}, svg,
     h("table", { class: "results" },
@@ -428,18 +428,29 @@ function historyView(data) {
 
 // ---------- flaky tests (from the history store) ----------
 
+// `GET /v1/flaky`: the history store's flaky tests, highest score first, each with
+// its newest failure (`last_failure`, a run of the test with its suite's id).
 async function flakyPage() {
+  show(h("h1", { text: "Flaky tests" }), h("p", { class: "muted", text: "Loading…" }));
   const data = await optionalJson("/v1/flaky");
   if (!data) {
     show(h("h1", { text: "Flaky tests" }), h("p", { class: "muted", text: "This server keeps no test history." }));
     return;
   }
-  const rows = Array.isArray(data) ? data : (data.tests || data.flaky || []);
-  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => typeof rows[0][k] !== "object");
+  const rows = Array.isArray(data) ? data : (data.tests || []);
   show(h("h1", { text: "Flaky tests" }),
-    rows.length ? h("table", { class: "results" },
-      h("thead", {}, h("tr", {}, keys.map((k) => h("th", { text: k.replace(/_/g, " ") })))),
-      h("tbody", {}, rows.map((r) => h("tr", {}, keys.map((k) => h("td", { text: String(r[k] ?? "") }))))))
+    h("p", { class: "muted", text: "Tests that passed on a retry, or gave different verdicts for the same input, over the last 30 days." }),
+    rows.length ? h("table", { class: "results", id: "flaky" },
+      h("thead", {}, h("tr", {}, ["Test", "Suite", "Score", "Runs", "Last failure"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, rows.map((r) => {
+        const last = r.last_failure;
+        return h("tr", {},
+          h("td", {}, last && last.suite_id ? testLink(last.suite_id, r.test) : String(r.test)),
+          h("td", { text: String(r.suite ?? "") }),
+          h("td", { class: "num", text: typeof r.score === "number" ? `${Math.round(r.score * 100)}%` : "" }),
+          h("td", { class: "num", text: r.runs !== undefined ? `${r.signals ?? "?"} of ${r.runs}` : "" }),
+          h("td", {}, last ? [badge(String(last.status)), ` ${ago(last.finished_at_ms)}`] : ""));
+      })))
       : h("p", { class: "muted", text: "No test is flaky." }));
 }
 
