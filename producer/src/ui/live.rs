@@ -29,6 +29,7 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::SuiteRecord;
 use isotest_protocol::live::{LiveEnd, LiveResult, LiveSnapshot, LiveSuite};
 use isotest_protocol::names::Namespace;
+use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::{Status, result_field};
 
 use crate::auth::Caller;
@@ -223,7 +224,14 @@ impl Reader {
                 self.after = events::last_id(&mut self.conn, &self.ns, &record.id).await?;
                 let snapshot = self.snapshot().await?;
                 self.pending.push_back(snapshot.id(self.after.clone()));
+                // The end may be among what the snapshot stands for; it is sent again
+                // if it also comes after `after`, and the browser takes it once.
                 self.phase = Phase::Tail;
+                if let Some(state) = self.ended().await? {
+                    self.pending
+                        .push_back(end_event(Some(self.after.clone()), state));
+                    self.phase = Phase::Done;
+                }
             }
             Start::NoStream => {
                 // No stream to follow (it expired, or the suite predates streams): the
@@ -231,13 +239,19 @@ impl Reader {
                 // closes and the browser asks again after RETRY.
                 let snapshot = self.snapshot().await?;
                 self.pending.push_back(snapshot);
-                if let Some(report) = self.store.report(&self.record.id).await? {
-                    self.pending.push_back(end_event(None, report.report.state));
+                if let Some(state) = self.ended().await? {
+                    self.pending.push_back(end_event(None, state));
                 }
                 self.phase = Phase::Done;
             }
         }
         Ok(())
+    }
+
+    /// How the suite ended, if it has.
+    async fn ended(&self) -> Result<Option<SuiteState>, StoreError> {
+        let mut conn = self.store.conn.clone();
+        Ok(isotest_infra::reports::stored_state(&mut conn, &self.ns, &self.record.id).await?)
     }
 
     async fn snapshot(&mut self) -> Result<Event, StoreError> {
@@ -315,7 +329,7 @@ impl Reader {
     }
 }
 
-fn end_event(id: Option<String>, state: isotest_protocol::report::SuiteState) -> Event {
+fn end_event(id: Option<String>, state: SuiteState) -> Event {
     let event = json_event(
         "end",
         &LiveEnd {

@@ -347,6 +347,37 @@ async fn a_view_behind_a_trimmed_stream_gets_a_snapshot() {
     let failed = &snapshot.results[1];
     assert!(failed.stderr_tail.contains("assertion failed in b"));
     assert!(snapshot.results[0].stdout_tail.is_empty());
+    drop(second);
+
+    // Ended, and trimmed past its end too: a snapshot, then the end.
+    let mut conn = manager().await;
+    let record = isotest_infra::suites::load_record(&mut conn, &env.ns, &suite)
+        .await
+        .expect("Redis")
+        .expect("the record");
+    let results = isotest_infra::suites::load_results(&mut conn, &env.ns, &suite)
+        .await
+        .expect("Redis");
+    let report = isotest_report::assemble(&record, results, SuiteState::Complete);
+    let _ = isotest_infra::reports::store(&mut conn, &env.ns, &report, None)
+        .await
+        .expect("store the report");
+    // Only the end is left: the view must not wait for entries after it.
+    let _: usize = redis
+        .xtrim(
+            env.ns.suite_events_key(&suite),
+            redis::streams::StreamMaxlen::Equals(1),
+        )
+        .await
+        .expect("XTRIM");
+    let mut third = live(&env, &suite, last_id.as_deref()).await;
+    let kinds = [
+        third.next().await.expect("suite").event,
+        third.next().await.expect("snapshot").event,
+        third.next().await.expect("end").event,
+    ];
+    assert_eq!(kinds, ["suite", "snapshot", "end"]);
+    assert_eq!(third.next().await, None, "the stream closes after the end");
     env.finish().await;
 }
 

@@ -301,6 +301,7 @@ async function livePage(suiteId) {
   };
 
   const ended = async (state) => {
+    if (live.ended) return; // A snapshot's end may come again after it.
     live.ended = state;
     stateBadge.replaceChildren(badge(state));
     status.textContent = "ended";
