@@ -363,3 +363,38 @@ async fn a_connection_dropped_mid_suite_loses_no_result() {
     drop(proxy);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_suite_of_many_failures_shows_the_newest_and_counts_the_rest() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let env = TestEnv::start().await;
+    let names: Vec<String> = (0..310).map(|i| format!("broken_{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let suite = env.submit_as(None, &manifest(&refs)).await;
+    for name in &refs {
+        env.write_result(&result(&suite, name, 1, true, Status::Failed))
+            .await;
+    }
+    let b = &browser;
+    b.client
+        .goto(&env.url(&format!("/ui#/suites/{suite}")))
+        .await
+        .expect("open the live view");
+    b.wait_text("#progress-text", |t| t == "310 / 310 done")
+        .await;
+    b.wait_text("#more-failures", |t| {
+        t.starts_with("and 10 earlier failures")
+    })
+    .await;
+    let shown = b
+        .eval("return document.querySelectorAll('#failures .failure').length")
+        .await;
+    assert_eq!(shown, 300);
+    // The newest is first.
+    b.wait_text("#failures .failure", |t| t.contains("broken_309"))
+        .await;
+    browser.close().await;
+    env.finish().await;
+}

@@ -257,9 +257,24 @@ async function livePage(suiteId) {
     if (!scheduled) { scheduled = true; requestAnimationFrame(paint); }
   };
 
+  // The newest failures are shown, the older ones beyond this many only counted: a
+  // suite of thousands of failures would otherwise make the page too heavy to follow.
+  const SHOWN_FAILURES = 300;
+  let shownFailures = 0;
+  let hiddenFailures = 0;
+  const more = h("p", { class: "muted", id: "more-failures" });
   const addFailure = (r) => {
     const none = document.getElementById("no-failures");
     if (none) none.remove();
+    shownFailures += 1;
+    if (shownFailures > SHOWN_FAILURES) {
+      const oldest = more.isConnected ? more.previousElementSibling : failures.lastElementChild;
+      if (oldest) oldest.remove();
+      shownFailures -= 1;
+      hiddenFailures += 1;
+      more.textContent = `and ${hiddenFailures} earlier failures (each test's page has its attempts)`;
+      if (!more.isConnected) failures.append(more);
+    }
     const outputs = [];
     if (r.stdout_tail) outputs.push(h("div", { class: "stream", text: "stdout" }), h("pre", { class: "out", text: r.stdout_tail }));
     if (r.stderr_tail) outputs.push(h("div", { class: "stream", text: "stderr" }), h("pre", { class: "out err", text: r.stderr_tail }));
