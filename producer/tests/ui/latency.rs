@@ -102,3 +102,53 @@ async fn live_latency() {
     browser.close().await;
     env.finish().await;
 }
+
+/// How long a live view opened on a suite of 20 000 finished tests takes to catch up
+/// (a replay of the whole stream), and how the page holds up: run with
+/// `cargo test -p isotest-producer --test ui -- --ignored --nocapture replay`.
+#[tokio::test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+async fn replay_of_a_large_suite() {
+    const LARGE: usize = 20_000;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let env = TestEnv::start().await;
+    let names: Vec<String> = (0..LARGE).map(|i| format!("test_{i:05}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let suite = env.submit_as(None, &manifest(&refs)).await;
+    let mut conn = manager().await;
+    for (i, name) in refs.iter().enumerate() {
+        let status = if i % 100 == 7 {
+            Status::Failed
+        } else {
+            Status::Passed
+        };
+        isotest_infra::results::record(&mut conn, &env.ns, &result(&suite, name, 1, true, status))
+            .await
+            .expect("write a result");
+    }
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let opened = std::time::Instant::now();
+    browser
+        .client
+        .goto(&env.url(&format!("/ui#/suites/{suite}")))
+        .await
+        .expect("open the live view");
+    browser
+        .wait_text("#progress-text", |t| t == format!("{LARGE} / {LARGE} done"))
+        .await;
+    let caught_up = opened.elapsed();
+    let heap = browser
+        .eval("return performance.memory ? performance.memory.usedJSHeapSize : null")
+        .await;
+    println!(
+        "replay of {LARGE} results (1 in 100 failing, with output): caught up {:.2} s after opening the page; JS heap {} MB",
+        caught_up.as_secs_f64(),
+        heap.as_u64()
+            .map_or("?".to_owned(), |b| (b / 1_000_000).to_string()),
+    );
+    println!("load average before: {}", load_before.trim());
+    browser.close().await;
+    env.finish().await;
+}

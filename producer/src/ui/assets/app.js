@@ -202,6 +202,8 @@ async function livePage(suiteId) {
   const finals = new Map(); // test -> its final result
   const latest = []; // the last results, newest first
   const failureCards = new Map(); // test -> its failures' cards
+  const tally = {}; // status -> tests whose final attempt has it
+  let retried = 0; // tests that passed on a retry
   let suite = null;
   let fresh = []; // fields received since the last paint
   let scheduled = false;
@@ -233,9 +235,6 @@ async function livePage(suiteId) {
     const done = finals.size;
     bar.firstChild.style.width = `${total > 0 ? Math.round((100 * done) / total) : 0}%`;
     counter.textContent = `${done} / ${total} done`;
-    const tally = {};
-    for (const r of finals.values()) tally[r.status] = (tally[r.status] || 0) + 1;
-    const retried = [...finals.values()].filter((r) => r.status === "passed" && r.attempt > 1).length;
     counts.replaceChildren(
       ...Object.entries(tally).sort().map(([s, n]) => h("span", { class: `tally s-${s}`, "data-status": s, text: `${n} ${s}` })),
       retried ? h("span", { class: "tally s-flaky", text: `${retried} passed on a retry` }) : null,
@@ -306,7 +305,11 @@ async function livePage(suiteId) {
     if (results.has(field)) return; // A replay or a snapshot may repeat a result.
     results.set(field, r);
     live.results += 1;
-    if (r.final) finals.set(r.test, r);
+    if (r.final && !finals.has(r.test)) {
+      finals.set(r.test, r);
+      tally[r.status] = (tally[r.status] || 0) + 1;
+      if (r.status === "passed" && r.attempt > 1) retried += 1;
+    }
     latest.unshift(r);
     if (latest.length > 50) latest.pop();
     if (r.status !== "passed" && r.status !== "skipped") addFailure(r);
