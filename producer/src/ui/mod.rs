@@ -178,9 +178,10 @@ async fn login(
         Ok(session) => {
             tracing::info!(token = %record.name, "Dashboard login.");
             let mut response = Redirect::to("/ui").into_response();
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, session::set_cookie(&session));
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                session::set_cookie(&session, session::over_https(&headers)),
+            );
             response
         }
         Err(e) => {

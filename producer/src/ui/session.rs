@@ -36,14 +36,25 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The `Set-Cookie` value that gives the browser a session. `Path=/`: the session also
-/// reads (GET only) the `/v1` API, such as a test's history.
-pub fn set_cookie(session: &str) -> HeaderValue {
+/// reads (GET only) the `/v1` API, such as a test's history. `Secure` when the browser
+/// came over HTTPS (to a proxy in front of the producer, which says so).
+pub fn set_cookie(session: &str, secure: bool) -> HeaderValue {
     let value = format!(
-        "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     // Hex digits and ASCII only.
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether the browser came over HTTPS, as the proxy in front of the producer says
+/// (`X-Forwarded-Proto`); the producer itself serves plain HTTP.
+pub fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 /// The `Set-Cookie` value that ends the browser's session.
@@ -139,10 +150,17 @@ mod tests {
 
     #[test]
     fn the_cookie_is_http_only_and_strict() {
-        let value = set_cookie("abc");
+        let value = set_cookie("abc", false);
         let text = value.to_str().expect("ascii");
         assert!(text.starts_with("isotest_session=abc; Path=/;"), "{text}");
         assert!(text.contains("HttpOnly") && text.contains("SameSite=Strict"));
+        assert!(!text.contains("Secure"), "{text}");
+        let secure = set_cookie("abc", true);
+        assert!(secure.to_str().expect("ascii").ends_with("; Secure"));
+        let mut headers = HeaderMap::new();
+        assert!(!over_https(&headers));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
+        assert!(over_https(&headers));
         assert!(
             clear_cookie()
                 .to_str()
