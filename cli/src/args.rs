@@ -235,6 +235,10 @@ pub struct WorkerSettings {
     /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
     #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
     pub max_test_timeout: Duration,
+    /// The most output (stdout, stderr, cases' messages, in bytes as stored in JSON) all
+    /// results of one suite may hold in Redis; output past it is cut, with a marker.
+    #[arg(long, env = "ISOTEST_SUITE_OUTPUT_BYTES", default_value_t = isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES)]
+    pub suite_output_bytes: u64,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -249,6 +253,9 @@ pub struct AggregatorArgs {
     pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Which internal hosts a suite's `callback_url` may reach (none by default).
+    #[command(flatten)]
+    pub egress: isotest_infra::egress::EgressArgs,
 }
 
 /// How the aggregator signs the `suite.finished` webhooks it sends.
@@ -280,9 +287,27 @@ pub struct UpArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address (port 0: any
-    /// free port, logged at start).
-    #[arg(long, env = "ISOTEST_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
+    /// free port, logged at start). By default each service has a port of its own, so
+    /// that services beside each other (and a Prometheus on 9090) do not collide: the
+    /// aggregator 0.0.0.0:9471, a worker 0.0.0.0:9472, `up` port 9470 on its --listen
+    /// address.
+    #[arg(long, env = "ISOTEST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The aggregator's default metrics address (the KEDA ScaledObject in deploy/ reads it).
+pub const AGGREGATOR_METRICS: SocketAddr = SocketAddr::new(UNSPECIFIED, 9471);
+/// A worker's default metrics address.
+pub const WORKER_METRICS: SocketAddr = SocketAddr::new(UNSPECIFIED, 9472);
+/// `isotest up`'s default metrics port, on the address its API listens on.
+pub const UP_METRICS_PORT: u16 = 9470;
+const UNSPECIFIED: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+impl MetricsArgs {
+    /// The address asked for, or the service's own default.
+    pub fn listen_or(&self, default: SocketAddr) -> SocketAddr {
+        self.metrics_listen.unwrap_or(default)
+    }
 }
 
 /// How the aggregator reads RabbitMQ's queue depths for /metrics.
@@ -310,6 +335,32 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Two services on one host (a worker beside an aggregator, `up` beside either)
+    /// must not ask for the same metrics address by default, and `up` binds where its
+    /// API listens.
+    #[test]
+    fn each_service_has_its_own_default_metrics_address() {
+        let up =
+            Cli::try_parse_from(["isotest", "up", "--listen", "127.0.0.1:8080"]).expect("parses");
+        let Command::Up(up) = up.command else {
+            panic!("not up")
+        };
+        let up = crate::services::up_metrics_addr(&up);
+        assert_eq!(up, "127.0.0.1:9470".parse().expect("addr"));
+        let defaults = [up, AGGREGATOR_METRICS, WORKER_METRICS];
+        for (i, a) in defaults.iter().enumerate() {
+            for b in &defaults[i + 1..] {
+                assert_ne!(a.port(), b.port(), "{a} and {b}");
+            }
+            assert_ne!(a.port(), 9090, "Prometheus's own port");
+        }
+        let worker = Cli::try_parse_from(["isotest", "worker"]).expect("parses");
+        let Command::Worker(worker) = worker.command else {
+            panic!("not worker")
+        };
+        assert_eq!(worker.metrics.listen_or(WORKER_METRICS), WORKER_METRICS);
     }
 
     #[test]

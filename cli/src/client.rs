@@ -1,17 +1,19 @@
 //! `isotest run --server`: upload the workspace, submit the suite, follow its
 //! progress, and fetch the report from the producer's HTTP API.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Client, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use isotest_protocol::api::{ApiError, Submitted, SuiteStatus};
+use isotest_protocol::api::{ApiError, QueueState, Submitted, SuiteStatus};
+use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
 use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
-use crate::output::Progress;
+use crate::output::{self, Progress, Where};
+use crate::run::Ended;
 
 /// How often the suite's status is asked for.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -21,17 +23,21 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Submits the suite to `server` (with `token` as `Authorization: Bearer`, when given)
 /// and waits for its report.
 ///
+/// On Ctrl-C or SIGTERM the suite is cancelled on the server and the run ends with the
+/// server's `cancelled` report ([`Ended::Interrupted`]); interrupted before the server
+/// took the suite, or when the server's report cannot be had, with one made here, every
+/// test `cancelled`.
+///
 /// # Errors
 ///
-/// Returns [`Failure::Unreachable`] when the server does not answer, [`Failure::BadInput`]
-/// when it refuses the suite (its one-line reason), and [`Failure::Interrupted`] on Ctrl-C
-/// (after cancelling the suite on the server, if it was submitted).
+/// Returns [`Failure::Unreachable`] when the server does not answer, and
+/// [`Failure::BadInput`] when it refuses the suite (its one-line reason).
 pub async fn run(
     server: &str,
     token: Option<&str>,
     loaded: LoadedSuite,
     quiet: bool,
-) -> Result<Report, Failure> {
+) -> Result<Ended, Failure> {
     let api = Api {
         base: server.trim_end_matches('/').to_owned(),
         http: Client::builder()
@@ -58,15 +64,27 @@ pub async fn run(
     tokio::pin!(interrupted);
     let submitted = tokio::select! {
         submitted = submit => submitted?,
-        () = &mut interrupted => return Err(Failure::Interrupted),
+        () = &mut interrupted => return Ok(Ended::Interrupted(cancelled_here(&loaded))),
     };
     tracing::info!(suite_id = %submitted.id, tests = submitted.tests, "Suite submitted.");
+    output::started(
+        &submitted.id,
+        submitted.tests,
+        Where::Server {
+            status_url: &api.url(&submitted.status_url),
+        },
+        quiet,
+    );
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
+        let mut watch = QueueWatch::default();
         let status = loop {
             let status: SuiteStatus = api
                 .json(api.http.get(api.url(&submitted.status_url)))
                 .await?;
+            if let Some(line) = status.queue.and_then(|q| watch.line(q, Instant::now())) {
+                progress.println(&line);
+            }
             progress.set_done(status.done);
             if status.state != SuiteState::Running {
                 break status;
@@ -79,12 +97,105 @@ pub async fn run(
             .await
     };
     tokio::select! {
-        report = follow => report,
+        report = follow => report.map(Ended::Finished),
         () = &mut interrupted => {
             // The suite would otherwise keep every worker busy until its deadline.
             api.cancel(&submitted).await;
-            Err(Failure::Interrupted)
+            let stored = api
+                .json::<Report>(api.http.get(api.url(&submitted.report_url)).timeout(CANCEL_TIMEOUT))
+                .await;
+            Ok(Ended::Interrupted(stored.unwrap_or_else(|e| {
+                eprintln!("isotest: could not fetch the report of suite {}: {e}; every test is reported cancelled", submitted.id);
+                cancelled_here(&loaded)
+            })))
         }
+    }
+}
+
+/// Checks a server URL as given (`--server`, `ISOTEST_SERVER`): an `http` or `https` URL
+/// with a host, such as `http://127.0.0.1:8080`.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] with what a URL looks like.
+pub fn server_url(text: &str) -> Result<reqwest::Url, Failure> {
+    let bad = |why: &str| {
+        let hint = if text.contains("://") {
+            "http://HOST:PORT".to_owned()
+        } else {
+            format!("http://{}", text.trim_start_matches('/'))
+        };
+        Failure::BadInput(format!(
+            "the server URL `{text}` {why}; give one like {hint}"
+        ))
+    };
+    if !text.contains("://") {
+        return Err(bad("has no http:// or https:// scheme"));
+    }
+    let url = reqwest::Url::parse(text).map_err(|_| bad("is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("has no http:// or https:// scheme"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    Ok(url)
+}
+
+/// The report of a suite interrupted before its results could be had: every test
+/// `cancelled`, made by the same assembly as the server's reports.
+fn cancelled_here(loaded: &LoadedSuite) -> Report {
+    let now = now_ms();
+    let id = uuid::Uuid::now_v7().to_string();
+    let record = isotest_producer::suite::record(
+        &id,
+        &loaded.suite,
+        now,
+        isotest_producer::config::DEFAULT_DEADLINE,
+    );
+    isotest_report::assemble(&record, Vec::new(), SuiteState::Cancelled)
+}
+
+/// How long a suite may wait with no worker consuming before the warning comes again.
+const NO_WORKER_REPEAT: Duration = Duration::from_secs(30);
+
+/// What the tests queue looked like, so that a CI log hears of it when it matters: once
+/// at the start (how many tests wait, how many workers consume), whenever the workers
+/// come or all go, and every [`NO_WORKER_REPEAT`] while none consumes.
+#[derive(Debug, Default)]
+struct QueueWatch {
+    last: Option<(QueueState, Instant)>,
+}
+
+impl QueueWatch {
+    fn line(&mut self, queue: QueueState, now: Instant) -> Option<String> {
+        let due = match self.last {
+            None => true,
+            Some((last, at)) => {
+                (last.consumers == 0) != (queue.consumers == 0)
+                    || (queue.consumers == 0 && now.duration_since(at) >= NO_WORKER_REPEAT)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last = Some((queue, now));
+        Some(queue_line(queue))
+    }
+}
+
+/// One line on the tests queue.
+fn queue_line(queue: QueueState) -> String {
+    let waiting = match queue.waiting {
+        1 => "1 test waits".to_owned(),
+        n => format!("{n} tests wait"),
+    };
+    match queue.consumers {
+        0 => format!(
+            "isotest: warning: no worker consumes the tests queue ({waiting}); start `isotest worker` with this server's AMQP_URL and ISOTEST_NAMESPACE, or the suite ends at its deadline"
+        ),
+        1 => format!("isotest: {waiting} in the queue, 1 worker consumes it"),
+        n => format!("isotest: {waiting} in the queue, {n} workers consume it"),
     }
 }
 
@@ -162,6 +273,14 @@ impl Api {
         let put = self
             .send(self.http.put(&url).body(bundle.bytes.to_vec()))
             .await?;
+        if put.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let reason = check(put)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(Failure::BadInput(too_large(bundle.bytes.len(), &reason)));
+        }
         check(put).await.map(drop)
     }
 
@@ -194,6 +313,18 @@ impl Api {
     }
 }
 
+/// The line for a workspace the server will not take: its size, the server's reason, and
+/// how to make it smaller.
+fn too_large(bytes: usize, reason: &str) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "a size shown in MiB")]
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    format!(
+        "the packed workspace ({mib:.1} MiB) is larger than the server takes: {reason}; leave build \
+         output and dependencies out with .gitignore or `workspace_exclude = [\"target/\", \"node_modules/\"]` \
+         in the manifest, or point `workspace` at a smaller directory"
+    )
+}
+
 /// Turns an error answer into its one-line reason: 4xx is the user's to fix, 5xx the server's.
 async fn check(response: Response) -> Result<Response, Failure> {
     let status = response.status();
@@ -217,4 +348,63 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{QueueState, QueueWatch, server_url, too_large};
+    use std::time::{Duration, Instant};
+
+    /// The queue lines a CI log gets as workers come and go.
+    #[test]
+    fn the_log_hears_when_no_worker_consumes() {
+        let start = Instant::now();
+        let q = |waiting, consumers| QueueState { waiting, consumers };
+        let mut watch = QueueWatch::default();
+        let polls = [
+            (0, q(3, 0)),
+            (1, q(3, 0)),
+            (31, q(3, 0)),
+            (32, q(3, 2)),
+            (33, q(1, 2)),
+            (40, q(0, 0)),
+        ];
+        let lines: Vec<String> = polls
+            .iter()
+            .filter_map(|(s, queue)| {
+                let line = watch.line(*queue, start + Duration::from_secs(*s))?;
+                Some(format!("{s:>3}s {line}"))
+            })
+            .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn a_workspace_too_large_says_what_to_do() {
+        insta::assert_snapshot!(too_large(
+            280 * 1024 * 1024,
+            "the server refused http://h/v1/blobs/sha256:ab (413 Payload Too Large): blob is 293601280 bytes, more than the limit of 268435456"
+        ));
+    }
+
+    #[test]
+    fn a_server_url_needs_a_scheme_and_a_host() {
+        let lines: Vec<String> = [
+            "127.0.0.1:18580",
+            "localhost:8080",
+            "ftp://example.com",
+            "http://",
+            "isotest.example.com/",
+        ]
+        .iter()
+        .map(|text| match server_url(text) {
+            Ok(url) => format!("{text} => ok {url}"),
+            Err(e) => format!("{text} => {e}"),
+        })
+        .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+        for good in ["http://127.0.0.1:18580", "https://isotest.example.com/"] {
+            assert!(server_url(good).is_ok(), "{good}");
+        }
+    }
 }

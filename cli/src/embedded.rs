@@ -13,29 +13,26 @@ use tokio::task::JoinSet;
 use isotest_infra::error_chain;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
-use isotest_protocol::report::{Report, SuiteState};
+use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::TestResult;
 use isotest_sandbox::{SandboxError, Sandboxer};
 use isotest_worker::Runner;
 use isotest_worker::run::infrastructure_error;
 
 use crate::args::{RunArgs, default_concurrency};
-use crate::exit::Failure;
 use crate::input::LoadedSuite;
-use crate::output::Progress;
-use crate::run::Local;
+use crate::output::{Progress, Where};
+use crate::run::{Ended, Local};
 
-/// Runs every test of the suite on this machine and assembles the report.
-///
-/// # Errors
-///
-/// Returns [`Failure::Interrupted`] on Ctrl-C or SIGTERM.
+/// Runs every test of the suite on this machine and assembles the report: of every
+/// test, when they all ended; of those that ended, with the rest `lost`, at the suite's
+/// deadline; and with the rest `cancelled`, on Ctrl-C or SIGTERM ([`Ended::Interrupted`]).
 pub async fn run(
     loaded: LoadedSuite,
     args: &RunArgs,
     sandboxer: Arc<Sandboxer>,
     local: &Local<'_>,
-) -> Result<Report, Failure> {
+) -> Ended {
     let runner = Runner::new(
         sandboxer,
         args.sandbox
@@ -61,6 +58,7 @@ pub async fn run(
     let workspace = loaded.workspace.map(|b| b.bytes);
     let concurrency = usize::from(args.concurrency.unwrap_or_else(default_concurrency).max(1));
     let total = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+    crate::output::started(&id, total, Where::Here { concurrency }, args.quiet);
     let mut progress = Progress::new(total, args.quiet);
 
     let pool = Pool {
@@ -70,19 +68,21 @@ pub async fn run(
         tasks: JoinSet::new(),
     };
     let deadline = Duration::from_millis(record.deadline_at_ms.saturating_sub(now));
-    let collected = tokio::select! {
-        results = pool.run_all(messages, total, &mut progress) => Some(results),
-        () = tokio::time::sleep(deadline) => None,
-        () = isotest_infra::shutdown::signal() => {
-            progress.finish();
-            return Err(Failure::Interrupted);
-        }
+    // The results live outside the race, so that the tests which ended before the
+    // deadline or the interrupt keep their verdicts.
+    let mut results = Vec::new();
+    let state = tokio::select! {
+        () = pool.run_all(messages, total, &mut progress, &mut results) => SuiteState::Complete,
+        () = tokio::time::sleep(deadline) => SuiteState::DeadlineExceeded,
+        () = isotest_infra::shutdown::signal() => SuiteState::Cancelled,
     };
     progress.finish();
-    Ok(match collected {
-        Some(results) => isotest_report::assemble(&record, results, SuiteState::Complete),
-        None => isotest_report::assemble(&record, Vec::new(), SuiteState::DeadlineExceeded),
-    })
+    let report = isotest_report::assemble(&record, results, state);
+    if state == SuiteState::Cancelled {
+        Ended::Interrupted(report)
+    } else {
+        Ended::Finished(report)
+    }
 }
 
 /// The in-process queue: every attempt is a task waiting its turn on a semaphore
@@ -125,12 +125,12 @@ impl Pool {
         messages: Vec<TestMessage>,
         total: u32,
         progress: &mut Progress,
-    ) -> Vec<TestResult> {
+        results: &mut Vec<TestResult>,
+    ) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         for msg in messages {
             self.spawn(msg, &done_tx);
         }
-        let mut results = Vec::new();
         let mut finals = 0;
         while finals < total {
             let Some((msg, outcome)) = done_rx.recv().await else {
@@ -147,6 +147,5 @@ impl Pool {
             }
             results.push(result);
         }
-        results
     }
 }

@@ -1,5 +1,6 @@
 //! Loading a suite from disk: the manifest, validated with its file and line in every
-//! error, and its workspace directory packed into a content-addressed bundle.
+//! error, and its workspace directory packed into a content-addressed bundle (what
+//! [`crate::workspace`] selects).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,7 +83,14 @@ pub fn read(path: &Path) -> Result<Unexpanded, Failure> {
                     dir.display()
                 )));
             }
-            let bytes = isotest_sandbox::bundle::pack_dir(&dir).map_err(|e| {
+            let selection = crate::workspace::select(
+                &dir,
+                &manifest.workspace_exclude,
+                &manifest.workspace_include,
+            )
+            .map_err(|e| Failure::BadInput(format!("{shown}: {e}")))?;
+            let keep = |rel: &Path| selection.keeps(rel);
+            let bytes = isotest_sandbox::bundle::pack_dir_only(&dir, &keep).map_err(|e| {
                 Failure::BadInput(format!(
                     "{shown}: workspace: cannot pack `{}`: {e}",
                     dir.display()
@@ -96,6 +104,9 @@ pub fn read(path: &Path) -> Result<Unexpanded, Failure> {
         }
     };
     manifest.workspace = workspace.as_ref().map(|b| b.reference.clone());
+    // What was packed is decided: the server gets the bundle, not the globs.
+    manifest.workspace_exclude.clear();
+    manifest.workspace_include.clear();
     Ok(Unexpanded {
         manifest,
         workspace,

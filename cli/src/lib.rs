@@ -2,7 +2,8 @@
 //! expands its `[[discover]]` entries in local sandboxes ([`discover`]), builds what its
 //! tests run from once ([`prepare`]), and runs it embedded ([`embedded`]) or on a server
 //! ([`client`]), then writes the reports ([`output`]); [`services`] starts the producer, worker and aggregator;
-//! [`tokens`] manages the producer's API tokens;
+//! [`tokens`] manages the producer's API tokens; [`workspace`] chooses the files a
+//! workspace upload packs;
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
 pub mod args;
@@ -17,6 +18,7 @@ pub mod prepare;
 pub mod run;
 pub mod services;
 pub mod tokens;
+pub mod workspace;
 
 use std::process::ExitCode;
 

@@ -68,6 +68,14 @@ impl Progress {
         }
     }
 
+    /// A line of its own on stderr, above the bar on a terminal.
+    pub fn println(&self, line: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(line),
+            Progress::Lines { .. } | Progress::Quiet => eprintln!("{line}"),
+        }
+    }
+
     /// The server says this many tests are done.
     pub fn set_done(&mut self, now_done: u32) {
         match self {
@@ -89,6 +97,40 @@ impl Progress {
         if let Progress::Bar(bar) = self {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Where a suite runs, for the line that announces it.
+#[derive(Debug, Clone, Copy)]
+pub enum Where<'a> {
+    /// On a server: the absolute URL of the suite's status (and of its `DELETE`).
+    Server { status_url: &'a str },
+    /// On this machine, this many tests at once.
+    Here { concurrency: usize },
+}
+
+/// The first line of a run, before any test ends: the suite's id, how many tests it has
+/// and where to follow it, alike in both modes, so that a CI log of a job killed early
+/// still names the suite.
+pub fn started_line(id: &str, tests: u32, at: Where<'_>) -> String {
+    let tests = match tests {
+        1 => "1 test".to_owned(),
+        n => format!("{n} tests"),
+    };
+    match at {
+        Where::Server { status_url } => {
+            format!("isotest: suite {id} submitted, {tests}; status: {status_url}")
+        }
+        Where::Here { concurrency } => {
+            format!("isotest: suite {id} running here, {tests}, {concurrency} at a time")
+        }
+    }
+}
+
+/// Prints [`started_line`] on stderr, unless the run is quiet.
+pub fn started(id: &str, tests: u32, at: Where<'_>, quiet: bool) {
+    if !quiet {
+        eprintln!("{}", started_line(id, tests, at));
     }
 }
 
@@ -168,7 +210,24 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_quote;
+    use super::{Where, shell_quote, started_line};
+
+    #[test]
+    fn the_first_line_names_the_suite_in_both_modes() {
+        let id = "0193a4f2-7c1e-7d2a-9b3e-5f6a7b8c9d0e";
+        let status_url = format!("http://ci.example.com:8080/v1/suites/{id}");
+        let lines = [
+            started_line(
+                id,
+                3,
+                Where::Server {
+                    status_url: &status_url,
+                },
+            ),
+            started_line(id, 1, Where::Here { concurrency: 4 }),
+        ];
+        insta::assert_snapshot!(lines.join("\n"));
+    }
 
     #[test]
     fn quotes_only_what_a_shell_would_split() {

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use isotest_protocol::report::Report;
 use isotest_sandbox::Sandboxer;
 use isotest_worker::prepare::{BuildCache, Preparer};
 
@@ -16,20 +17,44 @@ use crate::{client, discover, embedded, input, output, prepare};
 ///
 /// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+    // A bad URL is found before any work, not after the workspace is packed.
+    if let Some(server) = &args.server {
+        client::server_url(server)?;
+    }
     let mut unexpanded = input::read(&args.manifest)?;
     let local = Local::new(&args.sandbox);
     discover::expand(&mut unexpanded, &args, &local).await?;
     let mut loaded = input::only(unexpanded.validate()?, &args.only)?;
     let preparation = prepare::stage(&mut loaded, &local).await?;
-    let mut report = match preparation.failure() {
-        Some(failure) => prepare::report_failed_build(&loaded, failure),
+    let ended = match preparation.failure() {
+        Some(failure) => Ended::Finished(prepare::report_failed_build(&loaded, failure)),
         None => match &args.server {
             Some(server) => client::run(server, args.token.as_deref(), loaded, args.quiet).await?,
-            None => embedded::run(loaded, &args, local.sandboxer()?, &local).await?,
+            None => embedded::run(loaded, &args, local.sandboxer()?, &local).await,
         },
     };
-    report.builds = preparation.reports();
-    output::finish(&report, &args)
+    match ended {
+        Ended::Finished(mut report) => {
+            report.builds = preparation.reports();
+            output::finish(&report, &args)
+        }
+        // A CI job's `always` step still finds the reports, marked cancelled; the exit
+        // code says that the run was interrupted.
+        Ended::Interrupted(mut report) => {
+            report.builds = preparation.reports();
+            output::finish(&report, &args)?;
+            Err(Failure::Interrupted)
+        }
+    }
+}
+
+/// How a run ended: on its own (every test ended, or the deadline passed), or
+/// interrupted by Ctrl-C or SIGTERM, with the report of what was known then, its
+/// state `cancelled`.
+#[derive(Debug)]
+pub enum Ended {
+    Finished(Report),
+    Interrupted(Report),
 }
 
 /// This machine's sandboxes and prepared builds, made on first use and then shared by every

@@ -2,6 +2,7 @@
 //! `worker`, `aggregator`, and `up` (all three in one process).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use isotest_infra::metrics::MetricsServer;
 use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
-use crate::args::MetricsArgs;
+use crate::args::{AGGREGATOR_METRICS, UP_METRICS_PORT, WORKER_METRICS};
 use crate::args::{AggregatorArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
 use crate::exit::Failure;
 
@@ -40,7 +41,7 @@ pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
 /// Returns [`Failure::Isolation`] when this host cannot make sandboxes, and
 /// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
-    let _metrics = serve_metrics(&args.metrics, None).await?;
+    let _metrics = serve_metrics(args.metrics.listen_or(WORKER_METRICS), None).await?;
     let worker = build_worker(&args.endpoints, &args.worker).await?;
     worker
         .run(isotest_infra::shutdown::signal())
@@ -56,10 +57,12 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 /// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     let queues = (&args.endpoints, args.queues.queue_poll_interval);
-    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
+    let listen = args.metrics.listen_or(AGGREGATOR_METRICS);
+    let _metrics = serve_metrics(listen, Some(queues)).await?;
     run_aggregator(
         args.endpoints,
         args.webhooks,
+        args.egress.policy(),
         isotest_infra::shutdown::signal(),
     )
     .await
@@ -72,10 +75,12 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
 /// As [`producer`], [`worker`] and [`aggregator`]; the first service to fail stops the others.
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
-    let _metrics = serve_metrics(&args.metrics, Some(queues)).await?;
+    let _metrics = serve_metrics(up_metrics_addr(&args), Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
+    // One set of `--allow-callback-host` for both ends: submission and delivery.
+    let egress = args.producer.egress.policy();
     let worker = build_worker(&endpoints, &args.worker).await?;
-    let producer = isotest_producer::Producer::build(args.producer)
+    let producer = isotest_producer::Producer::build(up_producer(args.producer))
         .await
         .map_err(unreachable)?;
     let stop = CancellationToken::new();
@@ -108,7 +113,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 .map_err(Failure::from)
         }
     });
-    services.spawn(run_aggregator(endpoints, args.webhooks, stopped(&stop)));
+    services.spawn(run_aggregator(
+        endpoints,
+        args.webhooks,
+        egress,
+        stopped(&stop),
+    ));
     tokio::spawn(signal);
     // Whichever service ends first (a signal, or a failure) takes the others down with it.
     let mut first: Result<(), Failure> = Ok(());
@@ -121,6 +131,23 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     }
     first
+}
+
+/// The producer of `isotest up`: open by default when it listens on a loopback address
+/// (one machine, one user: the quick start), closed like any producer otherwise or with
+/// `--require-token`.
+fn up_producer(mut config: isotest_producer::Config) -> isotest_producer::Config {
+    if !config.require_token && config.listen.ip().is_loopback() {
+        config.open = true;
+    }
+    config
+}
+
+/// Where `isotest up` serves its metrics: as asked, or its own port on the address its
+/// API listens on (so `up --listen 127.0.0.1:8080` exposes nothing on other interfaces).
+pub fn up_metrics_addr(args: &UpArgs) -> SocketAddr {
+    args.metrics
+        .listen_or(SocketAddr::new(args.producer.listen.ip(), UP_METRICS_PORT))
 }
 
 async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Result<Worker, Failure> {
@@ -140,6 +167,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
         concurrency: settings.concurrency,
         drain_timeout: settings.drain_timeout,
         max_test_timeout: settings.max_test_timeout,
+        suite_output_bytes: settings.suite_output_bytes,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }
@@ -147,6 +175,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
 async fn run_aggregator(
     endpoints: Endpoints,
     webhooks: WebhookArgs,
+    egress: isotest_infra::egress::EgressPolicy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let mut config = isotest_aggregator::service::AggregatorConfig::new(
@@ -158,6 +187,7 @@ async fn run_aggregator(
     config.webhooks.secret = webhooks
         .webhook_secret
         .and_then(isotest_aggregator::WebhookSecret::new);
+    config.webhooks.egress = egress;
     let aggregator = isotest_aggregator::service::Aggregator::build(config)
         .await
         .map_err(unreachable)?;
@@ -184,12 +214,10 @@ impl Drop for MetricsTask {
 /// returned task is dropped. With `queues`, this process also reads the depth of the
 /// namespace's queues every interval, for every replica's /metrics to show.
 async fn serve_metrics(
-    args: &MetricsArgs,
+    listen: SocketAddr,
     queues: Option<(&Endpoints, Duration)>,
 ) -> Result<MetricsTask, Failure> {
-    let server = MetricsServer::bind(args.metrics_listen)
-        .await
-        .map_err(unreachable)?;
+    let server = MetricsServer::bind(listen).await.map_err(unreachable)?;
     let stop = CancellationToken::new();
     tokio::spawn({
         let stopped = stop.clone().cancelled_owned();

@@ -89,7 +89,7 @@ def main(rendered: str, out: str, prefix: str, *image_map: str) -> int:
         used_claims = set()
         for c in pod.get("containers", []) + pod.get("initContainers", []):
             c["image"] = images.get(c["image"], c["image"])
-            # podman 4.3 publishes every containerPort on the host, where two pods' 9090
+            # podman 4.3 publishes every containerPort on the host, where two pods' metrics ports
             # collide; a pod's ports stay reachable at its own address without them. The
             # probes that named them get the numbers.
             numbers = {p.get("name"): p["containerPort"] for p in c.pop("ports", [])}

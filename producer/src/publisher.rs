@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 use isotest_infra::amqp::publish::{confirm_channel, publish_confirmed};
 use isotest_infra::amqp::{self, Backoff};
 use isotest_infra::error_chain as chain;
+use isotest_protocol::api::QueueState;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::names::Namespace;
 
@@ -97,6 +98,41 @@ impl Publisher {
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The tests queue's waiting messages and consumers, or `None` when RabbitMQ does not
+    /// say (it is away, or the queue is missing): a passive declare on a channel of its
+    /// own, since a missing queue closes the channel it is asked on, and the confirm
+    /// channel must stay open.
+    pub async fn queue_state(&self) -> Option<QueueState> {
+        self.channel().await.ok()?;
+        let channel = {
+            let guard = self.link.lock().await;
+            guard.as_ref()?.connection.create_channel().await.ok()?
+        };
+        let queue = channel
+            .queue_declare(
+                self.namespace.tests_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "queue state read".into()).await;
+        }
+        match queue {
+            Ok(queue) => Some(QueueState {
+                waiting: queue.message_count(),
+                consumers: queue.consumer_count(),
+            }),
+            Err(error) => {
+                tracing::debug!(error = %error, "Could not read the tests queue's state.");
+                None
             }
         }
     }

@@ -22,10 +22,11 @@ pub struct SuiteRecord {
     /// Where the aggregator POSTs a [`SuiteFinished`] when the suite ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    /// The name of the API token that submitted the suite; none on an open producer.
-    /// Only that token's holder sees the suite on the dashboard.
+    /// The name of the token that submitted the suite; none for a suite submitted
+    /// without a token to an open producer. Only that token (or an admin token) reads
+    /// or cancels the suite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub owner: Option<String>,
 }
 
 /// An API token as stored under [`crate::names::Namespace::tokens_key`], keyed by the
@@ -39,6 +40,13 @@ pub struct TokenRecord {
     /// none means no limit.
     #[serde(default)]
     pub quota: Option<u32>,
+    /// An admin token reads and cancels every suite; any other only its own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub admin: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The answer to a submitted suite (202 Accepted).
@@ -63,6 +71,19 @@ pub struct SuiteStatus {
     /// Present once the suite is no longer running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
+    /// The namespace's tests queue while the suite runs, when RabbitMQ answered: how
+    /// many messages wait and how many workers consume them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueState>,
+}
+
+/// The tests queue as RabbitMQ counts it (every suite of the namespace shares it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Test messages waiting for a worker.
+    pub waiting: u32,
+    /// Workers consuming the queue.
+    pub consumers: u32,
 }
 
 /// The body of every error answer: one line that names the problem.

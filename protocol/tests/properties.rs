@@ -404,6 +404,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 Manifest {
                     name,
                     workspace,
+                    workspace_exclude: Vec::new(),
+                    workspace_include: Vec::new(),
                     network,
                     deadline: deadline.map(|d| d.0),
                     flaky_result: if fail {

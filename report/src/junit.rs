@@ -94,15 +94,11 @@ fn case_test_cases(report: &Report, test: &TestReport) -> Vec<TestCase> {
                     }
                 }
             }
-            let mut case = TestCase::new(c.name.as_str(), status);
-            // A framework that names no class still needs one, or readers group the
-            // case under an empty name; the test's name is where it came from.
-            let classname = if c.classname.is_empty() {
-                test.name.as_str()
-            } else {
-                c.classname.as_str()
-            };
-            case.set_classname(classname);
+            let mut case = TestCase::new(case_name(c), status);
+            // The isotest test is the class of its cases: every case says which test
+            // reported it, and two tests whose frameworks name their cases alike (two
+            // inline `test_it`s, one file discovered under two prefixes) stay apart.
+            case.set_classname(test.name.as_str());
             if let Some(file) = &c.file {
                 case.extra.insert("file".into(), file.as_str().into());
             }
@@ -129,6 +125,16 @@ fn case_test_cases(report: &Report, test: &TestReport) -> Vec<TestCase> {
         set_output(case, test);
     }
     cases
+}
+
+/// A case's `name`: its framework's full id, the class (where the framework names one)
+/// then the case, as in `tests.test_math.test_add`.
+fn case_name(case: &CaseResult) -> String {
+    if case.classname.is_empty() {
+        case.name.clone()
+    } else {
+        format!("{}.{}", case.classname, case.name)
+    }
 }
 
 /// The attempts before the final one that did not pass.
@@ -390,8 +396,8 @@ mod tests {
                 .find(|c| c.attribute("name") == Some(name))
                 .unwrap_or_else(|| panic!("no testcase {name}"))
         };
-        let sub = find("test_sub");
-        assert_eq!(sub.attribute("classname"), Some("tests.test_math"));
+        let sub = find("tests.test_math.test_sub");
+        assert_eq!(sub.attribute("classname"), Some("cases"));
         assert_eq!(sub.attribute("file"), Some("tests/test_math.py"));
         assert_eq!(sub.attribute("time"), Some("1.500"));
         let failure = sub
@@ -479,8 +485,16 @@ mod tests {
                 "exhausted",
                 &[("failure", 1), ("rerunFailure", 1), ("rerunError", 1)],
             ),
-            (FlakyResult::Pass, "test_b", &[("flakyFailure", 1)]),
-            (FlakyResult::Pass, "test_a", &[("flakyFailure", 0)]),
+            (
+                FlakyResult::Pass,
+                "tests.test_math.test_b",
+                &[("flakyFailure", 1)],
+            ),
+            (
+                FlakyResult::Pass,
+                "tests.test_math.test_a",
+                &[("flakyFailure", 0)],
+            ),
         ];
         for (flaky_result, name, want) in table {
             let mut rec = record(&tests);
@@ -496,6 +510,53 @@ mod tests {
                 assert_eq!(got, *count, "{flaky_result:?} {name} <{tag}>\n{xml}");
             }
         }
+    }
+
+    /// Two tests whose frameworks name their cases alike (two inline `def test_it`, one
+    /// file discovered under two prefixes) give testcases that name their test and do
+    /// not collide.
+    #[test]
+    fn every_testcase_names_its_test_and_none_collide() {
+        let names = [
+            "login",
+            "logout",
+            "py311:tests/a.py::test_x",
+            "py312:tests/a.py::test_x",
+        ];
+        let results = names.iter().enumerate().map(|(i, name)| {
+            let status = if i % 2 == 0 {
+                Status::Passed
+            } else {
+                Status::Failed
+            };
+            let mut r = result(name, 1, true, status);
+            let case_status = if i % 2 == 0 {
+                CaseStatus::Passed
+            } else {
+                CaseStatus::Failed
+            };
+            r.cases = vec![CaseResult {
+                classname: "test_isotest".into(),
+                file: Some("test_isotest.py".into()),
+                ..case("test_it", case_status)
+            }];
+            r
+        });
+        let xml = junit(&assemble(&record(&names), results, SuiteState::Complete));
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let ids: Vec<(&str, &str)> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .map(|n| {
+                (
+                    n.attribute("classname").unwrap_or_default(),
+                    n.attribute("name").unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, &str)> =
+            names.iter().map(|n| (*n, "test_isotest.test_it")).collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]

@@ -175,10 +175,19 @@ impl BundleError {
 /// # Errors
 /// Fails when the directory cannot be read.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, BundleError> {
+    pack_dir_only(dir, &|_| true)
+}
+
+/// Packs `dir` as [`pack_dir`] does, with only the entries whose path relative to `dir`
+/// `keep` accepts (a directory it refuses is left out with all it holds).
+///
+/// # Errors
+/// Fails when the directory cannot be read.
+pub fn pack_dir_only(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<u8>, BundleError> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);
-    pack_into(&mut builder, dir, Path::new(""))?;
+    pack_into(&mut builder, dir, Path::new(""), keep)?;
     let tar = builder
         .into_inner()
         .map_err(io_err("finish tar for", dir))?;
@@ -189,6 +198,7 @@ fn pack_into(
     builder: &mut tar::Builder<Vec<u8>>,
     dir: &Path,
     rel: &Path,
+    keep: &dyn Fn(&Path) -> bool,
 ) -> Result<(), BundleError> {
     let mut entries = std::fs::read_dir(dir)
         .map_err(io_err("read directory", dir))?
@@ -199,6 +209,9 @@ fn pack_into(
     for name in entries {
         let path = dir.join(&name);
         let rel = rel.join(&name);
+        if !keep(&rel) {
+            continue;
+        }
         let meta = std::fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         let kind = meta.file_type();
         if kind.is_symlink() {
@@ -210,7 +223,7 @@ fn pack_into(
                 .map_err(io_err("pack", &path))?;
         }
         if kind.is_dir() {
-            pack_into(builder, &path, &rel)?;
+            pack_into(builder, &path, &rel, keep)?;
         }
     }
     Ok(())

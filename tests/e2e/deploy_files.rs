@@ -597,16 +597,11 @@ fn scaled_object_trigger(objects: &[Value]) -> Result<Trigger> {
 /// running, so that ceil(value / target) workers are asked for, and none once all are done.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scaled_object_reads_the_tests_waiting_and_running() -> Result<()> {
-    use clap::CommandFactory;
     let objects = crate::deploy_commands::documents(&crate::deploy_commands::kustomize(&deploy(
         "k8s/base",
     ))?)?;
     let trigger = scaled_object_trigger(&objects)?;
-    let listen = isotest::args::Cli::command()
-        .try_get_matches_from(["isotest", "aggregator"])?
-        .subcommand_matches("aggregator")
-        .and_then(|m| m.get_one::<std::net::SocketAddr>("metrics_listen").copied())
-        .context("the aggregator's --metrics-listen")?;
+    let listen = isotest::args::AGGREGATOR_METRICS;
     assert_eq!(
         listen.port(),
         trigger.aggregator_port,

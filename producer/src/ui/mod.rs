@@ -107,9 +107,8 @@ fn login_html(status: StatusCode, message: &str) -> Response {
 }
 
 async fn login_page(State(state): State<Arc<AppState>>) -> Response {
-    let open = !state.require_token && matches!(state.store.any_token().await, Ok(false));
-    let message = if open {
-        r#"<p class="note">This server has no API tokens: the dashboard is open. <a href="/ui">Go to the dashboard</a>.</p>"#
+    let message = if state.open {
+        r#"<p class="note">This server is open (no token needed): <a href="/ui">go to the dashboard</a>, or sign in to see a token's suites.</p>"#
     } else {
         ""
     };

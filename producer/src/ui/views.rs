@@ -1,6 +1,7 @@
 //! The dashboard's JSON reads: who is looking, their suites, one suite, a test's
-//! attempts. Each is scoped to the caller's token: a suite of another token (or, for
-//! a caller without a token, of any token) is answered 404, as if it did not exist.
+//! attempts. Each is scoped as the `/v1` reads are ([`Caller::may_see`]): a suite of
+//! another token (or, for a caller without a token, of any token) is answered 404, as
+//! if it did not exist; an admin token sees every suite by its id.
 
 use std::sync::Arc;
 
@@ -31,7 +32,8 @@ pub fn owner(caller: &Caller) -> Option<&str> {
     }
 }
 
-/// The suite's record, if the caller may see it; otherwise 404.
+/// The suite's record, if the caller may see it (its own, or any for an admin token);
+/// otherwise 404.
 ///
 /// # Errors
 ///
@@ -43,7 +45,7 @@ pub async fn owned_suite(
 ) -> Result<SuiteRecord, ApiFailure> {
     let id = parse_suite_id(id)?;
     match store.suite(&id).await? {
-        Some(record) if record.token.as_deref() == owner(caller) => Ok(record),
+        Some(record) if caller.may_see(record.owner.as_deref()) => Ok(record),
         _ => Err(ApiFailure::SuiteNotFound(id)),
     }
 }

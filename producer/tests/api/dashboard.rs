@@ -60,7 +60,7 @@ async fn get_with(env: &TestEnv, path: &str, cookie: &str) -> reqwest::Response 
 
 #[tokio::test]
 async fn a_session_sees_its_own_tokens_suites_only() {
-    let env = TestEnv::start().await;
+    let env = TestEnv::start_with(|c| c.open = false).await;
     let mine = env.add_token("team-a").await;
     let theirs = env.add_token("team-b").await;
     let my_suite = env.submit_as(Some(&mine), &manifest(&["a", "b"])).await;
@@ -149,7 +149,7 @@ async fn a_session_sees_its_own_tokens_suites_only() {
 
 #[tokio::test]
 async fn logging_out_ends_the_session() {
-    let env = TestEnv::start().await;
+    let env = TestEnv::start_with(|c| c.open = false).await;
     let token = env.add_token("team-a").await;
     let cookie = login(&env, &token).await;
     assert_eq!(

@@ -5,7 +5,7 @@ use redis::AsyncTypedCommands;
 use serde_json::Value;
 
 use isotest_protocol::SCHEMA_VERSION;
-use isotest_protocol::api::{Submitted, SuiteStatus};
+use isotest_protocol::api::{QueueState, Submitted, SuiteStatus};
 use isotest_protocol::report::{Report, SuiteState, Summary, TestReport};
 use isotest_protocol::result::Status;
 
@@ -98,6 +98,11 @@ async fn a_running_suite_then_its_report() {
             total: 2,
             done: 1,
             summary: None,
+            // No worker runs in this test: both messages wait, and nothing consumes.
+            queue: Some(QueueState {
+                waiting: 2,
+                consumers: 0
+            }),
         }
     );
     for path in ["/report", "/report.xml", "/report.ctrf.json"] {

@@ -81,7 +81,7 @@ async fn a_person_signs_in_follows_a_suite_live_and_opens_a_failure() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let env = TestEnv::start().await;
+    let env = TestEnv::start_with(|c| c.open = false).await;
     let mine = env.add_token("ci-main").await;
     let theirs = env.add_token("ci-other-team").await;
     let names: Vec<String> = (1..=12)

@@ -26,6 +26,14 @@ pub struct Manifest {
     /// Locally, a directory to pack; on the wire, a blob reference `sha256:<hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Gitignore-style globs of workspace files not to pack, beside what `.gitignore`
+    /// leaves out (`isotest run` only: a submitted manifest's workspace is packed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspace_exclude: Vec<String>,
+    /// Gitignore-style globs of workspace files to pack even where `.gitignore` or
+    /// `workspace_exclude` leave them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspace_include: Vec<String>,
     /// Lets every test of the suite reach the network (off by default).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network: bool,

@@ -123,7 +123,7 @@ async function start() {
       who.textContent = `token ${me.token}`;
       document.getElementById("logout").hidden = false;
     } else {
-      who.textContent = "open server (no API tokens)";
+      who.textContent = "open server (no token)";
     }
   } catch (_) {
     return; // Sent to the login page.
