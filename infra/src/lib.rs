@@ -3,7 +3,8 @@
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
 //! cut of a result's output to its suite's budget ([`output_budget`]), the
 //! one write of a suite's report and its reading ([`reports`]), the scheduler's state
-//! and its atomic steps, from claim to the worker's fence ([`schedule`]), reading a suite's
+//! and its atomic steps, from claim to the worker's fence ([`schedule`]), a suite's live
+//! event stream for the dashboard ([`events`]), reading a suite's
 //! record and results ([`suites`]), cancelling a suite ([`cancel`]), where a tenant's
 //! URL may send a request ([`egress`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
@@ -12,6 +13,7 @@
 pub mod amqp;
 pub mod cancel;
 pub mod egress;
+pub mod events;
 pub mod metrics;
 pub mod output_budget;
 pub mod reports;

@@ -19,9 +19,10 @@ use crate::metrics::{self, StateLabels};
 
 /// Stores a report unless one exists and takes its suite off the open set, and in the
 /// same step queues its webhook (ARGV[3], the ms when it is due; empty for none) and
-/// its recording in the history store (ARGV[4], now in ms).
-/// KEYS: report, open suites, webhooks, history pending; ARGV: report JSON, suite id,
-/// due, now. 1 if stored.
+/// its recording in the history store (ARGV[4], now in ms), and tells the suite's live
+/// event stream ([`crate::events`]) that it ended.
+/// KEYS: report, open suites, webhooks, history pending, events; ARGV: report JSON, suite
+/// id, due, now, state, the stream's bound. 1 if stored.
 const STORE_SCRIPT: &str = r"
 local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -32,6 +33,8 @@ if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+redis.call('XADD', KEYS[5], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[6], '*', 'kind', 'end',
+  'state', ARGV[5])
 return 1
 ";
 
@@ -71,10 +74,13 @@ pub async fn store(
         .key(ns.open_suites_key())
         .key(ns.webhooks_key())
         .key(ns.history_pending_key())
+        .key(ns.suite_events_key(&report.suite_id))
         .arg(json)
         .arg(&report.suite_id)
         .arg(webhook_due_ms.map(|ms| ms.to_string()).unwrap_or_default())
         .arg(isotest_protocol::now_ms())
+        .arg(report.state.as_str())
+        .arg(crate::events::MAX_EVENTS)
         .invoke_async(conn)
         .await?;
     if stored != 1 {

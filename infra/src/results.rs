@@ -2,8 +2,9 @@
 //! aggregator's dead-letter consumer share, so both obey the same first-writer-wins rule.
 //!
 //! The write is one Lua script, so it is atomic: the first result of an attempt wins
-//! (`HSETNX`), and only that first write marks the test done (if final) and notifies the
-//! aggregators on the results stream. Writing the same attempt again changes nothing.
+//! (`HSETNX`), and only that first write marks the test done (if final), notifies the
+//! aggregators on the results stream and tells the dashboard on the suite's live event
+//! stream ([`crate::events`]). Writing the same attempt again changes nothing.
 
 use std::sync::LazyLock;
 
@@ -20,6 +21,9 @@ if ARGV[5] == '1' then
   redis.call('SADD', KEYS[2], ARGV[4])
 end
 redis.call('XADD', KEYS[3], '*', 'suite', ARGV[3], 'test', ARGV[4], 'field', ARGV[1])
+redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[6], '*', 'kind', 'result',
+  'test', ARGV[4], 'attempt', ARGV[7], 'status', ARGV[8], 'final', ARGV[5],
+  'duration_ms', ARGV[9], 'worker', ARGV[10])
 return 1
 ";
 
@@ -43,11 +47,17 @@ pub async fn record(
         .key(ns.results_key(&result.suite_id))
         .key(ns.done_key(&result.suite_id))
         .key(ns.results_stream())
+        .key(ns.suite_events_key(&result.suite_id))
         .arg(result.field())
         .arg(json)
         .arg(&result.suite_id)
         .arg(&result.name)
         .arg(if result.is_final { "1" } else { "0" })
+        .arg(crate::events::MAX_EVENTS)
+        .arg(result.attempt)
+        .arg(result.status.as_str())
+        .arg(result.duration_ms)
+        .arg(&result.worker)
         .invoke_async(conn)
         .await?;
     Ok(written == 1)

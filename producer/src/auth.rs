@@ -1,7 +1,9 @@
 //! API tokens: making and hashing them, reading `Authorization: Bearer`, and the
 //! middleware that lets a `/v1` request through only with a valid token (or, on a
 //! producer started with `--open`, with none). It fails closed: no token defined, a
-//! flushed Redis or a namespace typo means every request is refused, never accepted.
+//! flushed Redis or a namespace typo means every request is refused, never accepted. A
+//! dashboard session cookie ([`crate::ui::session`]) stands for its token on reads (GET
+//! and HEAD) only.
 //!
 //! A token belongs to one CI system (its `name`) and carries its share of the test
 //! slots (`weight`), its highest `priority`, and perhaps a quota: how many of its tests
@@ -11,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -198,12 +200,39 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
 ///
 /// A token that is given must be valid even on an open producer: a CI job that sends
 /// a revoked or mistyped token should hear so rather than run unaccounted.
+///
+/// Without a header, a read (GET, HEAD) may come from the dashboard with its session
+/// cookie, which stands for the token it was opened with. Only reads: the cookie is
+/// SameSite=Strict, and a read changes nothing, so no other site can act with it.
 pub async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, AuthFailure> {
-    let caller = match bearer(request.headers())? {
+    let caller = caller(&state, request.method(), request.headers()).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Who sent the request, or why it is refused.
+pub async fn caller(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller, AuthFailure> {
+    let is_read = matches!(*method, Method::GET | Method::HEAD);
+    if bearer(headers)?.is_none()
+        && is_read
+        && let Some(session) = crate::ui::session::cookie(headers)
+        && let Some(record) = state
+            .store
+            .session_token(session)
+            .await
+            .map_err(AuthFailure::Store)?
+    {
+        return Ok(Caller::Token(record));
+    }
+    Ok(match bearer(headers)? {
         Some(token) => {
             // Looked up by hash, so no secret is compared here (no timing to leak).
             match state
@@ -220,9 +249,7 @@ pub async fn authenticate(
         // so an empty or flushed token table refuses everyone rather than no one.
         None if state.open => Caller::Anonymous,
         None => return Err(AuthFailure::Missing),
-    };
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    })
 }
 
 #[cfg(test)]

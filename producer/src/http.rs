@@ -52,6 +52,8 @@ pub struct AppState {
     /// The history store (`--history-url`): quarantine, reports of expired suites, the
     /// history routes.
     pub history: Option<isotest_history::History>,
+    /// The dashboard's live views.
+    pub live: crate::ui::live::Live,
 }
 
 /// How long an upload waits for room in memory before it is refused with 503 (or a
@@ -118,6 +120,10 @@ pub enum ApiFailure {
     DigestMismatch { expected: String, actual: String },
     #[error("suite {0} not found")]
     SuiteNotFound(String),
+    #[error("suite {suite} has no test `{test}`")]
+    TestNotFound { suite: String, test: String },
+    #[error("this server already streams {0} live views; try again later")]
+    TooManyStreams(usize),
     #[error("suite {id} is still running ({done} of {total} tests done)")]
     Running { id: String, done: u32, total: u32 },
     #[error("suite {id} has already ended ({state}); there is nothing to cancel")]
@@ -158,7 +164,9 @@ impl ApiFailure {
             ApiFailure::TooLarge { .. } | ApiFailure::TooLargeStream { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiFailure::SuiteNotFound(_)
+            | ApiFailure::TestNotFound { .. }
+            | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiFailure::NetworkNotGranted(_) | ApiFailure::PriorityAboveToken { .. } => {
@@ -169,6 +177,7 @@ impl ApiFailure {
             }
             ApiFailure::UploadsBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiFailure::TooManyStreams(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::NoHistory => StatusCode::NOT_IMPLEMENTED,
@@ -206,6 +215,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(isotest_infra::metrics::render))
         .route("/openapi.yaml", get(openapi))
         .merge(v1_routes(Arc::clone(&state)))
+        .merge(crate::ui::routes(Arc::clone(&state)))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by `read_body`, which enforces each route's own limit
@@ -538,12 +548,7 @@ async fn cancel(
 
 /// A suite state as the API's JSON spells it.
 fn state_name(state: SuiteState) -> &'static str {
-    match state {
-        SuiteState::Running => "running",
-        SuiteState::Complete => "complete",
-        SuiteState::DeadlineExceeded => "deadline_exceeded",
-        SuiteState::Cancelled => "cancelled",
-    }
+    state.as_str()
 }
 
 /// The suite's record, if the caller may see the suite (see [`Caller::may_see`]).

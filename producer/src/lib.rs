@@ -6,8 +6,9 @@
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
 //! confirms and reconnection), [`dispatch`] (the scheduler: fair order, the lease,
 //! the queue kept short), [`auth`] (API tokens), [`http`] (routes and the mapping
-//! of failures to status codes) and [`history`] (quarantine, expired suites' reports
-//! and the history routes, with `--history-url`). [`Producer`] ties them together as
+//! of failures to status codes), [`history`] (quarantine, expired suites' reports
+//! and the history routes, with `--history-url`) and [`ui`] (the dashboard at `/ui`).
+//! [`Producer`] ties them together as
 //! `build → local_addr → run`.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod publisher;
 pub mod store;
 pub mod suite;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,6 +86,12 @@ impl Producer {
                     addr: config.listen,
                     source,
                 })?;
+        let live = ui::live::Live::new(&config.endpoints.redis_url).map_err(|source| {
+            ProducerError::Redis(ConnectError::Url {
+                url: config.endpoints.redis_url.clone(),
+                source,
+            })
+        })?;
         let state = Arc::new(http::AppState {
             store: store::Store::new(redis, ns),
             publisher: Arc::new(publisher),
@@ -97,6 +105,7 @@ impl Producer {
                 http::upload_units(config.limits.upload_buffer_bytes).max(1) as usize,
             ),
             history,
+            live,
         });
         Ok(Producer { listener, state })
     }
@@ -152,8 +161,13 @@ impl Producer {
             self.state.dispatch,
         );
         let dispatching = tokio::spawn(dispatcher.run(Arc::clone(&self.state.wake), stop.clone()));
+        let live = self.state.live.clone();
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Live views never end by themselves; the drain would wait for them.
+                live.close();
+            })
             .await
             .map_err(ProducerError::Serve);
         stop.cancel();

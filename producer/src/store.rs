@@ -11,6 +11,7 @@ use redis::AsyncTypedCommands;
 use redis::aio::ConnectionManager;
 
 use isotest_infra::cancel::{self, Cancelled};
+use isotest_infra::events;
 use isotest_infra::reports::{self, LoadError};
 use isotest_protocol::api::{SuiteRecord, TokenRecord};
 use isotest_protocol::message::TestMessage;
@@ -18,6 +19,9 @@ use isotest_protocol::names::Namespace;
 use isotest_protocol::schedule::{PendingEntry, ScheduledSuite};
 
 pub use isotest_infra::reports::StoredReport;
+
+/// How many of a token's latest suites the dashboard lists.
+pub const RECENT_SUITES: i64 = 200;
 
 /// How long a readiness probe waits for Redis to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,8 +140,8 @@ static REVOKE_TOKEN: LazyLock<redis::Script> =
 /// The producer's view of Redis under one namespace.
 #[derive(Debug, Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    ns: Namespace,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) ns: Namespace,
 }
 
 impl Store {
@@ -160,7 +164,8 @@ impl Store {
 
     /// Records a suite and schedules its tests, all or nothing, in one transaction:
     /// its record and deadline, the token's index of its suites, its first-attempt
-    /// messages and pending list (in `pending` order) and, last, its entry among the
+    /// messages and pending list (in `pending` order), its live event stream and its
+    /// place among the recent suites (the dashboard) and, last, its entry among the
     /// scheduled suites, which makes the dispatcher see it.
     ///
     /// # Errors
@@ -201,6 +206,30 @@ impl Store {
             let entries: Vec<String> = chunk.iter().map(|e| e.encode()).collect();
             pipe.rpush(self.ns.pending_key(id), entries).ignore();
         }
+        // The suite's live event stream (the dashboard), bounded and expiring after it,
+        // and its place among its token's (or no token's) recent suites.
+        let events = self.ns.suite_events_key(id);
+        let recent = self.ns.recent_suites_key(record.owner.as_deref());
+        pipe.cmd("XADD")
+            .arg(&events)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(events::MAX_EVENTS)
+            .arg("*")
+            .arg("kind")
+            .arg(events::SUBMITTED)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&events)
+            .arg(events::expires_at_ms(record.deadline_at_ms))
+            .ignore()
+            .zadd(&recent, id, record.created_at_ms)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&recent)
+            .arg(0)
+            .arg(-1 - RECENT_SUITES)
+            .ignore();
         pipe.hset(self.ns.scheduled_suites_key(), id, entry)
             .ignore();
         let mut conn = self.conn.clone();

@@ -1,9 +1,10 @@
 //! The wire schema of isotest, and nothing else: the suite manifest a user writes
 //! ([`manifest`]), the message published for each test ([`message`]), the result a
 //! worker writes back ([`result`]), the report the aggregator assembles ([`report`]),
-//! the records and responses of the HTTP API ([`api`]), the index of a prepared build
-//! ([`artifact`]), what the scheduler keeps for tests not yet dispatched ([`schedule`]),
-//! and the names of every queue and key ([`names`]). No I/O happens here.
+//! the records and responses of the HTTP API ([`api`]) and of its dashboard
+//! ([`live`]), the index of a prepared build ([`artifact`]), what the scheduler keeps
+//! for tests not yet dispatched ([`schedule`]), and the names of every queue and key
+//! ([`names`]). No I/O happens here.
 //!
 //! A serialized type is a promise to every running worker: each carries
 //! [`SCHEMA_VERSION`], and fields are added, never repurposed.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod artifact;
 pub mod duration;
+pub mod live;
 pub mod manifest;
 pub mod message;
 pub mod names;

@@ -68,6 +68,12 @@ impl Namespace {
         format!("{}:suite:{suite_id}:done", self.0)
     }
 
+    /// Stream of the suite's live events (a result written, the suite ended), which the
+    /// dashboard streams to browsers; bounded, and expiring a while after the deadline.
+    pub fn suite_events_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:events", self.0)
+    }
+
     /// JSON [`crate::report::Report`], written once, when the suite completes.
     pub fn report_key(&self, suite_id: &str) -> String {
         format!("{}:suite:{suite_id}:report", self.0)
@@ -121,6 +127,21 @@ impl Namespace {
     /// open (entries of ended suites are dropped at that token's next submission).
     pub fn token_suites_key(&self, token_name: &str) -> String {
         format!("{}:token:{token_name}:suites", self.0)
+    }
+
+    /// Sorted set of the ids of the latest suites a token (`None`: no token, on an open
+    /// producer) submitted, scored by submission time: the dashboard's suite list.
+    pub fn recent_suites_key(&self, token_name: Option<&str>) -> String {
+        match token_name {
+            Some(name) => format!("{}:token:{name}:recent", self.0),
+            None => format!("{}:anonymous:recent", self.0),
+        }
+    }
+
+    /// A dashboard session, under the sha256 (hex) of its cookie: the hash of the API
+    /// token it was opened with.
+    pub fn ui_session_key(&self, session_hash: &str) -> String {
+        format!("{}:ui:session:{session_hash}", self.0)
     }
 
     /// Counter of the output bytes a suite's results have taken of its budget.
@@ -254,6 +275,10 @@ mod tests {
             ns.dispatcher_lease_key(),
             ns.worker_slots_key(),
             ns.durations_key("s"),
+            ns.suite_events_key("s"),
+            ns.recent_suites_key(Some("ci")),
+            ns.recent_suites_key(None),
+            ns.ui_session_key("ab"),
         ] {
             assert!(name.starts_with("t1.") || name.starts_with("t1:"), "{name}");
         }

@@ -18,6 +18,26 @@ pub enum SuiteState {
     Cancelled,
 }
 
+impl SuiteState {
+    /// Every state.
+    pub const ALL: [SuiteState; 4] = [
+        SuiteState::Running,
+        SuiteState::Complete,
+        SuiteState::DeadlineExceeded,
+        SuiteState::Cancelled,
+    ];
+
+    /// The state as JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuiteState::Running => "running",
+            SuiteState::Complete => "complete",
+            SuiteState::DeadlineExceeded => "deadline_exceeded",
+            SuiteState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Counts over a suite's tests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {

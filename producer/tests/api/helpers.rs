@@ -211,3 +211,138 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String) {
         .to_owned();
     (status, error)
 }
+
+/// A connection as the services open it (the result and report scripts take one).
+pub async fn manager() -> redis::aio::ConnectionManager {
+    isotest_infra::store::connect(&isotest_testkit::servers().await.redis_url)
+        .await
+        .expect("connect to Redis")
+}
+
+impl TestEnv {
+    /// Adds an API token as `isotest token add` does; returns the secret.
+    pub async fn add_token(&self, name: &str) -> String {
+        let store = isotest_producer::store::Store::new(manager().await, self.ns.clone());
+        let token = isotest_producer::auth::generate().expect("random");
+        let record = isotest_protocol::api::TokenRecord {
+            schema_version: isotest_protocol::SCHEMA_VERSION,
+            name: name.to_owned(),
+            quota: None,
+            admin: false,
+            network: false,
+            weight: 1,
+            priority: isotest_protocol::schedule::Priority::Normal,
+        };
+        let added = store
+            .add_token(&isotest_producer::auth::hash(&token), &record)
+            .await
+            .expect("add a token");
+        assert!(added, "token {name} added");
+        token
+    }
+
+    /// Submits a manifest with a Bearer token; returns the suite id.
+    pub async fn submit_as(&self, token: Option<&str>, manifest: &Value) -> String {
+        let mut request = self.client.post(self.url("/v1/suites")).json(manifest);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("POST /v1/suites");
+        assert_eq!(response.status().as_u16(), 202, "suite accepted");
+        response
+            .json::<isotest_protocol::api::Submitted>()
+            .await
+            .expect("Submitted")
+            .id
+    }
+
+    /// Writes a result as a worker does (the one result script).
+    pub async fn write_result(&self, result: &isotest_protocol::result::TestResult) {
+        let written = isotest_infra::results::record(&mut manager().await, &self.ns, result)
+            .await
+            .expect("record a result");
+        assert!(written, "{} written", result.field());
+    }
+}
+
+/// A passed or failed result of attempt `attempt` of `name` in `suite_id`, as a
+/// worker writes it; a failure has output.
+pub fn result(
+    suite_id: &str,
+    name: &str,
+    attempt: u32,
+    is_final: bool,
+    status: isotest_protocol::result::Status,
+) -> isotest_protocol::result::TestResult {
+    let mut result = isotest_report::fixtures::result(name, attempt, is_final, status);
+    result.suite_id = suite_id.to_owned();
+    // Just finished, and taking a while that depends on the test.
+    let duration_ms = 40 + name.bytes().map(u64::from).sum::<u64>() * 37 % 900;
+    result.finished_at_ms = isotest_protocol::now_ms();
+    result.started_at_ms = result.finished_at_ms - duration_ms;
+    result.duration_ms = duration_ms;
+    if status != isotest_protocol::result::Status::Passed {
+        result.exit_code = Some(1);
+        result.stdout = format!("running {name}\n");
+        result.stderr = format!("assertion failed in {name}: expected 2, got 3\n");
+    }
+    result
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// A server-sent event stream read from a response.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    pub fn new(response: reqwest::Response) -> Sse {
+        Sse {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends; panics past the deadline.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().to_owned();
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(event);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("an event within 20s")
+                .expect("read the event stream")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! (`AMQP_URL`, `REDIS_URL`), each test in a namespace of its own.
 
 mod blobs;
+mod dashboard;
 mod helpers;
 mod history;
 mod openapi;
