@@ -367,3 +367,30 @@ async fn a_suite_no_worker_takes_says_so() -> Result<()> {
     env.stop();
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_shows_the_verdict_of_a_flaky_pass_under_flaky_result_fail() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "flaky.toml",
+        "name = \"flaky\"\nflaky_result = \"fail\"\n\
+         [[tests]]\nname = \"second-time\"\nretries = 1\n\
+         command = [\"/bin/sh\", \"-c\", \"test \\\"$ISOTEST_ATTEMPT\\\" = 2\"]\n",
+    );
+    let run = env.run_suite(&manifest, "flaky", false, &[]);
+    ensure!(
+        statuses(run.report()) == vec![("second-time".to_owned(), Status::Failed)],
+        "{:?}",
+        run.report().tests
+    );
+    // run_suite passes --quiet: run again with progress.
+    let output = env
+        .command(&["run", &manifest.display().to_string()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        stderr.lines().any(|l| l.starts_with("[1/1] failed (flaky) second-time (")),
+        "{stderr}"
+    );
+    Ok(())
+}
