@@ -364,8 +364,34 @@ async fn a_suite_no_worker_takes_says_so() -> Result<()> {
         run.stderr()
     );
     ensure!(run.code() == Some(1), "exit {:?}", run.code());
+    // The producer's address is logged as an address, not as Rust's `Some(…)`.
+    let log = env.log("producer");
+    let listening = log
+        .iter()
+        .find(|l| l.contains("Producer listening"))
+        .context("no listening line")?;
+    ensure!(
+        listening.contains("addr=127.0.0.1:") && !listening.contains("Some("),
+        "{listening}"
+    );
     env.stop();
     env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_suite_refused_in_embedded_mode_names_the_flag_of_isotest_run() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "network.toml",
+        "name = \"net\"\nnetwork = true\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "network", false, &[]);
+    let reason = run.report().tests[0].reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("`isotest run` in embedded mode"),
+        "{reason}"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
