@@ -33,6 +33,21 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Manage the producer's API tokens (one per CI system, each with an optional quota).
     Token(crate::tokens::TokenArgs),
+    /// Show a suite's state on a server (the id `isotest run` prints first).
+    Status(SuiteArgs),
+    /// Fetch a finished suite's stored report from a server and write it, as `run` would.
+    Report(ReportArgs),
+    /// Print a shell completion script (`isotest completions bash > /etc/bash_completion.d/isotest`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the completion script of `shell` for the whole command line to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "isotest", out);
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +81,35 @@ pub struct RunArgs {
     pub only: Vec<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// A suite on a server.
+#[derive(Debug, Args)]
+pub struct SuiteArgs {
+    /// The suite's id.
+    pub id: String,
+    /// The isotest server (producer) URL.
+    #[arg(long, env = "ISOTEST_SERVER")]
+    pub server: String,
+    /// The API token the server asks for.
+    #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `isotest report ID`: where to write the stored report.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// Write the JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the CTRF JSON report here.
+    #[arg(long)]
+    pub ctrf: Option<PathBuf>,
 }
 
 /// How sandboxes are made on this host.
@@ -354,6 +398,18 @@ mod tests {
             panic!("not worker")
         };
         assert_eq!(worker.metrics.listen_or(WORKER_METRICS), WORKER_METRICS);
+    }
+
+    #[test]
+    fn completions_name_every_subcommand() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let script = String::from_utf8(out).expect("UTF-8");
+            for word in ["run", "worker", "token", "--server", "--junit"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
     }
 
     #[test]

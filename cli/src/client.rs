@@ -10,6 +10,7 @@ use isotest_protocol::api::{ApiError, QueueState, Submitted, SuiteStatus};
 use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
+use crate::args::{ReportArgs, SuiteArgs};
 use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
 use crate::output::{self, Progress, Where};
@@ -38,15 +39,7 @@ pub async fn run(
     loaded: LoadedSuite,
     quiet: bool,
 ) -> Result<Ended, Failure> {
-    let api = Api {
-        base: server.trim_end_matches('/').to_owned(),
-        http: Client::builder()
-            .default_headers(authorization(token)?)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| Failure::Service(e.into()))?,
-    };
+    let api = Api::new(server, token)?;
     let submit = async {
         for bundle in loaded.workspace.iter().chain(&loaded.artifacts) {
             api.upload(bundle).await?;
@@ -110,6 +103,71 @@ pub async fn run(
             })))
         }
     }
+}
+
+/// `isotest status ID`: prints the suite's state, and exits as its report would (0 all
+/// passed, 1 not, 0 while it runs).
+///
+/// # Errors
+///
+/// As [`run`]: an unreachable server, or its refusal (an unknown suite is bad input).
+pub async fn status(args: &SuiteArgs) -> Result<u8, Failure> {
+    let api = Api::new(&args.server, args.token.as_deref())?;
+    let status: SuiteStatus = api
+        .json(api.http.get(api.url(&suite_path(&args.id)?)))
+        .await?;
+    println!("{}", status_line(&status));
+    Ok(match &status.summary {
+        Some(s) if s.passed + s.skipped < s.total => crate::exit::TESTS_FAILED,
+        _ => crate::exit::PASSED,
+    })
+}
+
+/// `isotest report ID`: fetches a suite's stored report and writes and prints it as
+/// `isotest run` does; exits with the code `run` would have.
+///
+/// # Errors
+///
+/// As [`status`]; a suite still running is refused by the server (409), bad input here.
+pub async fn report(args: &ReportArgs) -> Result<u8, Failure> {
+    let api = Api::new(&args.suite.server, args.suite.token.as_deref())?;
+    let path = format!("{}/report", suite_path(&args.suite.id)?);
+    let report: Report = api.json(api.http.get(api.url(&path))).await?;
+    output::write_reports(&report, args.json.as_deref(), args.junit.as_deref(), args.ctrf.as_deref())?;
+    output::print_summary(&report);
+    Ok(if report.passed() {
+        crate::exit::PASSED
+    } else {
+        crate::exit::TESTS_FAILED
+    })
+}
+
+/// `/v1/suites/{id}`, for an id that is a suite id (a UUID).
+fn suite_path(id: &str) -> Result<String, Failure> {
+    let id = uuid::Uuid::parse_str(id.trim())
+        .map_err(|_| Failure::BadInput(format!("`{id}` is not a suite id (a UUID)")))?;
+    Ok(format!("/v1/suites/{id}"))
+}
+
+/// One line on a suite: its state and how far it got.
+fn status_line(status: &SuiteStatus) -> String {
+    let state = match status.state {
+        SuiteState::Running => "running",
+        SuiteState::Complete => "complete",
+        SuiteState::DeadlineExceeded => "deadline exceeded",
+        SuiteState::Cancelled => "cancelled",
+    };
+    let mut line = format!(
+        "suite {} ({}): {state}, {} of {} tests done",
+        status.id, status.name, status.done, status.total
+    );
+    if let Some(s) = &status.summary {
+        line.push_str(&format!(
+            "; {} passed, {} failed, {} error, {} timeout, {} lost, {} cancelled",
+            s.passed, s.failed, s.errored, s.timed_out, s.lost, s.cancelled
+        ));
+    }
+    line
 }
 
 /// Checks a server URL as given (`--server`, `ISOTEST_SERVER`): an `http` or `https` URL
@@ -225,6 +283,19 @@ struct Api {
 }
 
 impl Api {
+    fn new(server: &str, token: Option<&str>) -> Result<Api, Failure> {
+        server_url(server)?;
+        Ok(Api {
+            base: server.trim_end_matches('/').to_owned(),
+            http: Client::builder()
+                .default_headers(authorization(token)?)
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(300))
+                .build()
+                .map_err(|e| Failure::Service(e.into()))?,
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()

@@ -31,7 +31,12 @@ use crate::exit::Failure;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Run(_) | Command::Bench(_) | Command::Token(_) => "warn",
+        Command::Run(_)
+        | Command::Bench(_)
+        | Command::Token(_)
+        | Command::Status(_)
+        | Command::Report(_)
+        | Command::Completions { .. } => "warn",
         _ => "info",
     };
     isotest_infra::telemetry::init(default_filter);
@@ -54,6 +59,12 @@ pub fn main() -> ExitCode {
             Command::Up(args) => services::up(args).await.map(|()| exit::PASSED),
             Command::Bench(args) => bench::bench(args).await.map(|()| exit::PASSED),
             Command::Token(args) => tokens::token(args).await.map(|()| exit::PASSED),
+            Command::Status(args) => client::status(&args).await,
+            Command::Report(args) => client::report(&args).await,
+            Command::Completions { shell } => {
+                args::completions(shell, &mut std::io::stdout());
+                Ok(exit::PASSED)
+            }
         }
     });
     // Sandboxes and connections of tasks still running are torn down with the runtime.

@@ -142,29 +142,54 @@ pub fn started(id: &str, tests: u32, at: Where<'_>, quiet: bool) {
 ///
 /// Returns [`Failure::BadInput`] when a report file cannot be written.
 pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(report).map_err(|e| Failure::Service(e.into()))?;
-        write(path, json.as_bytes())?;
-    }
-    if let Some(path) = &args.junit {
-        write(path, isotest_report::junit(report).as_bytes())?;
-    }
-    if let Some(path) = &args.ctrf {
-        let ctrf = serde_json::to_string_pretty(&isotest_report::ctrf(report))
-            .map_err(|e| Failure::Service(e.into()))?;
-        write(path, ctrf.as_bytes())?;
-    }
-    let color = use_color(
-        std::io::stdout().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    print!("{}", isotest_report::terminal_summary(report, color));
+    write_reports(
+        report,
+        args.json.as_deref(),
+        args.junit.as_deref(),
+        args.ctrf.as_deref(),
+    )?;
+    print_summary(report);
     print!("{}", rerun_hint(report, args));
     Ok(if report.passed() {
         exit::PASSED
     } else {
         exit::TESTS_FAILED
     })
+}
+
+/// Writes the reports asked for: JSON, JUnit XML, CTRF.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] when a report file cannot be written.
+pub fn write_reports(
+    report: &Report,
+    json: Option<&Path>,
+    junit: Option<&Path>,
+    ctrf: Option<&Path>,
+) -> Result<(), Failure> {
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(report).map_err(|e| Failure::Service(e.into()))?;
+        write(path, json.as_bytes())?;
+    }
+    if let Some(path) = junit {
+        write(path, isotest_report::junit(report).as_bytes())?;
+    }
+    if let Some(path) = ctrf {
+        let ctrf = serde_json::to_string_pretty(&isotest_report::ctrf(report))
+            .map_err(|e| Failure::Service(e.into()))?;
+        write(path, ctrf.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Prints the summary on stdout, coloured on a terminal unless `NO_COLOR` says not.
+pub fn print_summary(report: &Report) {
+    let color = use_color(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    print!("{}", isotest_report::terminal_summary(report, color));
 }
 
 /// Whether the summary is coloured: on a terminal, unless `NO_COLOR` is set to anything

@@ -420,3 +420,63 @@ async fn progress_shows_the_verdict_of_a_flaky_pass_under_flaky_result_fail() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_report_fetch_a_suite_by_its_id() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let manifest = env.write(
+        "fetch.toml",
+        "name = \"fetch\"\n[[tests]]\nname = \"ok\"\ncommand = [\"true\"]\n\
+         [[tests]]\nname = \"bad\"\ncommand = [\"false\"]\n",
+    );
+    let run = env.run_suite(&manifest, "fetch", true, &[]);
+    let id = run.report().suite_id.clone();
+    let server = env.producer_url.clone().context("producer")?;
+
+    let status = env.command(&["status", &id, "--server", &server]).output()?;
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        stdout.trim()
+            == format!(
+                "suite {id} (fetch): complete, 2 of 2 tests done; 1 passed, 1 failed, 0 error, 0 timeout, 0 lost, 0 cancelled"
+            ),
+        "{stdout}"
+    );
+    ensure!(status.status.code() == Some(1), "{:?}", status.status);
+
+    let junit = env.dir.join("fetched.xml");
+    let fetched = env
+        .command(&["report", &id, "--server", &server, "--junit", &junit.display().to_string()])
+        .output()?;
+    ensure!(fetched.status.code() == Some(1), "{:?}", fetched);
+    let cases = junit_reader::read(&junit)?;
+    let results: Vec<(&str, &str)> = cases
+        .iter()
+        .map(|c| (c.name.as_str(), c.result.as_str()))
+        .collect();
+    ensure!(results == vec![("ok", "passed"), ("bad", "failure")], "{results:?}");
+
+    let unknown = env.command(&["status", "nope", "--server", &server]).output()?;
+    ensure!(unknown.status.code() == Some(2), "{unknown:?}");
+    env.stop();
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_url_in_embedded_mode_is_refused_not_ignored() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "callback.toml",
+        "name = \"cb\"\ncallback_url = \"http://127.0.0.1:9/hook\"\n\
+         [[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "callback", false, &[]);
+    ensure!(run.code() == Some(2), "exit {:?}: {}", run.code(), run.stderr());
+    ensure!(
+        run.stderr().contains("callback_url: embedded mode sends no webhook"),
+        "{}",
+        run.stderr()
+    );
+    Ok(())
+}
