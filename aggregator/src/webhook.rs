@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use isotest_infra::egress::{EgressError, EgressPolicy};
 use isotest_infra::error_chain;
 use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::{SuiteFinished, SuiteRecord};
@@ -69,6 +70,9 @@ pub struct WebhookConfig {
     /// On shutdown, how long deliveries in flight may take before they are abandoned
     /// (and left queued for another aggregator).
     pub shutdown_grace: Duration,
+    /// Which internal hosts a callback may reach (none by default): checked before
+    /// every try, and by the client's resolver, so it connects only to checked addresses.
+    pub egress: EgressPolicy,
 }
 
 impl Default for WebhookConfig {
@@ -80,6 +84,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(10),
             lease: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -202,6 +207,11 @@ impl Webhooks {
             .connect_timeout(config.timeout)
             // A signed POST is not re-sent to wherever a redirect points.
             .redirect(reqwest::redirect::Policy::none())
+            // Names resolve through the egress check, and the client connects only to
+            // the addresses it passed: a name rebound to an internal address after the
+            // check gains nothing. No proxy, which would resolve the name itself.
+            .dns_resolver(Guarded(config.egress.clone()))
+            .no_proxy()
             .user_agent(concat!("isotest/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Webhooks {
@@ -371,7 +381,35 @@ impl Task {
     }
 }
 
+/// The HTTP client's resolver: every name through [`EgressPolicy::resolve`].
+struct Guarded(EgressPolicy);
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs = policy.resolve(&host, 0).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The verdict of a callback URL the egress check refused: an internal address will
+/// stay one, a name that did not resolve may resolve later.
+fn judge_egress(error: &EgressError) -> Try {
+    let text = error_chain(error);
+    match error {
+        EgressError::Internal { .. } | EgressError::BadUrl(_) => Try::GiveUp(text),
+        EgressError::Resolve { .. }
+        | EgressError::ResolveTimeout { .. }
+        | EgressError::NoAddress { .. } => Try::Retry(text),
+    }
+}
+
 /// POSTs `event` to `url` until a try succeeds, fails for good, or the tries run out.
+/// Before each try the URL passes [`WebhookConfig::egress`] (an address literal is
+/// never given to the resolver, so it is judged here).
 pub async fn deliver(
     client: &reqwest::Client,
     config: &WebhookConfig,
@@ -397,9 +435,12 @@ pub async fn deliver(
         if let Some(signature) = &signature {
             request = request.header(SIGNATURE_HEADER, signature);
         }
-        let verdict = match request.send().await {
-            Ok(response) => judge_status(response.status().as_u16()),
-            Err(error) => judge_error(&error),
+        let verdict = match config.egress.check_url(url).await {
+            Err(refused) => judge_egress(&refused),
+            Ok(_) => match request.send().await {
+                Ok(response) => judge_status(response.status().as_u16()),
+                Err(error) => judge_error(&error),
+            },
         };
         match verdict {
             Try::Delivered(status) => return Delivery::Delivered { status, attempt },
@@ -556,6 +597,8 @@ mod tests {
             attempts,
             first_backoff: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
+            // These receivers listen on loopback.
+            egress: EgressPolicy::allowing(&["127.0.0.1"]).expect("valid"),
             ..WebhookConfig::default()
         }
     }
@@ -599,6 +642,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn internal_addresses_are_refused_without_a_request() {
+        let (url, mut seen) = receiver(vec![204]).await;
+        let config = WebhookConfig {
+            egress: EgressPolicy::default(),
+            ..fast(3)
+        };
+        for target in [url.as_str(), "http://169.254.169.254/latest/meta-data/"] {
+            let got = deliver(&reqwest::Client::new(), &config, target, &sample_event()).await;
+            match got {
+                Delivery::Failed { reason, attempts } => {
+                    assert_eq!(attempts, 1, "{target}");
+                    assert!(
+                        reason.contains("callbacks may not reach internal addresses"),
+                        "{reason}"
+                    );
+                }
+                other @ Delivery::Delivered { .. } => panic!("{target}: {other:?}"),
+            }
+        }
+        assert!(seen.try_recv().is_err(), "no request reached the receiver");
     }
 
     #[tokio::test]

@@ -279,6 +279,10 @@ pub struct WorkerSettings {
     /// The longest test timeout taken; keep it below RabbitMQ's consumer_timeout (30m by default).
     #[arg(long, env = "ISOTEST_MAX_TEST_TIMEOUT", default_value = "25m", value_parser = parse_duration)]
     pub max_test_timeout: Duration,
+    /// The most output (stdout, stderr, cases' messages, in bytes as stored in JSON) all
+    /// results of one suite may hold in Redis; output past it is cut, with a marker.
+    #[arg(long, env = "ISOTEST_SUITE_OUTPUT_BYTES", default_value_t = isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES)]
+    pub suite_output_bytes: u64,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -293,6 +297,9 @@ pub struct AggregatorArgs {
     pub queues: QueueWatchArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Which internal hosts a suite's `callback_url` may reach (none by default).
+    #[command(flatten)]
+    pub egress: isotest_infra::egress::EgressArgs,
 }
 
 /// How the aggregator signs the `suite.finished` webhooks it sends.

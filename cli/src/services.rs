@@ -62,6 +62,7 @@ pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
     run_aggregator(
         args.endpoints,
         args.webhooks,
+        args.egress.policy(),
         isotest_infra::shutdown::signal(),
     )
     .await
@@ -76,8 +77,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(up_metrics_addr(&args), Some(queues)).await?;
     let endpoints = args.producer.endpoints.clone();
+    // One set of `--allow-callback-host` for both ends: submission and delivery.
+    let egress = args.producer.egress.policy();
     let worker = build_worker(&endpoints, &args.worker).await?;
-    let producer = isotest_producer::Producer::build(args.producer)
+    let producer = isotest_producer::Producer::build(up_producer(args.producer))
         .await
         .map_err(unreachable)?;
     let stop = CancellationToken::new();
@@ -110,7 +113,12 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
                 .map_err(Failure::from)
         }
     });
-    services.spawn(run_aggregator(endpoints, args.webhooks, stopped(&stop)));
+    services.spawn(run_aggregator(
+        endpoints,
+        args.webhooks,
+        egress,
+        stopped(&stop),
+    ));
     tokio::spawn(signal);
     // Whichever service ends first (a signal, or a failure) takes the others down with it.
     let mut first: Result<(), Failure> = Ok(());
@@ -123,6 +131,16 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     }
     first
+}
+
+/// The producer of `isotest up`: open by default when it listens on a loopback address
+/// (one machine, one user: the quick start), closed like any producer otherwise or with
+/// `--require-token`.
+fn up_producer(mut config: isotest_producer::Config) -> isotest_producer::Config {
+    if !config.require_token && config.listen.ip().is_loopback() {
+        config.open = true;
+    }
+    config
 }
 
 /// Where `isotest up` serves its metrics: as asked, or its own port on the address its
@@ -149,6 +167,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
         concurrency: settings.concurrency,
         drain_timeout: settings.drain_timeout,
         max_test_timeout: settings.max_test_timeout,
+        suite_output_bytes: settings.suite_output_bytes,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }
@@ -156,6 +175,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
 async fn run_aggregator(
     endpoints: Endpoints,
     webhooks: WebhookArgs,
+    egress: isotest_infra::egress::EgressPolicy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let mut config = isotest_aggregator::service::AggregatorConfig::new(
@@ -167,6 +187,7 @@ async fn run_aggregator(
     config.webhooks.secret = webhooks
         .webhook_secret
         .and_then(isotest_aggregator::WebhookSecret::new);
+    config.webhooks.egress = egress;
     let aggregator = isotest_aggregator::service::Aggregator::build(config)
         .await
         .map_err(unreachable)?;

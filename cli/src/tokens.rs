@@ -26,6 +26,9 @@ pub enum TokenCommand {
         /// The most of its tests that may be queued or running at once (no limit by default).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         quota: Option<u32>,
+        /// Let this token read and cancel every suite, not only its own (for operators).
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -53,6 +56,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
         TokenCommand::Add {
             name,
             quota,
+            admin,
             endpoints,
         } => {
             auth::validate_name(&name).map_err(|e| Failure::BadInput(e.to_string()))?;
@@ -62,6 +66,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 schema_version: SCHEMA_VERSION,
                 name: name.clone(),
                 quota,
+                admin,
             };
             if !store
                 .add_token(&auth::hash(&token), &record)
@@ -73,8 +78,13 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 )));
             }
             let quota = quota.map_or("no quota".to_owned(), |q| format!("quota {q}"));
+            let role = if admin {
+                ", admin: sees every suite"
+            } else {
+                ""
+            };
             eprintln!(
-                "isotest: added token {name} ({quota}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
+                "isotest: added token {name} ({quota}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"
             );
             println!("{token}");
         }

@@ -1,14 +1,18 @@
 //! What every isotest service shares at its edges: the connection settings
 //! ([`Endpoints`]), connecting to RabbitMQ with its topology declared ([`amqp`]) and
 //! to Redis ([`store`]), the one idempotent write of a test result ([`results`]), the
+//! cut of a result's output to its suite's budget ([`output_budget`]), the
 //! one write of a suite's report and its reading ([`reports`]), reading a suite's
-//! record and results ([`suites`]), cancelling a suite ([`cancel`]), logging
+//! record and results ([`suites`]), cancelling a suite ([`cancel`]), where a tenant's
+//! URL may send a request ([`egress`]), logging
 //! ([`telemetry`]), Prometheus metrics and the `/metrics` server ([`metrics`]) and the
 //! shutdown signal ([`shutdown`]).
 
 pub mod amqp;
 pub mod cancel;
+pub mod egress;
 pub mod metrics;
+pub mod output_budget;
 pub mod reports;
 pub mod results;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! API tokens: making and hashing them, reading `Authorization: Bearer`, and the
 //! middleware that lets a `/v1` request through only with a valid token (or, on a
-//! producer that is open, with none).
+//! producer started with `--open`, with none). It fails closed: no token defined, a
+//! flushed Redis or a namespace typo means every request is refused, never accepted.
 //!
 //! A token belongs to one CI system (its `name`) and may carry a quota: how many of
 //! its tests may be queued or running at once, checked at submission by
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use isotest_protocol::api::TokenRecord;
+use isotest_protocol::names::Namespace;
 
 use crate::http::AppState;
 use crate::store::StoreError;
@@ -77,18 +79,54 @@ pub fn validate_name(name: &str) -> Result<(), TokenError> {
 /// Who made a `/v1` request; the auth middleware puts it in the request's extensions.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// No token was given, and the producer is open (no token exists and
-    /// `--require-token` is off).
+    /// No token was given, and the producer is open (`--open`).
     Anonymous,
     /// The holder of this token.
     Token(TokenRecord),
+}
+
+impl Caller {
+    /// The owner recorded for a suite this caller submits: its token's name.
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Token(token) => Some(token.name.clone()),
+        }
+    }
+
+    /// The owner this caller's blob uploads are recorded under, and whose blobs it may
+    /// use; none for an admin, who may use every blob.
+    pub fn blob_owner(&self) -> Option<&str> {
+        match self {
+            Caller::Anonymous => Some(Namespace::ANONYMOUS_OWNER),
+            Caller::Token(token) if token.admin => None,
+            Caller::Token(token) => Some(&token.name),
+        }
+    }
+
+    /// The owner recorded for a blob this caller uploads.
+    pub fn uploader(&self) -> &str {
+        match self {
+            Caller::Anonymous => Namespace::ANONYMOUS_OWNER,
+            Caller::Token(token) => &token.name,
+        }
+    }
+
+    /// Whether this caller may read or cancel a suite of this owner: its own, or any
+    /// with an admin token. Anonymous callers see only anonymous suites.
+    pub fn may_see(&self, owner: Option<&str>) -> bool {
+        match self {
+            Caller::Anonymous => owner.is_none(),
+            Caller::Token(token) => token.admin || owner == Some(token.name.as_str()),
+        }
+    }
 }
 
 /// Why a request is refused before its handler runs.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthFailure {
     #[error(
-        "this isotest server requires an API token: send `Authorization: Bearer <token>` (isotest run --token or ISOTEST_TOKEN)"
+        "this isotest server requires an API token: send `Authorization: Bearer <token>` (isotest run --token or ISOTEST_TOKEN); its operator makes one with `isotest token add NAME`"
     )]
     Missing,
     #[error("the Authorization header is not `Bearer <token>`")]
@@ -168,13 +206,10 @@ pub async fn authenticate(
                 None => return Err(AuthFailure::Unknown),
             }
         }
-        None if state.require_token => return Err(AuthFailure::Missing),
-        // Open only while no token exists: adding the first one closes the API
-        // without a restart.
-        None => match state.store.any_token().await.map_err(AuthFailure::Store)? {
-            true => return Err(AuthFailure::Missing),
-            false => Caller::Anonymous,
-        },
+        // Closed unless the operator opened it: whether tokens exist is never asked,
+        // so an empty or flushed token table refuses everyone rather than no one.
+        None if state.open => Caller::Anonymous,
+        None => return Err(AuthFailure::Missing),
     };
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
@@ -238,6 +273,31 @@ mod tests {
                 headers.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
             }
             assert_eq!(bearer(&headers).ok(), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_caller_sees_its_own_suites_and_an_admin_all() {
+        let token = |name: &str, admin: bool| {
+            Caller::Token(TokenRecord {
+                schema_version: 1,
+                name: name.to_owned(),
+                quota: None,
+                admin,
+            })
+        };
+        // (caller, owner of the suite, may see it)
+        let cases = [
+            (token("a", false), Some("a"), true),
+            (token("a", false), Some("b"), false),
+            (token("a", false), None, false),
+            (token("root", true), Some("b"), true),
+            (token("root", true), None, true),
+            (Caller::Anonymous, None, true),
+            (Caller::Anonymous, Some("a"), false),
+        ];
+        for (caller, owner, expected) in cases {
+            assert_eq!(caller.may_see(owner), expected, "{caller:?} {owner:?}");
         }
     }
 

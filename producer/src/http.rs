@@ -16,13 +16,17 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use isotest_protocol::api::{ApiError, BlobStored, Submitted, SuiteStatus, parse_blob_reference};
+use isotest_protocol::api::{
+    ApiError, BlobStored, Submitted, SuiteRecord, SuiteStatus, parse_blob_reference,
+};
 use isotest_protocol::report::SuiteState;
+
+use isotest_infra::egress::{EgressError, EgressPolicy};
 
 use crate::auth::{self, Caller};
 use crate::config::Limits;
 use crate::publisher::{PublishError, Publisher};
-use crate::store::{OverQuota, Store, StoreError, StoredReport};
+use crate::store::{BlobQuota, OverBlobQuota, OverQuota, Store, StoreError, StoredReport};
 use crate::suite::{self, SubmitError};
 use isotest_infra::error_chain as chain;
 
@@ -33,8 +37,22 @@ pub struct AppState {
     pub publisher: Publisher,
     pub limits: Limits,
     pub default_deadline: Duration,
-    /// Refuse `/v1` requests without a token even while no token exists.
-    pub require_token: bool,
+    /// Accept `/v1` requests without a token (`--open`).
+    pub open: bool,
+    /// Where a suite's `callback_url` may point.
+    pub egress: EgressPolicy,
+    /// Room for blob bodies in memory, in KiB: each upload holds its size until done.
+    pub uploads: tokio::sync::Semaphore,
+}
+
+/// How long an upload waits for room in memory before it is refused with 503 (or a
+/// quarter of the upload timeout, if shorter: an upload that holds room is then sure
+/// to be waited on no longer than it may take).
+const UPLOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// The upload room of `bytes`, in the KiB units of [`AppState::uploads`].
+pub fn upload_units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// The OpenAPI document of this API, served at `GET /openapi.yaml`.
@@ -50,6 +68,8 @@ pub enum ApiFailure {
         ORIGIN = suite::ORIGIN
     )]
     MissingBlob(String),
+    #[error("{ORIGIN}: callback_url", ORIGIN = suite::ORIGIN)]
+    Callback(#[source] EgressError),
     #[error("{what} is {size} bytes, more than the limit of {limit}")]
     TooLarge {
         what: &'static str,
@@ -60,6 +80,23 @@ pub enum ApiFailure {
     TooLargeStream { what: &'static str, limit: u64 },
     #[error("could not read the request body")]
     ReadBody(#[source] axum::Error),
+    #[error("the producer is receiving as many uploads as it holds at once; try again shortly")]
+    UploadsBusy,
+    #[error("the upload took longer than {}s", .0.as_secs())]
+    UploadTimeout(Duration),
+    #[error(
+        "{owner} has {count} blobs stored, the most it may have (--max-blobs-per-token); unused blobs expire"
+    )]
+    TooManyBlobs { owner: String, count: u64 },
+    #[error(
+        "{owner} has {stored} bytes of blobs stored; this one's {size} would exceed its limit of {limit} (--max-blob-bytes-per-token)"
+    )]
+    TooManyBlobBytes {
+        owner: String,
+        stored: u64,
+        size: u64,
+        limit: u64,
+    },
     #[error("`{0}` is not a suite id (a UUID)")]
     BadSuiteId(String),
     #[error("`{0}` is not a blob reference; use sha256:<64 lowercase hex digits>")]
@@ -104,6 +141,7 @@ impl ApiFailure {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiFailure::Submit(_)
+            | ApiFailure::Callback(_)
             | ApiFailure::MissingBlob(_)
             | ApiFailure::BadSuiteId(_)
             | ApiFailure::BadBlobReference(_)
@@ -115,7 +153,11 @@ impl ApiFailure {
             ApiFailure::SuiteNotFound(_) | ApiFailure::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiFailure::Running { .. } | ApiFailure::AlreadyEnded { .. } => StatusCode::CONFLICT,
             ApiFailure::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiFailure::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiFailure::OverQuota { .. }
+            | ApiFailure::TooManyBlobs { .. }
+            | ApiFailure::TooManyBlobBytes { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiFailure::UploadsBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiFailure::Publish { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -256,11 +298,30 @@ async fn submit(
     )
     .await?;
     let suite = suite::parse(&body)?;
+    // Checked now so the submitter hears it; the aggregator checks again when it
+    // delivers, connecting only to the addresses it checked then.
+    if let Some(url) = &suite.callback_url {
+        state
+            .egress
+            .check_url(url)
+            .await
+            .map_err(ApiFailure::Callback)?;
+    }
     if let Some(reference) = &suite.workspace {
         let hex = parse_blob_reference(reference).unwrap_or_default();
-        if !state.store.blob_exists(hex).await? {
+        // Only a blob this caller uploaded: a digest seen elsewhere is no licence to
+        // run another tenant's workspace.
+        if !state.store.blob_exists(hex, caller.blob_owner()).await? {
             return Err(ApiFailure::MissingBlob(reference.clone()));
         }
+        // Kept while the suite may run, and the blob TTL after.
+        let deadline = suite
+            .deadline_ms
+            .map_or(state.default_deadline, Duration::from_millis);
+        state
+            .store
+            .keep_blob(hex, state.limits.blob_ttl.saturating_add(deadline))
+            .await?;
     }
     let id = Uuid::now_v7().to_string();
     let token = match &caller {
@@ -270,7 +331,8 @@ async fn submit(
     let span = tracing::info_span!("submit", suite_id = %id, suite = %suite.name, token);
     async move {
         let now = isotest_protocol::now_ms();
-        let record = suite::record(&id, &suite, now, state.default_deadline);
+        let mut record = suite::record(&id, &suite, now, state.default_deadline);
+        record.owner = caller.owner();
         // Recorded before the first publish, so a worker's result always finds its
         // suite, and a suite whose publishing fails is still closed by the sweeper.
         match &caller {
@@ -332,14 +394,15 @@ pub fn parse_suite_id(text: &str) -> Result<String, ApiFailure> {
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
     let id = parse_suite_id(&id)?;
-    let record = state.store.suite(&id).await?;
+    let record = visible_record(&state, &caller, &id).await?;
     let report = state.store.report(&id).await?;
     let done = state.store.done_count(&id).await?;
-    let status = match (record, report) {
-        (_, Some(StoredReport { report, .. })) => SuiteStatus {
+    let status = match report {
+        Some(StoredReport { report, .. }) => SuiteStatus {
             id,
             name: report.suite,
             state: report.state,
@@ -348,7 +411,7 @@ async fn status(
             summary: Some(report.summary),
             queue: None,
         },
-        (Some(record), None) => SuiteStatus {
+        None => SuiteStatus {
             id,
             name: record.name,
             state: SuiteState::Running,
@@ -358,7 +421,6 @@ async fn status(
             // So that a client can say when no worker takes the suite's tests.
             queue: state.publisher.queue_state().await,
         },
-        (None, None) => return Err(ApiFailure::SuiteNotFound(id)),
     };
     Ok(Json(status))
 }
@@ -370,10 +432,12 @@ async fn status(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SuiteStatus>, ApiFailure> {
     use isotest_infra::cancel::Cancelled;
     let id = parse_suite_id(&id)?;
+    visible_record(&state, &caller, &id).await?;
     match state.store.cancel(&id).await? {
         Cancelled::Now(report) => {
             tracing::info!(cancelled = report.summary.cancelled, "Cancelled the suite.");
@@ -406,32 +470,51 @@ fn state_name(state: SuiteState) -> &'static str {
     }
 }
 
+/// The suite's record, if the caller may see the suite (see [`Caller::may_see`]).
+///
+/// # Errors
+///
+/// Another token's suite is [`ApiFailure::SuiteNotFound`], exactly as an unknown one
+/// (404, not 403), so a suite id says nothing about other tenants' suites; a suite
+/// without a record (whose owner cannot be told) is not found either.
+async fn visible_record(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<SuiteRecord, ApiFailure> {
+    match state.store.suite(id).await? {
+        Some(record) if caller.may_see(record.owner.as_deref()) => Ok(record),
+        Some(_) | None => Err(ApiFailure::SuiteNotFound(id.to_owned())),
+    }
+}
+
 /// The report, or why there is none yet.
-async fn stored_report(state: &AppState, id: &str) -> Result<StoredReport, ApiFailure> {
+async fn stored_report(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredReport, ApiFailure> {
     let id = parse_suite_id(id)?;
+    let record = visible_record(state, caller, &id).await?;
     if let Some(report) = state.store.report(&id).await? {
         return Ok(report);
     }
-    match state.store.suite(&id).await? {
-        None => Err(ApiFailure::SuiteNotFound(id)),
-        Some(record) => {
-            let done = state.store.done_count(&id).await?;
-            Err(ApiFailure::Running {
-                id,
-                done,
-                total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
-            })
-        }
-    }
+    let done = state.store.done_count(&id).await?;
+    Err(ApiFailure::Running {
+        id,
+        done,
+        total: u32::try_from(record.tests.len()).unwrap_or(u32::MAX),
+    })
 }
 
 /// `GET /v1/suites/{id}/report`: the JSON exactly as the aggregator wrote it.
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], stored.json).into_response())
 }
 
@@ -439,9 +522,10 @@ async fn report(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report_junit(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     let xml = isotest_report::junit(&stored.report);
     Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response())
 }
@@ -450,15 +534,17 @@ async fn report_junit(
 #[tracing::instrument(skip_all, fields(suite_id = %id))]
 async fn report_ctrf(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
-    let stored = stored_report(&state, &id).await?;
+    let stored = stored_report(&state, &caller, &id).await?;
     Ok(Json(isotest_report::ctrf(&stored.report)))
 }
 
 /// `PUT /v1/blobs/{reference}`: store a workspace under its sha256.
 async fn put_blob(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -466,7 +552,31 @@ async fn put_blob(
     let expected = parse_blob_reference(&reference)
         .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?
         .to_owned();
-    let bytes = read_body(&headers, body, "blob", state.limits.max_blob_bytes).await?;
+    let limits = state.limits;
+    // Room in memory for the whole body (its declared size, or the most a blob may be)
+    // before a byte is read, so concurrent uploads cannot exhaust the producer.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let room = upload_units(
+        declared
+            .unwrap_or(limits.max_blob_bytes)
+            .min(limits.max_blob_bytes),
+    )
+    .min(upload_units(limits.upload_buffer_bytes))
+    .max(1);
+    let wait = UPLOAD_WAIT.min(limits.upload_timeout / 4);
+    let _room = tokio::time::timeout(wait, state.uploads.acquire_many(room))
+        .await
+        .map_err(|_| ApiFailure::UploadsBusy)?
+        .map_err(|_| ApiFailure::UploadsBusy)?;
+    let bytes = tokio::time::timeout(
+        limits.upload_timeout,
+        read_body(&headers, body, "blob", limits.max_blob_bytes),
+    )
+    .await
+    .map_err(|_| ApiFailure::UploadTimeout(limits.upload_timeout))??;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != expected {
         return Err(ApiFailure::DigestMismatch {
@@ -474,24 +584,63 @@ async fn put_blob(
             actual,
         });
     }
-    let written = state.store.put_blob(&expected, &bytes).await?;
+    let quota = BlobQuota {
+        max_blobs: limits.max_blobs_per_token,
+        max_bytes: limits.max_blob_bytes_per_token,
+        ttl: limits.blob_ttl,
+    };
+    let owner = caller.uploader();
+    let written = match state
+        .store
+        .put_blob(&expected, &bytes, owner, quota)
+        .await?
+    {
+        Ok(written) => written,
+        Err(OverBlobQuota::Count(count)) => {
+            return Err(ApiFailure::TooManyBlobs {
+                owner: owner_name(owner),
+                count,
+            });
+        }
+        Err(OverBlobQuota::Bytes(stored)) => {
+            return Err(ApiFailure::TooManyBlobBytes {
+                owner: owner_name(owner),
+                stored,
+                size: bytes.len() as u64,
+                limit: limits.max_blob_bytes_per_token,
+            });
+        }
+    };
     let size = bytes.len() as u64;
     tracing::info!(reference, size, written, "Stored blob.");
     Ok((StatusCode::CREATED, Json(BlobStored { reference, size })))
 }
 
-/// `HEAD /v1/blobs/{reference}`: 200 if stored, so clients can skip the upload.
+/// How an uploader is named in an error: its token, or that there is none.
+fn owner_name(owner: &str) -> String {
+    if owner == isotest_protocol::names::Namespace::ANONYMOUS_OWNER {
+        "the anonymous uploader".to_owned()
+    } else {
+        format!("token {owner}")
+    }
+}
+
+/// `HEAD /v1/blobs/{reference}`: 200 if this caller has stored it, so it can skip the
+/// upload; another tenant's blob is 404, so a digest tells nothing of other tenants.
 async fn head_blob(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ApiFailure> {
     let hex = parse_blob_reference(&reference)
         .ok_or_else(|| ApiFailure::BadBlobReference(reference.clone()))?;
-    Ok(if state.store.blob_exists(hex).await? {
-        StatusCode::OK
-    } else {
-        StatusCode::NOT_FOUND
-    })
+    Ok(
+        if state.store.blob_exists(hex, caller.blob_owner()).await? {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        },
+    )
 }
 
 #[cfg(test)]

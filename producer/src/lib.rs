@@ -75,7 +75,11 @@ impl Producer {
             publisher,
             limits: config.limits,
             default_deadline: config.default_deadline,
-            require_token: config.require_token,
+            open: config.open,
+            egress: config.egress.policy(),
+            uploads: tokio::sync::Semaphore::new(
+                http::upload_units(config.limits.upload_buffer_bytes).max(1) as usize,
+            ),
         });
         Ok(Producer { listener, state })
     }
@@ -89,16 +93,19 @@ impl Producer {
         self.listener.local_addr()
     }
 
-    /// Says at start when the API is open to anyone who can reach it: no token exists
-    /// and `--require-token` is off.
+    /// Says at start when the API is open to anyone who can reach it (`--open`), or
+    /// when it refuses everyone because no token exists yet.
     async fn warn_if_open(&self) {
-        if self.state.require_token {
+        if self.state.open {
+            tracing::warn!(
+                "The API is open (--open): requests without a token are accepted, with no quota."
+            );
             return;
         }
         match self.state.store.any_token().await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                "No API token exists and --require-token is off: the API accepts requests without a token until the first `isotest token add`."
+                "No API token exists, so every /v1 request is refused: make one with `isotest token add NAME`."
             ),
             Err(e) => {
                 tracing::warn!(error = %isotest_infra::error_chain(&e), "Could not check for API tokens.")

@@ -102,6 +102,62 @@ end
 return 0
 ";
 
+/// Stores a blob for an uploader within its blob quota, and makes the uploader one of
+/// its owners, in one step. An uploader's blobs that have expired are dropped from its
+/// count first; a blob it already has costs nothing more.
+///
+/// KEYS: blob, blob owners, the uploader's blobs. ARGV: bytes, uploader, hex, size,
+/// most blobs, most bytes, time to live (s), blob key prefix. Returns {1 if the bytes
+/// were written else 0, count, bytes}, or {-1, count, bytes} over the count and
+/// {-2, count, bytes} over the bytes.
+const PUT_BLOB_SCRIPT: &str = r"
+local entries = redis.call('HGETALL', KEYS[3])
+local count, bytes = 0, 0
+for i = 1, #entries, 2 do
+  if redis.call('EXISTS', ARGV[8] .. entries[i]) == 0 then
+    redis.call('HDEL', KEYS[3], entries[i])
+  elseif entries[i] ~= ARGV[3] then
+    count = count + 1
+    bytes = bytes + tonumber(entries[i + 1])
+  end
+end
+if count + 1 > tonumber(ARGV[5]) then
+  return {-1, count, bytes}
+end
+if bytes + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
+  return {-2, count, bytes}
+end
+local written = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+if written then
+  return {1, count, bytes}
+end
+return {0, count, bytes}
+";
+
+static PUT_BLOB: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUT_BLOB_SCRIPT));
+
+/// A blob upload its uploader's blob quota does not leave room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverBlobQuota {
+    /// It has this many blobs, the most it may have.
+    Count(u64),
+    /// It has this many bytes of blobs; this one would take it over.
+    Bytes(u64),
+}
+
+/// An uploader's blob quota and how long its blobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobQuota {
+    pub max_blobs: u32,
+    pub max_bytes: u64,
+    pub ttl: Duration,
+}
+
 static RECORD_WITHIN_QUOTA: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(RECORD_WITHIN_QUOTA_SCRIPT));
 static ADD_TOKEN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADD_TOKEN_SCRIPT));
@@ -349,24 +405,72 @@ impl Store {
         Ok(cancel::cancel(&mut conn, &self.ns, id).await?)
     }
 
-    /// Whether the blob with this sha256 (hex) is stored.
+    /// Whether the blob with this sha256 (hex) is stored and `owner` uploaded it (any
+    /// owner when none is given: an admin's view).
     ///
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn blob_exists(&self, hex: &str) -> Result<bool, StoreError> {
+    pub async fn blob_exists(&self, hex: &str, owner: Option<&str>) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(conn.exists(self.ns.blob_key(hex)).await?)
+        let exists = conn.exists(self.ns.blob_key(hex)).await?;
+        Ok(match owner {
+            Some(owner) if exists => conn.sismember(self.ns.blob_owners_key(hex), owner).await?,
+            _ => exists,
+        })
     }
 
-    /// Stores a blob unless it is already there; returns whether it was written.
+    /// Stores a blob unless it is already there, and adds `owner` to its owners (who
+    /// has shown the bytes), within the owner's blob quota; returns whether the bytes
+    /// were written. Every upload keeps the blob for `quota.ttl` more.
     ///
     /// # Errors
     ///
     /// Returns [`StoreError::Redis`] when Redis fails.
-    pub async fn put_blob(&self, hex: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+    pub async fn put_blob(
+        &self,
+        hex: &str,
+        bytes: &[u8],
+        owner: &str,
+        quota: BlobQuota,
+    ) -> Result<Result<bool, OverBlobQuota>, StoreError> {
         let mut conn = self.conn.clone();
-        // Content-addressed: an existing value is the same bytes, so NX skips the copy.
-        Ok(conn.set_nx(self.ns.blob_key(hex), bytes).await?)
+        let (code, count, stored): (i64, u64, u64) = PUT_BLOB
+            .key(self.ns.blob_key(hex))
+            .key(self.ns.blob_owners_key(hex))
+            .key(self.ns.token_blobs_key(owner))
+            .arg(bytes)
+            .arg(owner)
+            .arg(hex)
+            .arg(bytes.len())
+            .arg(quota.max_blobs)
+            .arg(quota.max_bytes)
+            .arg(quota.ttl.as_secs().max(1))
+            .arg(self.ns.blob_key(""))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match code {
+            -1 => Err(OverBlobQuota::Count(count)),
+            -2 => Err(OverBlobQuota::Bytes(stored)),
+            written => Ok(written == 1),
+        })
+    }
+
+    /// Keeps a blob (and who owns it) at least `ttl` more: a suite about to use it.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError::Redis`] when Redis fails.
+    pub async fn keep_blob(&self, hex: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        redis::pipe()
+            .expire(self.ns.blob_key(hex), secs)
+            .ignore()
+            .expire(self.ns.blob_owners_key(hex), secs)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 }

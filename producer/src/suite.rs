@@ -45,7 +45,8 @@ pub fn parse(body: &[u8]) -> Result<Suite, SubmitError> {
     Ok(suite)
 }
 
-/// The record written before anything is published.
+/// The record written before anything is published (without an owner: the caller
+/// sets the submitting token's name).
 pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) -> SuiteRecord {
     let default_ms = u64::try_from(default_deadline.as_millis()).unwrap_or(u64::MAX);
     let deadline_ms = suite.deadline_ms.unwrap_or(default_ms);
@@ -58,6 +59,7 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
         deadline_at_ms: now_ms.saturating_add(deadline_ms),
         flaky_result: suite.flaky_result,
         callback_url: suite.callback_url.clone(),
+        owner: None,
     }
 }
 

@@ -22,6 +22,11 @@ pub struct SuiteRecord {
     /// Where the aggregator POSTs a [`SuiteFinished`] when the suite ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The name of the token that submitted the suite; none for a suite submitted
+    /// without a token to an open producer. Only that token (or an admin token) reads
+    /// or cancels the suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An API token as stored under [`crate::names::Namespace::tokens_key`], keyed by the
@@ -35,6 +40,13 @@ pub struct TokenRecord {
     /// none means no limit.
     #[serde(default)]
     pub quota: Option<u32>,
+    /// An admin token reads and cancels every suite; any other only its own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub admin: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The answer to a submitted suite (202 Accepted).

@@ -105,10 +105,31 @@ impl Namespace {
         format!("{}:token:{token_name}:suites", self.0)
     }
 
+    /// Counter of the output bytes a suite's results have taken of its budget.
+    pub fn output_budget_key(&self, suite_id: &str) -> String {
+        format!("{}:suite:{suite_id}:output-bytes", self.0)
+    }
+
+    /// Hash sha256 hex → size of the blobs a token uploaded (its blob quota); entries
+    /// of expired blobs are dropped at the token's next upload.
+    pub fn token_blobs_key(&self, token_name: &str) -> String {
+        format!("{}:token:{token_name}:blobs", self.0)
+    }
+
     /// A content-addressed blob (a packed workspace).
     pub fn blob_key(&self, sha256_hex: &str) -> String {
         format!("{}:blob:{sha256_hex}", self.0)
     }
+
+    /// Set of the owners of a blob: the names of the tokens that uploaded its bytes
+    /// ([`Namespace::ANONYMOUS_OWNER`] for uploads without a token). Only they may
+    /// see it or run suites on it.
+    pub fn blob_owners_key(&self, sha256_hex: &str) -> String {
+        format!("{}:blob-owners:{sha256_hex}", self.0)
+    }
+
+    /// The owner of what was uploaded without a token: no token name contains `:`.
+    pub const ANONYMOUS_OWNER: &str = ":anonymous";
 }
 
 impl fmt::Display for Namespace {

@@ -15,6 +15,7 @@ pub fn record(tests: &[&str]) -> SuiteRecord {
         deadline_at_ms: 61_000,
         flaky_result: Default::default(),
         callback_url: None,
+        owner: None,
     }
 }
 

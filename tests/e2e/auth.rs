@@ -11,7 +11,7 @@ use isotest_protocol::api::Submitted;
 use crate::support::TestEnv;
 
 /// `isotest token add NAME [--quota N]`: the printed token.
-fn add_token(env: &TestEnv, name: &str, quota: Option<u32>) -> Result<String> {
+pub(crate) fn add_token(env: &TestEnv, name: &str, quota: Option<u32>) -> Result<String> {
     let quota = quota.map(|q| q.to_string());
     let mut args = vec!["token", "add", name];
     if let Some(q) = &quota {
@@ -29,14 +29,14 @@ fn add_token(env: &TestEnv, name: &str, quota: Option<u32>) -> Result<String> {
 }
 
 /// A JSON manifest of `n` passing command tests.
-fn manifest(name: &str, n: usize) -> Value {
+pub(crate) fn manifest(name: &str, n: usize) -> Value {
     let tests: Vec<Value> = (0..n)
         .map(|i| json!({ "name": format!("t{i}"), "command": ["true"] }))
         .collect();
     json!({ "name": name, "tests": tests })
 }
 
-fn url(env: &TestEnv, path: &str) -> Result<String> {
+pub(crate) fn url(env: &TestEnv, path: &str) -> Result<String> {
     Ok(format!(
         "{}{path}",
         env.producer_url.as_deref().context("producer started")?
@@ -44,7 +44,7 @@ fn url(env: &TestEnv, path: &str) -> Result<String> {
 }
 
 /// POSTs a manifest, with an `Authorization` header when given.
-async fn submit(
+pub(crate) async fn submit(
     env: &TestEnv,
     authorization: Option<&str>,
     manifest: &Value,
@@ -59,7 +59,7 @@ async fn submit(
 }
 
 /// The status and the one-line `error` of an error answer.
-async fn refusal(response: reqwest::Response) -> Result<(u16, String)> {
+pub(crate) async fn refusal(response: reqwest::Response) -> Result<(u16, String)> {
     let status = response.status().as_u16();
     let text = response.text().await?;
     ensure!(!text.contains('\n'), "one line: {text}");
@@ -82,6 +82,7 @@ async fn suite_records(env: &TestEnv) -> Result<usize> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.open = false;
     // No workers: whatever a request queued would stay on the queue to be counted.
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-gitlab", None)?;
@@ -157,6 +158,7 @@ async fn a_missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn a_suite_over_its_tokens_quota_is_refused_until_tests_finish() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.open = false;
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-quota", Some(5))?;
     let bearer = format!("Bearer {token}");
@@ -211,6 +213,7 @@ async fn a_suite_over_its_tokens_quota_is_refused_until_tests_finish() -> Result
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_submissions_cannot_overrun_a_quota() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.open = false;
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-race", Some(4))?;
     let bearer = format!("Bearer {token}");
@@ -232,6 +235,7 @@ async fn concurrent_submissions_cannot_overrun_a_quota() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_token_is_refused_and_names_are_unique() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.open = false;
     env.start(0, 1).await?;
     let token = add_token(&env, "ci-jenkins", None)?;
     let other = add_token(&env, "ci-github", Some(100))?;
@@ -270,22 +274,53 @@ async fn a_revoked_token_is_refused_and_names_are_unique() -> Result<()> {
     env.cleanup().await
 }
 
+/// Auth fails closed: a producer with no token defined (a fresh deployment, the last
+/// token revoked, a flushed Redis, a mistyped namespace) refuses anonymous requests and
+/// says how to make a token; only `--open` lets them in.
 #[tokio::test(flavor = "multi_thread")]
-async fn require_token_closes_a_producer_that_has_no_token() -> Result<()> {
+async fn a_producer_with_no_token_refuses_anonymous_requests_unless_open() -> Result<()> {
     let mut env = TestEnv::new().await;
-    env.service_env
-        .push(("ISOTEST_REQUIRE_TOKEN".into(), "true".into()));
+    env.open = false;
     env.start(0, 1).await?;
     let (status, error) = refusal(submit(&env, None, &manifest("closed", 1)).await?).await?;
     assert_eq!(status, 401, "{error}");
+    assert!(error.contains("isotest token add NAME"), "{error}");
     assert_eq!(suite_records(&env).await?, 0);
+    assert!(
+        env.log("producer")
+            .iter()
+            .any(|l| l.contains("No API token exists") && l.contains("isotest token add")),
+        "the producer says at start how to make a token"
+    );
+    // A token made and then revoked leaves the API closed, not open again.
+    add_token(&env, "short-lived", None)?;
+    let revoke = env.command(&["token", "revoke", "short-lived"]).output()?;
+    assert!(revoke.status.success(), "{revoke:?}");
+    let (status, _) = refusal(submit(&env, None, &manifest("closed", 1)).await?).await?;
+    assert_eq!(status, 401);
     env.stop();
-    env.cleanup().await
+    env.cleanup().await?;
+
+    // The operator's explicit opt-in.
+    let mut open = TestEnv::new().await;
+    open.open = true;
+    open.start(0, 1).await?;
+    let accepted = submit(&open, None, &manifest("open", 1)).await?;
+    assert_eq!(accepted.status().as_u16(), 202);
+    assert!(
+        open.log("producer")
+            .iter()
+            .any(|l| l.contains("The API is open (--open)")),
+        "an open producer says so at start"
+    );
+    open.stop();
+    open.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_sends_the_token_from_the_environment() -> Result<()> {
     let mut env = TestEnv::new().await;
+    env.open = false;
     env.start(1, 2).await?;
     let token = add_token(&env, "ci-run", Some(10))?;
     let manifest = env.write(

@@ -120,7 +120,14 @@ async fn a_workspace_over_the_blob_limit_is_refused() -> anyhow::Result<()> {
     let listen = format!("127.0.0.1:{port}");
     env.spawn(
         "producer",
-        &["producer", "--listen", &listen, "--max-blob-bytes", "1024"],
+        &[
+            "producer",
+            "--listen",
+            &listen,
+            "--open",
+            "--max-blob-bytes",
+            "1024",
+        ],
     );
     let url = format!("http://{listen}");
     let ready = format!("{url}/readyz");

@@ -127,7 +127,7 @@ async fn metrics_follow_a_suite_from_queue_to_report() -> Result<()> {
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
     ];
-    env.spawn("producer", &["producer", "--listen", &api]);
+    env.spawn("producer", &["producer", "--listen", &api, "--open"]);
     env.spawn(
         "aggregator",
         &["aggregator", "--metrics-listen", &aggregator],

@@ -1,102 +1,26 @@
-//! The end-to-end harness: real RabbitMQ and Redis (from `AMQP_URL` / `REDIS_URL`, or
-//! started with testcontainers where Docker runs), a fresh namespace per test, and the
+//! The end-to-end harness: real RabbitMQ and Redis (found by `isotest-testkit`: `AMQP_URL` /
+//! `REDIS_URL`, or testcontainers where Docker runs), a fresh namespace per test, and the
 //! `isotest` binary started as separate OS processes.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use isotest_protocol::report::Report;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::OnceCell;
 
 /// The `isotest` binary under test.
 pub const ISOTEST: &str = env!("CARGO_BIN_EXE_isotest");
 
-/// Where the servers are, for the whole test run.
-#[derive(Debug, Clone)]
-pub struct Servers {
-    pub amqp_url: String,
-    pub redis_url: String,
-}
-
-static SERVERS: OnceCell<Servers> = OnceCell::const_new();
-/// Containers started for this run, kept alive until the process ends.
-static CONTAINERS: Mutex<Vec<Box<dyn std::any::Any + Send>>> = Mutex::new(Vec::new());
-
-/// The RabbitMQ and Redis every test talks to.
-///
-/// # Panics
-///
-/// When neither the environment names the servers nor Docker can start them: a test
-/// without its real servers must fail, never pass by skipping.
-pub async fn servers() -> Servers {
-    SERVERS
-        .get_or_init(|| async {
-            match (std::env::var("AMQP_URL"), std::env::var("REDIS_URL")) {
-                (Ok(amqp_url), Ok(redis_url)) => Servers { amqp_url, redis_url },
-                _ if docker_available() => start_containers().await.expect("start RabbitMQ and Redis with testcontainers"),
-                _ => panic!(
-                    "the end-to-end tests need RabbitMQ and Redis: set AMQP_URL and REDIS_URL \
-                     (for example amqp://guest:guest@127.0.0.1:5672/%2f and redis://127.0.0.1:6379/), \
-                     or run a Docker engine so testcontainers can start them"
-                ),
-            }
-        })
-        .await
-        .clone()
-}
-
-fn docker_available() -> bool {
-    Path::new("/var/run/docker.sock").exists()
-        && Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-async fn start_containers() -> Result<Servers> {
-    use testcontainers::GenericImage;
-    use testcontainers::core::{IntoContainerPort, WaitFor};
-    use testcontainers::runners::AsyncRunner;
-    let rabbit = GenericImage::new("rabbitmq", "3.13-alpine")
-        .with_exposed_port(5672.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
-        .start()
-        .await?;
-    let redis = GenericImage::new("redis", "7-alpine")
-        .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .start()
-        .await?;
-    let servers = Servers {
-        amqp_url: format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            rabbit.get_host_port_ipv4(5672).await?
-        ),
-        redis_url: format!(
-            "redis://127.0.0.1:{}/",
-            redis.get_host_port_ipv4(6379).await?
-        ),
-    };
-    let mut kept = CONTAINERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    kept.push(Box::new(rabbit));
-    kept.push(Box::new(redis));
-    Ok(servers)
-}
+pub use isotest_testkit::{Servers, servers};
 
 /// A fresh namespace: no queue or key of another test shares it.
 pub fn namespace() -> String {
-    format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    isotest_testkit::namespace().to_string()
 }
 
 /// One test's isotest deployment: its namespace, its service processes, its files.
@@ -107,6 +31,11 @@ pub struct TestEnv {
     pub producer_url: Option<String>,
     /// Extra variables for the service processes (not for `isotest run`).
     pub service_env: Vec<(String, String)>,
+    /// Whether [`TestEnv::start`] opens the producer to requests without a token
+    /// (`--open`); true but in the tests of tokens.
+    pub open: bool,
+    /// Further arguments of the producer [`TestEnv::start`] starts.
+    pub producer_args: Vec<String>,
     children: Vec<(String, Child)>,
 }
 
@@ -122,6 +51,8 @@ impl TestEnv {
             dir,
             producer_url: None,
             service_env: Vec::new(),
+            open: true,
+            producer_args: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -162,7 +93,13 @@ impl TestEnv {
     pub async fn start(&mut self, workers: usize, concurrency: u16) -> Result<()> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        self.spawn("producer", &["producer", "--listen", &listen]);
+        let mut producer = vec!["producer", "--listen", &listen];
+        if self.open {
+            producer.push("--open");
+        }
+        let extra = self.producer_args.clone();
+        producer.extend(extra.iter().map(String::as_str));
+        self.spawn("producer", &producer);
         self.spawn("aggregator", &["aggregator"]);
         let concurrency = concurrency.to_string();
         for i in 0..workers {
@@ -416,19 +353,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if check()
-            .await
-            .with_context(|| format!("while waiting for {what}"))?
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    isotest_testkit::poll(within, what, || {
+        let checked = check();
+        async move { checked.await.map(|done| done.then_some(())) }
+    })
+    .await
+    .map_err(anyhow::Error::msg)
 }
 
 pub fn free_port() -> Result<u16> {

@@ -84,6 +84,9 @@ async fn a_finished_suite_is_posted_signed_and_retried_until_accepted() -> Resul
     let mut env = TestEnv::new().await;
     env.service_env
         .push(("ISOTEST_WEBHOOK_SECRET".into(), SECRET.into()));
+    // The receiver listens on loopback, which callbacks may reach only when allowed.
+    env.service_env
+        .push(("ISOTEST_ALLOW_CALLBACK_HOSTS".into(), "127.0.0.1".into()));
     env.start(1, 2).await?;
     let manifest = env.write(
         "hooked.toml",

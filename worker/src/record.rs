@@ -46,6 +46,8 @@ pub struct Recorder {
     redis: ConnectionManager,
     ns: Namespace,
     blobs: Arc<BlobCache>,
+    /// The output bytes one suite's results may hold in all.
+    suite_output_bytes: u64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -57,26 +59,47 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub fn new(redis: ConnectionManager, ns: Namespace) -> Recorder {
+    pub fn new(redis: ConnectionManager, ns: Namespace, suite_output_bytes: u64) -> Recorder {
         Recorder {
             redis,
             ns,
             blobs: Arc::new(BlobCache::new(512 * 1024 * 1024)),
+            suite_output_bytes,
         }
     }
 
     /// Writes a result unless its attempt already has one; true when this call wrote it.
+    /// Its output first takes its share of the suite's output budget, and is cut to
+    /// what it got (`isotest_infra::output_budget`).
     ///
     /// # Errors
     ///
     /// Returns [`RecordError::Write`] when Redis does not confirm the write.
     pub async fn record(&self, result: &TestResult) -> Result<bool, RecordError> {
-        isotest_infra::results::record(&mut self.redis.clone(), &self.ns, result)
+        let mut conn = self.redis.clone();
+        let write = |source| RecordError::Write {
+            test: result.name.clone(),
+            source,
+        };
+        let mut fitted = result.clone();
+        let cut = isotest_infra::output_budget::reserve(
+            &mut conn,
+            &self.ns,
+            &mut fitted,
+            self.suite_output_bytes,
+        )
+        .await
+        .map_err(write)?;
+        if cut {
+            tracing::info!(
+                suite_id = %result.suite_id,
+                test = %result.name,
+                "Cut the test's output: its suite's output budget is spent."
+            );
+        }
+        isotest_infra::results::record(&mut conn, &self.ns, &fitted)
             .await
-            .map_err(|source| RecordError::Write {
-                test: result.name.clone(),
-                source,
-            })
+            .map_err(write)
     }
 
     /// Whether this attempt of the test already has a result (a redelivered message).

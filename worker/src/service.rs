@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     /// verdict instead of running past RabbitMQ's `consumer_timeout`, which would close
     /// the channel and redeliver the message forever.
     pub max_test_timeout: Duration,
+    /// The most output bytes (as stored in JSON) all results of one suite may hold in
+    /// Redis; a result past it is cut, with a marker.
+    pub suite_output_bytes: u64,
 }
 
 /// A worker that failed to start.
@@ -150,7 +153,7 @@ impl Worker {
         Ok(Worker {
             consumer,
             shared: Arc::new(Shared {
-                recorder: Recorder::new(redis, ns.clone()),
+                recorder: Recorder::new(redis, ns.clone(), config.suite_output_bytes),
                 ns,
                 runner,
                 permits: Semaphore::new(usize::from(concurrency)),

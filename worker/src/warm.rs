@@ -201,8 +201,11 @@ impl Zygotes {
         let made = entry
             .zygote
             .get_or_init(|| async {
-                self.started
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let count = self
+                    .started
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                tracing::info!(zygote = %key, count, "Starting a zygote.");
                 let spec = ZygoteSpec {
                     run: zygote,
                     ready_timeout: self.config.ready_timeout,

@@ -28,16 +28,14 @@ pub struct TestEnv {
 impl TestEnv {
     /// Connects to Redis and picks a namespace no other test uses.
     pub async fn new() -> TestEnv {
-        let url = std::env::var("REDIS_URL")
-            .unwrap_or_else(|_| isotest_infra::DEFAULT_REDIS_URL.to_owned());
+        let url = isotest_testkit::servers().await.redis_url;
         let redis = match isotest_infra::store::connect(&url).await {
             Ok(redis) => redis,
             Err(error) => panic!(
                 "these tests need a running Redis at {url} (set REDIS_URL to use another): {error:?}"
             ),
         };
-        let ns = Namespace::new(&format!("t-{}", uuid::Uuid::new_v4().simple()))
-            .expect("a uuid namespace is valid");
+        let ns = isotest_testkit::namespace();
         TestEnv { url, ns, redis }
     }
 
@@ -49,6 +47,9 @@ impl TestEnv {
         config.claim_interval = Duration::from_millis(200);
         config.retry_backoff = Duration::from_millis(100);
         config.trim_interval = Duration::from_millis(200);
+        // The webhook receivers of these tests listen on loopback.
+        config.webhooks.egress =
+            isotest_infra::egress::EgressPolicy::allowing(&["127.0.0.1"]).expect("valid");
         config
     }
 
@@ -77,6 +78,7 @@ impl TestEnv {
             deadline_at_ms: now + u64::try_from(deadline_in.as_millis()).expect("short"),
             flaky_result: Default::default(),
             callback_url: None,
+            owner: None,
         };
         let mut redis = self.redis.clone();
         let json = serde_json::to_string(&record).expect("serializes");
@@ -228,18 +230,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what} after {PATIENCE:?}"
-        );
-    }
+    isotest_testkit::poll(PATIENCE, what, || {
+        let checked = check();
+        async move { Ok::<_, std::convert::Infallible>(checked.await) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("gave up: {e}"))
 }
 
 /// One attempt's result, finished now.

@@ -70,6 +70,7 @@ pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
             concurrency: args.concurrency,
             drain_timeout: Duration::from_secs(10),
             max_test_timeout: isotest_worker::service::DEFAULT_MAX_TEST_TIMEOUT,
+            suite_output_bytes: isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES,
         };
         let worker = Worker::build(config, runner)
             .await
@@ -100,14 +101,17 @@ pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
                 .map_err(anyhow::Error::from)
         }
     });
-    let producer = isotest_producer::Producer::build(isotest_producer::Config::new(
+    let mut config = isotest_producer::Config::new(
         endpoints.clone(),
         "127.0.0.1:0"
             .parse()
             .map_err(|e: std::net::AddrParseError| Failure::Service(e.into()))?,
-    ))
-    .await
-    .context("start the producer")?;
+    );
+    // The bench's own producer, on loopback, for the bench's own client.
+    config.open = true;
+    let producer = isotest_producer::Producer::build(config)
+        .await
+        .context("start the producer")?;
     let base = format!(
         "http://{}",
         producer.local_addr().context("producer address")?

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use isotest_infra::{DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, Endpoints};
+use isotest_infra::Endpoints;
 use isotest_producer::{Config, Producer, ProducerError};
 use isotest_protocol::names::Namespace;
 
@@ -28,14 +28,6 @@ pub struct TestEnv {
     server: Option<JoinHandle<Result<(), ProducerError>>>,
 }
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
-}
-
 impl TestEnv {
     /// A producer with the default configuration.
     pub async fn start() -> TestEnv {
@@ -44,7 +36,8 @@ impl TestEnv {
 
     /// A producer whose configuration the test adjusts first (limits, say).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestEnv {
-        let (amqp_url, redis_url) = (amqp_url(), redis_url());
+        let servers = isotest_testkit::servers().await;
+        let (amqp_url, redis_url) = (servers.amqp_url, servers.redis_url);
         let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
             .await
             .unwrap_or_else(|e| {
@@ -59,14 +52,15 @@ impl TestEnv {
             });
         let channel = amqp.create_channel().await.expect("open a test channel");
 
-        let ns = Namespace::new(&format!("t-{}", uuid::Uuid::new_v4().simple()))
-            .expect("a valid namespace");
+        let ns = isotest_testkit::namespace();
         let endpoints = Endpoints {
             amqp_url,
             redis_url,
             namespace: ns.clone(),
         };
         let mut config = Config::new(endpoints, "127.0.0.1:0".parse().expect("address"));
+        // These tests are of the API, not of its tokens (tests/e2e/auth.rs).
+        config.open = true;
         adjust(&mut config);
         let producer = Producer::build(config).await.expect("the producer starts");
         let addr = producer.local_addr().expect("a local address");

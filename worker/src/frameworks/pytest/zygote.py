@@ -35,7 +35,23 @@ def prepare():
     _state["config"] = config
     _state["session"] = session
     _state["items"] = {item.nodeid: item for item in session.items}
+    _warm_up(session.items)
     return {"collected": len(session.items)}
+
+
+def _warm_up(items):
+    # What pytest does lazily for the first test of a process (compile the JUnit writer's
+    # regular expressions, find each test's source line), done once here: every fork inherits
+    # it instead of doing it again. Nothing of a test runs.
+    import _pytest.junitxml
+
+    _pytest.junitxml.bin_xml_escape("warm")
+    for item in items:
+        try:
+            item.location
+            _pytest.junitxml.mangle_test_address(item.nodeid)
+        except Exception:  # noqa: BLE001 - the child computes it again and reports any error
+            pass
 
 
 def _write_all(fd, data):
