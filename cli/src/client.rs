@@ -68,12 +68,20 @@ pub async fn run(
         },
         quiet,
     );
+    // The suite ends by its deadline at the latest: outages are ridden out until then
+    // (and a little after, for the aggregator to close it).
+    let deadline = loaded
+        .suite
+        .deadline_ms
+        .map_or(isotest_producer::config::DEFAULT_DEADLINE, Duration::from_millis);
+    let outlast = Instant::now() + deadline + OUTAGE_GRACE;
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
         let mut watch = QueueWatch::default();
+        let mut outage = Outage::new(outlast);
         let status = loop {
             let status: SuiteStatus = api
-                .json(api.http.get(api.url(&submitted.status_url)))
+                .json_through_outages(&api.url(&submitted.status_url), &mut outage, &progress)
                 .await?;
             if let Some(line) = status.queue.and_then(|q| watch.line(q, Instant::now())) {
                 progress.println(&line);
@@ -86,7 +94,7 @@ pub async fn run(
         };
         progress.finish();
         tracing::info!(suite_id = %status.id, state = ?status.state, "Suite ended.");
-        api.json::<Report>(api.http.get(api.url(&submitted.report_url)))
+        api.json_through_outages::<Report>(&api.url(&submitted.report_url), &mut outage, &progress)
             .await
     };
     tokio::select! {
@@ -212,6 +220,45 @@ fn cancelled_here(loaded: &LoadedSuite) -> Report {
         isotest_producer::config::DEFAULT_DEADLINE,
     );
     isotest_report::assemble(&record, Vec::new(), SuiteState::Cancelled)
+}
+
+/// How long past the suite's deadline an outage is waited out.
+const OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// The longest pause between two tries during an outage.
+const OUTAGE_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// An outage of the server being ridden out: until when, and how long to pause next.
+#[derive(Debug)]
+struct Outage {
+    until: Instant,
+    pause: Duration,
+    /// Whether stderr has heard of the current outage.
+    told: bool,
+}
+
+impl Outage {
+    fn new(until: Instant) -> Outage {
+        Outage {
+            until,
+            pause: POLL_EVERY,
+            told: false,
+        }
+    }
+}
+
+/// Whether an answer may be different if asked again: the server, or a proxy before it,
+/// is restarting.
+fn transient_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Whether a request that got no answer may get one if made again: the connection
+/// failed, timed out or was cut.
+fn transient_transport(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
 }
 
 /// How long a suite may wait with no worker consuming before the warning comes again.
@@ -366,6 +413,55 @@ impl Api {
                 )
             }
         })
+    }
+
+    /// GETs `url` as JSON, riding out a restarting server or a cut connection (saying so
+    /// once on stderr, then pausing longer each try, up to [`OUTAGE_MAX_PAUSE`]) until
+    /// `outage.until`; any other failure ends it at once.
+    async fn json_through_outages<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        outage: &mut Outage,
+        progress: &Progress,
+    ) -> Result<T, Failure> {
+        loop {
+            let why = match self.http.get(url).send().await {
+                Ok(response) if transient_status(response.status()) => response.status().to_string(),
+                Err(e) if transient_transport(&e) => root_cause(&e),
+                Ok(response) => {
+                    if outage.told {
+                        progress.println("isotest: the server answers again");
+                    }
+                    *outage = Outage::new(outage.until);
+                    let response = check(response).await?;
+                    return response.json().await.map_err(|e| {
+                        Failure::Service(
+                            anyhow::Error::new(e).context(format!("read the answer of {url}")),
+                        )
+                    });
+                }
+                Err(e) => {
+                    return Err(Failure::Service(
+                        anyhow::Error::new(e)
+                            .context(format!("talk to the isotest server at {}", self.base)),
+                    ));
+                }
+            };
+            if Instant::now() + outage.pause > outage.until {
+                return Err(Failure::Unreachable(format!(
+                    "the isotest server at {} did not answer until the suite's deadline: {why}",
+                    self.base
+                )));
+            }
+            if !outage.told {
+                progress.println(&format!(
+                    "isotest: the server did not answer ({why}); trying again until the suite's deadline"
+                ));
+                outage.told = true;
+            }
+            tokio::time::sleep(outage.pause).await;
+            outage.pause = (outage.pause * 2).min(OUTAGE_MAX_PAUSE);
+        }
     }
 
     async fn json<T: DeserializeOwned>(

@@ -480,3 +480,45 @@ async fn a_callback_url_in_embedded_mode_is_refused_not_ignored() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_rides_out_a_producer_restart() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let manifest = env.write(
+        "restart.toml",
+        "name = \"restart\"\n[[tests]]\nname = \"slow\"\ncommand = [\"sleep\", \"4\"]\n",
+    );
+    let url = env.producer_url.clone().context("producer")?;
+    let json = env.dir.join("restart.json");
+    let (manifest, json_arg) = (manifest.display().to_string(), json.display().to_string());
+    let mut run = Running::start(
+        &env,
+        &["run", &manifest, "--server", &url, "--json", &json_arg],
+    )?;
+    run.wait_for("isotest: suite ", Duration::from_secs(60))?;
+    // The producer goes away while the suite runs, and comes back on the same address.
+    let pid = env.pid("producer").context("producer pid")?;
+    kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+    run.wait_for("the server did not answer", Duration::from_secs(30))?;
+    let listen = url.trim_start_matches("http://").to_owned();
+    env.spawn("producer-again", &["producer", "--listen", &listen, "--open"]);
+    run.wait_for("the server answers again", Duration::from_secs(60))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.child.try_wait()? {
+            break status;
+        }
+        ensure!(Instant::now() < deadline, "isotest run did not end: {:#?}", run.seen);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(status.code() == Some(0), "exit {status:?}: {:#?}", run.seen);
+    let report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+    ensure!(
+        statuses(&report) == vec![("slow".to_owned(), Status::Passed)],
+        "{:?}",
+        report.tests
+    );
+    env.stop();
+    env.cleanup().await
+}
