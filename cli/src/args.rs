@@ -386,8 +386,8 @@ mod tests {
     /// API listens.
     #[test]
     fn each_service_has_its_own_default_metrics_address() {
-        let up = Cli::try_parse_from(["isotest", "up", "--listen", "127.0.0.1:8080"])
-            .expect("parses");
+        let up =
+            Cli::try_parse_from(["isotest", "up", "--listen", "127.0.0.1:8080"]).expect("parses");
         let Command::Up(up) = up.command else {
             panic!("not up")
         };

@@ -70,10 +70,10 @@ pub async fn run(
     );
     // The suite ends by its deadline at the latest: outages are ridden out until then
     // (and a little after, for the aggregator to close it).
-    let deadline = loaded
-        .suite
-        .deadline_ms
-        .map_or(isotest_producer::config::DEFAULT_DEADLINE, Duration::from_millis);
+    let deadline = loaded.suite.deadline_ms.map_or(
+        isotest_producer::config::DEFAULT_DEADLINE,
+        Duration::from_millis,
+    );
     let outlast = Instant::now() + deadline + OUTAGE_GRACE;
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
@@ -141,7 +141,12 @@ pub async fn report(args: &ReportArgs) -> Result<u8, Failure> {
     let api = Api::new(&args.suite.server, args.suite.token.as_deref())?;
     let path = format!("{}/report", suite_path(&args.suite.id)?);
     let report: Report = api.json(api.http.get(api.url(&path))).await?;
-    output::write_reports(&report, args.json.as_deref(), args.junit.as_deref(), args.ctrf.as_deref())?;
+    output::write_reports(
+        &report,
+        args.json.as_deref(),
+        args.junit.as_deref(),
+        args.ctrf.as_deref(),
+    )?;
     output::print_summary(&report);
     Ok(if report.passed() {
         crate::exit::PASSED
@@ -392,7 +397,11 @@ impl Api {
             .send(self.http.put(&url).body(bundle.bytes.to_vec()))
             .await?;
         if put.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            let reason = check(put).await.err().map(|e| e.to_string()).unwrap_or_default();
+            let reason = check(put)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(Failure::BadInput(too_large(bundle.bytes.len(), &reason)));
         }
         check(put).await.map(drop)
@@ -426,7 +435,9 @@ impl Api {
     ) -> Result<T, Failure> {
         loop {
             let why = match self.http.get(url).send().await {
-                Ok(response) if transient_status(response.status()) => response.status().to_string(),
+                Ok(response) if transient_status(response.status()) => {
+                    response.status().to_string()
+                }
                 Err(e) if transient_transport(&e) => root_cause(&e),
                 Ok(response) => {
                     if outage.told {

@@ -11,10 +11,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use isotest_infra::error_chain;
+use isotest_protocol::manifest::FlakyResult;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
 use isotest_protocol::report::SuiteState;
-use isotest_protocol::manifest::FlakyResult;
 use isotest_protocol::result::{Status, TestResult};
 use isotest_sandbox::{SandboxError, Sandboxer};
 use isotest_worker::Runner;
@@ -85,7 +85,6 @@ pub async fn run(
         Ended::Finished(report)
     }
 }
-
 
 /// The in-process queue: every attempt is a task waiting its turn on a semaphore
 /// (fair, so tests start in manifest order); results come back on one channel to

@@ -275,7 +275,11 @@ mod tests {
             (false, None, false),
         ];
         for (terminal, no_color, want) in cases {
-            assert_eq!(use_color(terminal, no_color), want, "{terminal} {no_color:?}");
+            assert_eq!(
+                use_color(terminal, no_color),
+                want,
+                "{terminal} {no_color:?}"
+            );
         }
     }
 

@@ -217,9 +217,7 @@ async fn serve_metrics(
     listen: SocketAddr,
     queues: Option<(&Endpoints, Duration)>,
 ) -> Result<MetricsTask, Failure> {
-    let server = MetricsServer::bind(listen)
-        .await
-        .map_err(unreachable)?;
+    let server = MetricsServer::bind(listen).await.map_err(unreachable)?;
     let stop = CancellationToken::new();
     tokio::spawn({
         let stopped = stop.clone().cancelled_owned();

@@ -81,9 +81,7 @@ pub fn select(dir: &Path, exclude: &[String], include: &[String]) -> Result<Sele
         let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
         if !rel.as_os_str().is_empty()
-            && include
-                .matched_path_or_any_parents(rel, is_dir)
-                .is_ignore()
+            && include.matched_path_or_any_parents(rel, is_dir).is_ignore()
         {
             selection.keep(rel);
         }
@@ -99,9 +97,7 @@ fn globs(dir: &Path, lines: &[String], field: &str) -> Result<Gitignore, String>
             .add_line(None, line)
             .map_err(|e| format!("{field}: `{line}` is not a glob: {e}"))?;
     }
-    builder
-        .build()
-        .map_err(|e| format!("{field}: {e}"))
+    builder.build().map_err(|e| format!("{field}: {e}"))
 }
 
 #[cfg(test)]
@@ -165,7 +161,13 @@ mod tests {
         };
         assert_eq!(
             files(&[], &[]),
-            [".env", ".gitignore", "data/a.csv", "logs/run.log", "src/lib.rs"]
+            [
+                ".env",
+                ".gitignore",
+                "data/a.csv",
+                "logs/run.log",
+                "src/lib.rs"
+            ]
         );
         assert_eq!(
             files(&["*.log", "/data"], &[]),

@@ -371,7 +371,9 @@ pub fn router() -> Router {
 /// A metrics server that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("could not listen for metrics on {addr} (give another with --metrics-listen or ISOTEST_METRICS_LISTEN)")]
+    #[error(
+        "could not listen for metrics on {addr} (give another with --metrics-listen or ISOTEST_METRICS_LISTEN)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]

@@ -517,11 +517,24 @@ mod tests {
     /// not collide.
     #[test]
     fn every_testcase_names_its_test_and_none_collide() {
-        let names = ["login", "logout", "py311:tests/a.py::test_x", "py312:tests/a.py::test_x"];
+        let names = [
+            "login",
+            "logout",
+            "py311:tests/a.py::test_x",
+            "py312:tests/a.py::test_x",
+        ];
         let results = names.iter().enumerate().map(|(i, name)| {
-            let status = if i % 2 == 0 { Status::Passed } else { Status::Failed };
+            let status = if i % 2 == 0 {
+                Status::Passed
+            } else {
+                Status::Failed
+            };
             let mut r = result(name, 1, true, status);
-            let case_status = if i % 2 == 0 { CaseStatus::Passed } else { CaseStatus::Failed };
+            let case_status = if i % 2 == 0 {
+                CaseStatus::Passed
+            } else {
+                CaseStatus::Failed
+            };
             r.cases = vec![CaseResult {
                 classname: "test_isotest".into(),
                 file: Some("test_isotest.py".into()),

@@ -27,8 +27,7 @@ fn statuses(report: &Report) -> Vec<(String, Status)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadline() -> Result<()>
-{
+async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadline() -> Result<()> {
     let env = TestEnv::new().await;
     let manifest = env.write(
         "deadline.toml",
@@ -39,7 +38,11 @@ async fn embedded_mode_keeps_the_verdicts_of_tests_that_ended_before_the_deadlin
     );
     let run = env.run_suite(&manifest, "deadline", false, &["--concurrency", "3"]);
     let report = run.report();
-    ensure!(report.state == SuiteState::DeadlineExceeded, "{:?}", report.state);
+    ensure!(
+        report.state == SuiteState::DeadlineExceeded,
+        "{:?}",
+        report.state
+    );
     ensure!(
         statuses(report)
             == vec![
@@ -218,12 +221,20 @@ async fn interrupted_run_writes_the_reports(server: bool, signal: Signal) -> Res
     ensure!(first.contains(&at) && first.contains(tests), "{first}");
     // (The test environment's RUST_LOG=info may put log lines before it.)
     ensure!(
-        run.seen.iter().filter(|l| l.starts_with("isotest:") || l.starts_with('[')).count() == 1,
+        run.seen
+            .iter()
+            .filter(|l| l.starts_with("isotest:") || l.starts_with('['))
+            .count()
+            == 1,
         "the suite's line comes first: {:#?}",
         run.seen
     );
     // Embedded mode prints each test; server mode the count done.
-    let passed = if server { "1/2 tests done" } else { "passed short" };
+    let passed = if server {
+        "1/2 tests done"
+    } else {
+        "passed short"
+    };
     run.wait_for(passed, Duration::from_secs(60))?;
     let (code, stderr) = run.stop(signal)?;
     ensure!(code == Some(130), "exit {code:?}\n{stderr}");
@@ -274,7 +285,12 @@ async fn a_server_url_without_a_scheme_is_bad_input() -> Result<()> {
         "name = \"scheme\"\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
     );
     let run = env.run_suite(&manifest, "scheme", false, &["--server", "127.0.0.1:18580"]);
-    ensure!(run.code() == Some(2), "exit {:?}: {}", run.code(), run.stderr());
+    ensure!(
+        run.code() == Some(2),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr()
+    );
     ensure!(
         run.stderr().trim()
             == "error: the server URL `127.0.0.1:18580` has no http:// or https:// scheme; give one like http://127.0.0.1:18580",
@@ -324,7 +340,12 @@ async fn the_workspace_upload_leaves_out_what_git_ignores_and_says_what_to_do_wh
         &manifest("workspace_exclude = [\"*.log\"]\nworkspace_include = [\"target/keep/\"]\n"),
     );
     let refused = env.run_suite(&large, "large", true, &[]);
-    ensure!(refused.code() == Some(2), "exit {:?}: {}", refused.code(), refused.stderr());
+    ensure!(
+        refused.code() == Some(2),
+        "exit {:?}: {}",
+        refused.code(),
+        refused.stderr()
+    );
     ensure!(
         refused.stderr().contains("larger than the server takes")
             && refused.stderr().contains("workspace_exclude"),
@@ -415,7 +436,9 @@ async fn progress_shows_the_verdict_of_a_flaky_pass_under_flaky_result_fail() ->
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
-        stderr.lines().any(|l| l.starts_with("[1/1] failed (flaky) second-time (")),
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[1/1] failed (flaky) second-time (")),
         "{stderr}"
     );
     Ok(())
@@ -434,7 +457,9 @@ async fn status_and_report_fetch_a_suite_by_its_id() -> Result<()> {
     let id = run.report().suite_id.clone();
     let server = env.producer_url.clone().context("producer")?;
 
-    let status = env.command(&["status", &id, "--server", &server]).output()?;
+    let status = env
+        .command(&["status", &id, "--server", &server])
+        .output()?;
     let stdout = String::from_utf8_lossy(&status.stdout);
     ensure!(
         stdout.trim()
@@ -447,7 +472,14 @@ async fn status_and_report_fetch_a_suite_by_its_id() -> Result<()> {
 
     let junit = env.dir.join("fetched.xml");
     let fetched = env
-        .command(&["report", &id, "--server", &server, "--junit", &junit.display().to_string()])
+        .command(&[
+            "report",
+            &id,
+            "--server",
+            &server,
+            "--junit",
+            &junit.display().to_string(),
+        ])
         .output()?;
     ensure!(fetched.status.code() == Some(1), "{:?}", fetched);
     let cases = junit_reader::read(&junit)?;
@@ -455,9 +487,14 @@ async fn status_and_report_fetch_a_suite_by_its_id() -> Result<()> {
         .iter()
         .map(|c| (c.name.as_str(), c.result.as_str()))
         .collect();
-    ensure!(results == vec![("ok", "passed"), ("bad", "failure")], "{results:?}");
+    ensure!(
+        results == vec![("ok", "passed"), ("bad", "failure")],
+        "{results:?}"
+    );
 
-    let unknown = env.command(&["status", "nope", "--server", &server]).output()?;
+    let unknown = env
+        .command(&["status", "nope", "--server", &server])
+        .output()?;
     ensure!(unknown.status.code() == Some(2), "{unknown:?}");
     env.stop();
     env.cleanup().await
@@ -472,9 +509,15 @@ async fn a_callback_url_in_embedded_mode_is_refused_not_ignored() -> Result<()> 
          [[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
     );
     let run = env.run_suite(&manifest, "callback", false, &[]);
-    ensure!(run.code() == Some(2), "exit {:?}: {}", run.code(), run.stderr());
     ensure!(
-        run.stderr().contains("callback_url: embedded mode sends no webhook"),
+        run.code() == Some(2),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr()
+    );
+    ensure!(
+        run.stderr()
+            .contains("callback_url: embedded mode sends no webhook"),
         "{}",
         run.stderr()
     );
@@ -502,14 +545,21 @@ async fn a_run_rides_out_a_producer_restart() -> Result<()> {
     kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
     run.wait_for("the server did not answer", Duration::from_secs(30))?;
     let listen = url.trim_start_matches("http://").to_owned();
-    env.spawn("producer-again", &["producer", "--listen", &listen, "--open"]);
+    env.spawn(
+        "producer-again",
+        &["producer", "--listen", &listen, "--open"],
+    );
     run.wait_for("the server answers again", Duration::from_secs(60))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = run.child.try_wait()? {
             break status;
         }
-        ensure!(Instant::now() < deadline, "isotest run did not end: {:#?}", run.seen);
+        ensure!(
+            Instant::now() < deadline,
+            "isotest run did not end: {:#?}",
+            run.seen
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     ensure!(status.code() == Some(0), "exit {status:?}: {:#?}", run.seen);

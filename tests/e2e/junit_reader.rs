@@ -75,8 +75,10 @@ fn python() -> Result<PathBuf> {
     let _made = MADE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let venv = std::env::var_os("ISOTEST_JUNITPARSER_VENV")
-        .map_or_else(|| PathBuf::from("/var/tmp/isotest-junitparser"), PathBuf::from);
+    let venv = std::env::var_os("ISOTEST_JUNITPARSER_VENV").map_or_else(
+        || PathBuf::from("/var/tmp/isotest-junitparser"),
+        PathBuf::from,
+    );
     let python = venv.join("bin/python");
     let ready = |python: &Path| {
         Command::new(python)
