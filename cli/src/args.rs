@@ -28,7 +28,7 @@ pub enum Command {
     /// Assemble suite reports from the results workers write.
     Aggregator(AggregatorArgs),
     /// Producer, aggregator and a worker in one process (a one-machine deployment).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Measure the pipeline or the sandbox.
     Bench(crate::bench::BenchArgs),
     /// Manage the producer's API tokens (one per CI system, each with an optional quota).
@@ -43,6 +43,19 @@ pub enum Command {
     Flaky(crate::history::FlakyArgs),
     /// Quarantine tests: they run and are reported, but do not fail their suite.
     Quarantine(crate::history::QuarantineArgs),
+    /// Fetch a finished suite's stored report from a server and write it, as `run` would.
+    Report(ReportArgs),
+    /// Print a shell completion script (`isotest completions bash > /etc/bash_completion.d/isotest`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the completion script of `shell` for the whole command line to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "isotest", out);
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +99,35 @@ pub struct RunArgs {
     pub history: crate::history::StoreArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// A suite on a server.
+#[derive(Debug, Args)]
+pub struct SuiteArgs {
+    /// The suite's id.
+    pub id: String,
+    /// The isotest server (producer) URL.
+    #[arg(long, env = "ISOTEST_SERVER")]
+    pub server: String,
+    /// The API token the server asks for.
+    #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `isotest report ID`: where to write the stored report.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// Write the JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the CTRF JSON report here.
+    #[arg(long)]
+    pub ctrf: Option<PathBuf>,
 }
 
 /// How sandboxes are made on this host.
@@ -427,6 +469,18 @@ mod tests {
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
         for bad in ["0d", "d", "1.5d", "-1d", "soon"] {
             assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn completions_name_every_subcommand() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let script = String::from_utf8(out).expect("UTF-8");
+            for word in ["run", "worker", "token", "--server", "--junit"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use isotest_protocol::api::{ApiError, QueueState, Submitted, SuiteStatus};
 use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
+use crate::args::{ReportArgs, SuiteArgs};
 use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
 use crate::output::{self, Progress, Where};
@@ -38,15 +39,7 @@ pub async fn run(
     loaded: LoadedSuite,
     quiet: bool,
 ) -> Result<Ended, Failure> {
-    let api = Api {
-        base: server.trim_end_matches('/').to_owned(),
-        http: Client::builder()
-            .default_headers(authorization(token)?)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| Failure::Service(e.into()))?,
-    };
+    let api = Api::new(server, token)?;
     let submit = async {
         for bundle in loaded.workspace.iter().chain(&loaded.artifacts) {
             api.upload(bundle).await?;
@@ -75,12 +68,20 @@ pub async fn run(
         },
         quiet,
     );
+    // The suite ends by its deadline at the latest: outages are ridden out until then
+    // (and a little after, for the aggregator to close it).
+    let deadline = loaded.suite.deadline_ms.map_or(
+        isotest_producer::config::DEFAULT_DEADLINE,
+        Duration::from_millis,
+    );
+    let outlast = Instant::now() + deadline + OUTAGE_GRACE;
     let follow = async {
         let mut progress = Progress::new(submitted.tests, quiet);
         let mut watch = QueueWatch::default();
+        let mut outage = Outage::new(outlast);
         let status = loop {
             let status: SuiteStatus = api
-                .json(api.http.get(api.url(&submitted.status_url)))
+                .json_through_outages(&api.url(&submitted.status_url), &mut outage, &progress)
                 .await?;
             if let Some(line) = status.queue.and_then(|q| watch.line(q, Instant::now())) {
                 progress.println(&line);
@@ -93,7 +94,7 @@ pub async fn run(
         };
         progress.finish();
         tracing::info!(suite_id = %status.id, state = ?status.state, "Suite ended.");
-        api.json::<Report>(api.http.get(api.url(&submitted.report_url)))
+        api.json_through_outages::<Report>(&api.url(&submitted.report_url), &mut outage, &progress)
             .await
     };
     tokio::select! {
@@ -110,6 +111,76 @@ pub async fn run(
             })))
         }
     }
+}
+
+/// `isotest status ID`: prints the suite's state, and exits as its report would (0 all
+/// passed, 1 not, 0 while it runs).
+///
+/// # Errors
+///
+/// As [`run`]: an unreachable server, or its refusal (an unknown suite is bad input).
+pub async fn status(args: &SuiteArgs) -> Result<u8, Failure> {
+    let api = Api::new(&args.server, args.token.as_deref())?;
+    let status: SuiteStatus = api
+        .json(api.http.get(api.url(&suite_path(&args.id)?)))
+        .await?;
+    println!("{}", status_line(&status));
+    Ok(match &status.summary {
+        Some(s) if s.passed + s.skipped < s.total => crate::exit::TESTS_FAILED,
+        _ => crate::exit::PASSED,
+    })
+}
+
+/// `isotest report ID`: fetches a suite's stored report and writes and prints it as
+/// `isotest run` does; exits with the code `run` would have.
+///
+/// # Errors
+///
+/// As [`status`]; a suite still running is refused by the server (409), bad input here.
+pub async fn report(args: &ReportArgs) -> Result<u8, Failure> {
+    let api = Api::new(&args.suite.server, args.suite.token.as_deref())?;
+    let path = format!("{}/report", suite_path(&args.suite.id)?);
+    let report: Report = api.json(api.http.get(api.url(&path))).await?;
+    output::write_reports(
+        &report,
+        args.json.as_deref(),
+        args.junit.as_deref(),
+        args.ctrf.as_deref(),
+    )?;
+    output::print_summary(&report);
+    Ok(if report.passed() {
+        crate::exit::PASSED
+    } else {
+        crate::exit::TESTS_FAILED
+    })
+}
+
+/// `/v1/suites/{id}`, for an id that is a suite id (a UUID).
+fn suite_path(id: &str) -> Result<String, Failure> {
+    let id = uuid::Uuid::parse_str(id.trim())
+        .map_err(|_| Failure::BadInput(format!("`{id}` is not a suite id (a UUID)")))?;
+    Ok(format!("/v1/suites/{id}"))
+}
+
+/// One line on a suite: its state and how far it got.
+fn status_line(status: &SuiteStatus) -> String {
+    let state = match status.state {
+        SuiteState::Running => "running",
+        SuiteState::Complete => "complete",
+        SuiteState::DeadlineExceeded => "deadline exceeded",
+        SuiteState::Cancelled => "cancelled",
+    };
+    let mut line = format!(
+        "suite {} ({}): {state}, {} of {} tests done",
+        status.id, status.name, status.done, status.total
+    );
+    if let Some(s) = &status.summary {
+        line.push_str(&format!(
+            "; {} passed, {} failed, {} error, {} timeout, {} lost, {} cancelled",
+            s.passed, s.failed, s.errored, s.timed_out, s.lost, s.cancelled
+        ));
+    }
+    line
 }
 
 /// Checks a server URL as given (`--server`, `ISOTEST_SERVER`): an `http` or `https` URL
@@ -156,6 +227,45 @@ fn cancelled_here(loaded: &LoadedSuite) -> Report {
     isotest_report::assemble(&record, Vec::new(), SuiteState::Cancelled)
 }
 
+/// How long past the suite's deadline an outage is waited out.
+const OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// The longest pause between two tries during an outage.
+const OUTAGE_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// An outage of the server being ridden out: until when, and how long to pause next.
+#[derive(Debug)]
+struct Outage {
+    until: Instant,
+    pause: Duration,
+    /// Whether stderr has heard of the current outage.
+    told: bool,
+}
+
+impl Outage {
+    fn new(until: Instant) -> Outage {
+        Outage {
+            until,
+            pause: POLL_EVERY,
+            told: false,
+        }
+    }
+}
+
+/// Whether an answer may be different if asked again: the server, or a proxy before it,
+/// is restarting.
+fn transient_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Whether a request that got no answer may get one if made again: the connection
+/// failed, timed out or was cut.
+fn transient_transport(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
 /// How long a suite may wait with no worker consuming before the warning comes again.
 const NO_WORKER_REPEAT: Duration = Duration::from_secs(30);
 
@@ -199,27 +309,6 @@ fn queue_line(queue: QueueState) -> String {
     }
 }
 
-/// The status of suite `id` on `server`: from Redis while it is kept there, from the
-/// server's history store after.
-///
-/// # Errors
-///
-/// Returns [`Failure::Unreachable`] when the server does not answer, and
-/// [`Failure::BadInput`] when it knows no such suite.
-pub async fn status(server: &str, token: Option<&str>, id: &str) -> Result<SuiteStatus, Failure> {
-    let api = Api {
-        base: server.trim_end_matches('/').to_owned(),
-        http: Client::builder()
-            .default_headers(authorization(token)?)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| Failure::Service(e.into()))?,
-    };
-    api.json(api.http.get(api.url(&format!("/v1/suites/{id}"))))
-        .await
-}
-
 /// The `Authorization` header every request carries (none without a token), marked
 /// sensitive so that it never appears in debug output.
 fn authorization(token: Option<&str>) -> Result<reqwest::header::HeaderMap, Failure> {
@@ -246,6 +335,19 @@ struct Api {
 }
 
 impl Api {
+    fn new(server: &str, token: Option<&str>) -> Result<Api, Failure> {
+        server_url(server)?;
+        Ok(Api {
+            base: server.trim_end_matches('/').to_owned(),
+            http: Client::builder()
+                .default_headers(authorization(token)?)
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(300))
+                .build()
+                .map_err(|e| Failure::Service(e.into()))?,
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()
@@ -320,6 +422,57 @@ impl Api {
                 )
             }
         })
+    }
+
+    /// GETs `url` as JSON, riding out a restarting server or a cut connection (saying so
+    /// once on stderr, then pausing longer each try, up to [`OUTAGE_MAX_PAUSE`]) until
+    /// `outage.until`; any other failure ends it at once.
+    async fn json_through_outages<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        outage: &mut Outage,
+        progress: &Progress,
+    ) -> Result<T, Failure> {
+        loop {
+            let why = match self.http.get(url).send().await {
+                Ok(response) if transient_status(response.status()) => {
+                    response.status().to_string()
+                }
+                Err(e) if transient_transport(&e) => root_cause(&e),
+                Ok(response) => {
+                    if outage.told {
+                        progress.println("isotest: the server answers again");
+                    }
+                    *outage = Outage::new(outage.until);
+                    let response = check(response).await?;
+                    return response.json().await.map_err(|e| {
+                        Failure::Service(
+                            anyhow::Error::new(e).context(format!("read the answer of {url}")),
+                        )
+                    });
+                }
+                Err(e) => {
+                    return Err(Failure::Service(
+                        anyhow::Error::new(e)
+                            .context(format!("talk to the isotest server at {}", self.base)),
+                    ));
+                }
+            };
+            if Instant::now() + outage.pause > outage.until {
+                return Err(Failure::Unreachable(format!(
+                    "the isotest server at {} did not answer until the suite's deadline: {why}",
+                    self.base
+                )));
+            }
+            if !outage.told {
+                progress.println(&format!(
+                    "isotest: the server did not answer ({why}); trying again until the suite's deadline"
+                ));
+                outage.told = true;
+            }
+            tokio::time::sleep(outage.pause).await;
+            outage.pause = (outage.pause * 2).min(OUTAGE_MAX_PAUSE);
+        }
     }
 
     async fn json<T: DeserializeOwned>(

@@ -11,10 +11,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use isotest_infra::error_chain;
+use isotest_protocol::manifest::FlakyResult;
 use isotest_protocol::message::TestMessage;
 use isotest_protocol::now_ms;
 use isotest_protocol::report::SuiteState;
-use isotest_protocol::result::TestResult;
+use isotest_protocol::result::{Status, TestResult};
 use isotest_sandbox::{SandboxError, Sandboxer};
 use isotest_worker::Runner;
 use isotest_worker::run::infrastructure_error;
@@ -76,7 +77,7 @@ pub async fn run(
     // deadline or the interrupt keep their verdicts.
     let mut results = Vec::new();
     let state = tokio::select! {
-        () = pool.run_all(messages, total, &mut progress, &mut results) => SuiteState::Complete,
+        () = pool.run_all(messages, total, &mut progress, record.flaky_result, &mut results) => SuiteState::Complete,
         () = tokio::time::sleep(deadline) => SuiteState::DeadlineExceeded,
         () = isotest_infra::shutdown::signal() => SuiteState::Cancelled,
     };
@@ -132,6 +133,7 @@ impl Pool {
         messages: Vec<TestMessage>,
         total: u32,
         progress: &mut Progress,
+        flaky_result: FlakyResult,
         results: &mut Vec<TestResult>,
     ) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -139,6 +141,7 @@ impl Pool {
             self.spawn(msg, &done_tx);
         }
         let mut finals = 0;
+        let mut failed_before = std::collections::HashSet::new();
         while finals < total {
             let Some((msg, outcome)) = done_rx.recv().await else {
                 break;
@@ -146,9 +149,23 @@ impl Pool {
             let result = outcome.unwrap_or_else(|e| {
                 infrastructure_error(&msg, self.runner.worker_id(), &error_chain(&e))
             });
+            if !result.is_final {
+                // What makes a final pass flaky, as the report's assembly decides it.
+                if result.status.is_retryable() && !result.is_infrastructure_failure() {
+                    failed_before.insert(result.name.clone());
+                }
+            }
             if result.is_final {
                 finals += 1;
-                progress.finished(&result.name, result.status, result.duration_ms);
+                let flaky = result.status == Status::Passed && failed_before.contains(&result.name);
+                // Under flaky_result = "fail" the verdict of a flaky pass is a failure, and
+                // the progress line says the verdict, not the last attempt's status.
+                let shown = if flaky && flaky_result == FlakyResult::Fail {
+                    Status::Failed
+                } else {
+                    result.status
+                };
+                progress.finished(&result.name, shown, flaky, result.duration_ms);
             } else if let Some(next) = msg.next_attempt(now_ms()) {
                 self.spawn(next, &done_tx);
             }

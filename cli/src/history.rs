@@ -294,7 +294,8 @@ pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
     Ok(exit::PASSED)
 }
 
-/// `isotest status SUITE_ID`: the suite's state and counts; exit 0 when it is known.
+/// `isotest status SUITE_ID`: the suite's state and counts, from a server (`--server`: one
+/// line, exiting as its report would) or from the history store (exit 0 when it is known).
 ///
 /// # Errors
 ///
@@ -302,20 +303,13 @@ pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
 /// server that does not answer, [`Failure::History`] when the store fails.
 pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
     if let Some(server) = &args.server {
-        let status = crate::client::status(server, args.token.as_deref(), &args.suite_id).await?;
-        let state = serde_json::to_value(status.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        println!("Suite {} ({}): {state}", status.name, status.id);
-        println!("  {} of {} tests done", status.done, status.total);
-        if let Some(summary) = status.summary {
-            println!(
-                "  {} passed, {} failed, {} error, {} timeout, {} flaky",
-                summary.passed, summary.failed, summary.errored, summary.timed_out, summary.flaky
-            );
-        }
-        return Ok(exit::PASSED);
+        // The server's view, one line, exiting as the suite's report would.
+        return crate::client::status(&crate::args::SuiteArgs {
+            id: args.suite_id.clone(),
+            server: server.clone(),
+            token: args.token.clone(),
+        })
+        .await;
     }
     let history = args.store.open().await?;
     let Some(suite) = history.suite(&args.suite_id).await.map_err(store_failure)? else {

@@ -41,7 +41,9 @@ pub fn main() -> ExitCode {
         | Command::Suites(_)
         | Command::Status(_)
         | Command::Flaky(_)
-        | Command::Quarantine(_) => "warn",
+        | Command::Quarantine(_)
+        | Command::Report(_)
+        | Command::Completions { .. } => "warn",
         _ => "info",
     };
     isotest_infra::telemetry::init(default_filter);
@@ -61,7 +63,7 @@ pub fn main() -> ExitCode {
             Command::Producer(config) => services::producer(config).await.map(|()| exit::PASSED),
             Command::Worker(args) => services::worker(args).await.map(|()| exit::PASSED),
             Command::Aggregator(args) => services::aggregator(args).await.map(|()| exit::PASSED),
-            Command::Up(args) => services::up(args).await.map(|()| exit::PASSED),
+            Command::Up(args) => services::up(*args).await.map(|()| exit::PASSED),
             Command::Bench(args) => bench::bench(args).await.map(|()| exit::PASSED),
             Command::Token(args) => tokens::token(args).await.map(|()| exit::PASSED),
             Command::History(args) => history::history(args).await,
@@ -69,6 +71,11 @@ pub fn main() -> ExitCode {
             Command::Status(args) => history::status(args).await,
             Command::Flaky(args) => history::flaky(args).await,
             Command::Quarantine(args) => history::quarantine(args).await,
+            Command::Report(args) => client::report(&args).await,
+            Command::Completions { shell } => {
+                args::completions(shell, &mut std::io::stdout());
+                Ok(exit::PASSED)
+            }
         }
     });
     // Sandboxes and connections of tasks still running are torn down with the runtime.

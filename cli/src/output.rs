@@ -48,21 +48,23 @@ impl Progress {
         }
     }
 
-    /// One test reached its final verdict.
-    pub fn finished(&mut self, name: &str, status: Status, duration_ms: u64) {
+    /// One test reached its final verdict (`flaky`: it passed after its own failure).
+    pub fn finished(&mut self, name: &str, status: Status, flaky: bool, duration_ms: u64) {
+        let label = if flaky {
+            format!("{} (flaky)", status.as_str())
+        } else {
+            status.as_str().to_owned()
+        };
         match self {
             Progress::Bar(bar) => {
                 bar.inc(1);
                 if !status.is_success() {
-                    bar.println(format!("{:>8} {name}", status.as_str()));
+                    bar.println(format!("{label:>8} {name}"));
                 }
             }
             Progress::Lines { total, done, .. } => {
                 *done += 1;
-                eprintln!(
-                    "[{done}/{total}] {} {name} ({duration_ms} ms)",
-                    status.as_str()
-                );
+                eprintln!("[{done}/{total}] {label} {name} ({duration_ms} ms)");
             }
             Progress::Quiet => {}
         }
@@ -150,26 +152,60 @@ pub fn started(id: &str, tests: u32, at: Where<'_>, quiet: bool) {
 ///
 /// Returns [`Failure::BadInput`] when a report file cannot be written.
 pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(report).map_err(|e| Failure::Service(e.into()))?;
-        write(path, json.as_bytes())?;
-    }
-    if let Some(path) = &args.junit {
-        write(path, isotest_report::junit(report).as_bytes())?;
-    }
-    if let Some(path) = &args.ctrf {
-        let ctrf = serde_json::to_string_pretty(&isotest_report::ctrf(report))
-            .map_err(|e| Failure::Service(e.into()))?;
-        write(path, ctrf.as_bytes())?;
-    }
-    let color = std::io::stdout().is_terminal();
-    print!("{}", isotest_report::terminal_summary(report, color));
+    write_reports(
+        report,
+        args.json.as_deref(),
+        args.junit.as_deref(),
+        args.ctrf.as_deref(),
+    )?;
+    print_summary(report);
     print!("{}", rerun_hint(report, args));
     Ok(if report.passed() {
         exit::PASSED
     } else {
         exit::TESTS_FAILED
     })
+}
+
+/// Writes the reports asked for: JSON, JUnit XML, CTRF.
+///
+/// # Errors
+///
+/// Returns [`Failure::BadInput`] when a report file cannot be written.
+pub fn write_reports(
+    report: &Report,
+    json: Option<&Path>,
+    junit: Option<&Path>,
+    ctrf: Option<&Path>,
+) -> Result<(), Failure> {
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(report).map_err(|e| Failure::Service(e.into()))?;
+        write(path, json.as_bytes())?;
+    }
+    if let Some(path) = junit {
+        write(path, isotest_report::junit(report).as_bytes())?;
+    }
+    if let Some(path) = ctrf {
+        let ctrf = serde_json::to_string_pretty(&isotest_report::ctrf(report))
+            .map_err(|e| Failure::Service(e.into()))?;
+        write(path, ctrf.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Prints the summary on stdout, coloured on a terminal unless `NO_COLOR` says not.
+pub fn print_summary(report: &Report) {
+    let color = use_color(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    print!("{}", isotest_report::terminal_summary(report, color));
+}
+
+/// Whether the summary is coloured: on a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string (no-color.org).
+fn use_color(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// How many failing tests get a rerun command in the summary.
@@ -220,7 +256,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Where, shell_quote, started_line};
+    use super::{Where, shell_quote, started_line, use_color};
 
     #[test]
     fn the_first_line_names_the_suite_in_both_modes() {
@@ -237,6 +273,24 @@ mod tests {
             started_line(id, 1, Where::Here { concurrency: 4 }),
         ];
         insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn no_color_turns_colour_off_unless_empty() {
+        use std::ffi::OsStr;
+        let cases = [
+            (true, None, true),
+            (true, Some(OsStr::new("1")), false),
+            (true, Some(OsStr::new("")), true),
+            (false, None, false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                use_color(terminal, no_color),
+                want,
+                "{terminal} {no_color:?}"
+            );
+        }
     }
 
     #[test]

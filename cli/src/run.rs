@@ -30,6 +30,14 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     let local = Local::new(&args.sandbox);
     discover::expand(&mut unexpanded, &args, &local).await?;
     let mut loaded = input::only(unexpanded.validate()?, &args.only)?;
+    // Only the aggregator sends webhooks: embedded mode says so rather than drop it.
+    if args.server.is_none() && loaded.suite.callback_url.is_some() {
+        return Err(Failure::BadInput(format!(
+            "{}: callback_url: embedded mode sends no webhook (this run writes the reports \
+             itself); run the suite with --server, or remove callback_url",
+            args.manifest.display()
+        )));
+    }
     let preparation = prepare::stage(&mut loaded, &local).await?;
     let ended = match preparation.failure() {
         Some(failure) => Ended::Finished(prepare::report_failed_build(&loaded, failure)),

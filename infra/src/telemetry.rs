@@ -22,7 +22,11 @@ pub fn init(default_filter: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        // no-color.org: NO_COLOR set to anything but "" turns colour off.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr);
     // An error here only means a subscriber is already installed (a test, or a second service in one process).
     let _ = if json {

@@ -149,8 +149,10 @@ impl Producer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ProducerError> {
-        let addr = self.listener.local_addr().ok();
-        tracing::info!(?addr, "Producer listening.");
+        match self.listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "Producer listening."),
+            Err(error) => tracing::info!(%error, "Producer listening (its address unknown)."),
+        }
         self.warn_if_open().await;
         let app = http::router(Arc::clone(&self.state));
         let stop = tokio_util::sync::CancellationToken::new();

@@ -12,6 +12,8 @@ use super::junit::attempt_message;
 const OUTPUT_LINES: usize = 10;
 /// How many failing cases of one test the summary names.
 const CASE_LINES: usize = 10;
+/// How many tests that did not pass the summary describes; the reports have them all.
+const TESTS_SHOWN: usize = 20;
 
 /// The statuses in the order the summary lists them.
 const ORDER: [Status; 8] = Status::ALL;
@@ -46,9 +48,21 @@ pub fn terminal_summary(report: &Report, color: bool) -> String {
     }
     let _ = writeln!(out, "  {:<10} {:>6}", "total", report.summary.total);
 
-    for test in report.tests.iter().filter(|t| !t.status.is_success()) {
+    let failing: Vec<&TestReport> = report
+        .tests
+        .iter()
+        .filter(|t| !t.status.is_success())
+        .collect();
+    for test in failing.iter().take(TESTS_SHOWN) {
         out.push('\n');
         write_test(&mut out, test, paint);
+    }
+    if failing.len() > TESTS_SHOWN {
+        let _ = writeln!(
+            out,
+            "\n… and {} more tests that did not pass: the reports (--json, --junit, --ctrf) have every one",
+            failing.len() - TESTS_SHOWN
+        );
     }
 
     out.push('\n');
@@ -83,7 +97,10 @@ fn write_test(out: &mut String, test: &TestReport, paint: Painter) {
     let _ = writeln!(
         out,
         "  {}",
-        attempt_message(test.status, test.reason.as_deref(), test.exit_code)
+        indent(
+            &attempt_message(test.status, test.reason.as_deref(), test.exit_code),
+            "  "
+        )
     );
     let failing: Vec<_> = test
         .cases
@@ -97,7 +114,7 @@ fn write_test(out: &mut String, test: &TestReport, paint: Painter) {
             format!("{}::{}", case.classname, case.name)
         };
         let message = case.message.as_deref().unwrap_or("");
-        let _ = writeln!(out, "  - {name}: {message}");
+        let _ = writeln!(out, "  - {name}: {}", indent(message, "    "));
     }
     if failing.len() > CASE_LINES {
         let _ = writeln!(
@@ -119,6 +136,19 @@ fn write_test(out: &mut String, test: &TestReport, paint: Painter) {
             lines.len() - OUTPUT_LINES
         );
     }
+}
+
+/// A message of several lines, its lines after the first starting with `prefix`, so that
+/// an assertion's own layout stays under the line it belongs to.
+fn indent(text: &str, prefix: &str) -> String {
+    let mut lines = text.trim_end().lines();
+    let mut out = lines.next().unwrap_or_default().to_owned();
+    for line in lines {
+        out.push('\n');
+        out.push_str(prefix);
+        out.push_str(line.trim_end_matches('\r'));
+    }
+    out
 }
 
 fn last_line(report: &Report, paint: Painter) -> String {
@@ -269,6 +299,37 @@ mod tests {
             s
         };
         assert_eq!(stripped, terminal_summary(&mixed(), false));
+    }
+
+    /// Many failures with messages of several lines: each keeps its layout under its
+    /// test, and the summary stops after [`TESTS_SHOWN`] tests.
+    #[test]
+    fn long_messages_keep_their_indentation_and_many_failures_are_capped() {
+        let names: Vec<String> = (0..25).map(|i| format!("t{i:02}")).collect();
+        let results = names.iter().map(|name| {
+            let mut r = result(name, 1, true, Status::Failed);
+            r.reason = Some("assert left == right\n  left: 1\n right: 2".into());
+            r.cases = vec![CaseResult {
+                name: "test_eq".into(),
+                classname: "tests".into(),
+                file: None,
+                status: CaseStatus::Failed,
+                duration_ms: 3,
+                message: Some("AssertionError: assert {'a': 1} == {'a': 2}\n  Differing items:\n  {'a': 1} != {'a': 2}".into()),
+                detail: None,
+            }];
+            r
+        });
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let report = assemble(&record(&refs), results, SuiteState::Complete);
+        let text = terminal_summary(&report, false);
+        assert_eq!(text.matches("FAILED t").count(), TESTS_SHOWN, "{text}");
+        let first: String = text.lines().take(16).collect::<Vec<_>>().join("\n");
+        let last: String = {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len() - 3..].join("\n")
+        };
+        insta::assert_snapshot!(format!("{first}\n[…]\n{last}"));
     }
 
     #[test]

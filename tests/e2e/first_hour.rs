@@ -385,6 +385,190 @@ async fn a_suite_no_worker_takes_says_so() -> Result<()> {
         run.stderr()
     );
     ensure!(run.code() == Some(1), "exit {:?}", run.code());
+    // The producer's address is logged as an address, not as Rust's `Some(…)`.
+    let log = env.log("producer");
+    let listening = log
+        .iter()
+        .find(|l| l.contains("Producer listening"))
+        .context("no listening line")?;
+    ensure!(
+        listening.contains("addr=127.0.0.1:") && !listening.contains("Some("),
+        "{listening}"
+    );
+    env.stop();
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_suite_refused_in_embedded_mode_names_the_flag_of_isotest_run() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "network.toml",
+        "name = \"net\"\nnetwork = true\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "network", false, &[]);
+    let reason = run.report().tests[0].reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("`isotest run` in embedded mode"),
+        "{reason}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_shows_the_verdict_of_a_flaky_pass_under_flaky_result_fail() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "flaky.toml",
+        "name = \"flaky\"\nflaky_result = \"fail\"\n\
+         [[tests]]\nname = \"second-time\"\nretries = 1\n\
+         command = [\"/bin/sh\", \"-c\", \"test \\\"$ISOTEST_ATTEMPT\\\" = 2\"]\n",
+    );
+    let run = env.run_suite(&manifest, "flaky", false, &[]);
+    ensure!(
+        statuses(run.report()) == vec![("second-time".to_owned(), Status::Failed)],
+        "{:?}",
+        run.report().tests
+    );
+    // run_suite passes --quiet: run again with progress.
+    let output = env
+        .command(&["run", &manifest.display().to_string()])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[1/1] failed (flaky) second-time (")),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_report_fetch_a_suite_by_its_id() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let manifest = env.write(
+        "fetch.toml",
+        "name = \"fetch\"\n[[tests]]\nname = \"ok\"\ncommand = [\"true\"]\n\
+         [[tests]]\nname = \"bad\"\ncommand = [\"false\"]\n",
+    );
+    let run = env.run_suite(&manifest, "fetch", true, &[]);
+    let id = run.report().suite_id.clone();
+    let server = env.producer_url.clone().context("producer")?;
+
+    let status = env
+        .command(&["status", &id, "--server", &server])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        stdout.trim()
+            == format!(
+                "suite {id} (fetch): complete, 2 of 2 tests done; 1 passed, 1 failed, 0 error, 0 timeout, 0 lost, 0 cancelled"
+            ),
+        "{stdout}"
+    );
+    ensure!(status.status.code() == Some(1), "{:?}", status.status);
+
+    let junit = env.dir.join("fetched.xml");
+    let fetched = env
+        .command(&[
+            "report",
+            &id,
+            "--server",
+            &server,
+            "--junit",
+            &junit.display().to_string(),
+        ])
+        .output()?;
+    ensure!(fetched.status.code() == Some(1), "{:?}", fetched);
+    let cases = junit_reader::read(&junit)?;
+    let results: Vec<(&str, &str)> = cases
+        .iter()
+        .map(|c| (c.name.as_str(), c.result.as_str()))
+        .collect();
+    ensure!(
+        results == vec![("ok", "passed"), ("bad", "failure")],
+        "{results:?}"
+    );
+
+    let unknown = env
+        .command(&["status", "nope", "--server", &server])
+        .output()?;
+    ensure!(unknown.status.code() == Some(2), "{unknown:?}");
+    env.stop();
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_url_in_embedded_mode_is_refused_not_ignored() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "callback.toml",
+        "name = \"cb\"\ncallback_url = \"http://127.0.0.1:9/hook\"\n\
+         [[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "callback", false, &[]);
+    ensure!(
+        run.code() == Some(2),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr()
+    );
+    ensure!(
+        run.stderr()
+            .contains("callback_url: embedded mode sends no webhook"),
+        "{}",
+        run.stderr()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_rides_out_a_producer_restart() -> Result<()> {
+    let mut env = TestEnv::new().await;
+    env.start(1, 2).await?;
+    let manifest = env.write(
+        "restart.toml",
+        "name = \"restart\"\n[[tests]]\nname = \"slow\"\ncommand = [\"sleep\", \"4\"]\n",
+    );
+    let url = env.producer_url.clone().context("producer")?;
+    let json = env.dir.join("restart.json");
+    let (manifest, json_arg) = (manifest.display().to_string(), json.display().to_string());
+    let mut run = Running::start(
+        &env,
+        &["run", &manifest, "--server", &url, "--json", &json_arg],
+    )?;
+    run.wait_for("isotest: suite ", Duration::from_secs(60))?;
+    // The producer goes away while the suite runs, and comes back on the same address.
+    let pid = env.pid("producer").context("producer pid")?;
+    kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+    run.wait_for("the server did not answer", Duration::from_secs(30))?;
+    let listen = url.trim_start_matches("http://").to_owned();
+    env.spawn(
+        "producer-again",
+        &["producer", "--listen", &listen, "--open"],
+    );
+    run.wait_for("the server answers again", Duration::from_secs(60))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "isotest run did not end: {:#?}",
+            run.seen
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(status.code() == Some(0), "exit {status:?}: {:#?}", run.seen);
+    let report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+    ensure!(
+        statuses(&report) == vec![("slow".to_owned(), Status::Passed)],
+        "{:?}",
+        report.tests
+    );
     env.stop();
     env.cleanup().await
 }

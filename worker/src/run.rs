@@ -119,7 +119,8 @@ impl Runner {
                 msg,
                 &self.config.worker_id,
                 "the suite asks for network access (network = true), which this worker does not \
-                 give; start the worker with --allow-network to let tests share its network"
+                 give; pass --allow-network (ISOTEST_ALLOW_NETWORK) to `isotest worker`, or to \
+                 `isotest run` in embedded mode, to let tests share its network"
                     .to_owned(),
             ));
         }
