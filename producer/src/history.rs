@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -130,8 +131,9 @@ struct Last {
 async fn suites(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<Last>,
+    query: Result<Query<Last>, QueryRejection>,
 ) -> Result<Json<Vec<SuiteRow>>, ApiFailure> {
+    let Query(query) = query.map_err(bad_query)?;
     let last = query.last.unwrap_or(20).min(MAX_ROWS);
     Ok(Json(store(&state)?.suites(last, owner_of(&caller)).await?))
 }
@@ -142,14 +144,20 @@ async fn test_history(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Query(query): Query<Last>,
+    query: Result<Query<Last>, QueryRejection>,
 ) -> Result<Json<Vec<TestRun>>, ApiFailure> {
+    let Query(query) = query.map_err(bad_query)?;
     let last = query.last.unwrap_or(20).min(MAX_ROWS);
     Ok(Json(
         store(&state)?
             .test_runs(&name, query.suite.as_deref(), owner_of(&caller), last)
             .await?,
     ))
+}
+
+/// A query string that does not parse: bad input, answered as every other (JSON, 400).
+fn bad_query(rejection: QueryRejection) -> ApiFailure {
+    ApiFailure::BadQuery(rejection.body_text())
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,8 +171,9 @@ struct FlakyQuery {
 async fn flaky(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<FlakyQuery>,
+    query: Result<Query<FlakyQuery>, QueryRejection>,
 ) -> Result<Json<Vec<FlakyTest>>, ApiFailure> {
+    let Query(query) = query.map_err(bad_query)?;
     let days = u64::from(query.days.unwrap_or(30));
     let since = isotest_protocol::now_ms().saturating_sub(days * 86_400_000);
     Ok(Json(

@@ -114,6 +114,8 @@ pub enum ApiFailure {
     },
     #[error("`{0}` is not a suite id (a UUID)")]
     BadSuiteId(String),
+    #[error("query string: {0}")]
+    BadQuery(String),
     #[error("`{0}` is not a blob reference; use sha256:<64 lowercase hex digits>")]
     BadBlobReference(String),
     #[error("blob content has sha256:{actual}, not the {expected} its reference names")]
@@ -158,6 +160,7 @@ impl ApiFailure {
             | ApiFailure::Callback(_)
             | ApiFailure::MissingBlob(_)
             | ApiFailure::BadSuiteId(_)
+            | ApiFailure::BadQuery(_)
             | ApiFailure::BadBlobReference(_)
             | ApiFailure::DigestMismatch { .. }
             | ApiFailure::ReadBody(_) => StatusCode::BAD_REQUEST,
