@@ -117,15 +117,18 @@ return {back, started}
 
 /// A worker's fence: the copy with token ARGV[2] of test ARGV[1] may run only while it
 /// is the test's current dispatch and its suite is open; then it is marked started.
-/// KEYS: dispatch, started, report. 1: run, 0: a stale copy, 2: the suite is closed.
+/// KEYS: started (the one key it writes). ARGV: test index, token, then the names of the
+/// dispatch hash and the report key, which it only reads: EVAL asks for write access to
+/// every declared key, and a worker's Redis user may only read those
+/// (`deploy/redis/users.acl`). 1: run, 0: a stale copy, 2: the suite is closed.
 const START_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 1 then
+if redis.call('EXISTS', ARGV[4]) == 1 then
   return 2
 end
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+if redis.call('HGET', ARGV[3], ARGV[1]) ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
 
@@ -335,11 +338,11 @@ pub async fn start(
     token: &str,
 ) -> redis::RedisResult<Start> {
     let started: i64 = START
-        .key(ns.dispatch_key(suite_id))
         .key(ns.started_key(suite_id))
-        .key(ns.report_key(suite_id))
         .arg(index)
         .arg(token)
+        .arg(ns.dispatch_key(suite_id))
+        .arg(ns.report_key(suite_id))
         .invoke_async(conn)
         .await?;
     Ok(match started {

@@ -263,7 +263,10 @@ impl Sandboxer {
             )
             .await
             .map_err(ZygoteError::Io)?;
+        // Biased: a fork server that says why it failed and then exits has its message read
+        // first, not lost to the race with its exit.
         let hello = tokio::select! {
+            biased;
             hello = tokio::time::timeout(spec.ready_timeout, control.receive()) => match hello {
                 Err(_) => return Err(ZygoteError::NotReady(spec.ready_timeout)),
                 Ok(Err(e)) => return Err(ZygoteError::Io(e)),

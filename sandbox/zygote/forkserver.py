@@ -113,6 +113,7 @@ class ForkServer:
             facts = prepare() or {}
         except BaseException as e:  # noqa: BLE001 - every failure is the worker's to hear of
             self.send({"event": "failed", "why": "%s: %s" % (type(e).__name__, e)})
+            self.drain()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
@@ -140,6 +141,17 @@ class ForkServer:
                     self.handle(message, fds, run_one, events)
                 else:
                     self.reap(key.data, events)
+
+    def drain(self):
+        # Read what the worker sent and this server will not handle (its configure message):
+        # a socket closed with unread data resets the connection, and the worker would lose
+        # the message just sent.
+        self.sock.setblocking(False)
+        try:
+            while self.sock.recv(MAX_PACKET):
+                pass
+        except OSError:
+            pass
 
     def handle(self, message, fds, run_one, events):
         op = message.get("op")
