@@ -69,15 +69,8 @@ pub struct RunArgs {
     /// `Authorization: Bearer`.
     #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Write the JUnit XML report here.
-    #[arg(long)]
-    pub junit: Option<PathBuf>,
-    /// Write the JSON report here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write the CTRF JSON report here.
-    #[arg(long)]
-    pub ctrf: Option<PathBuf>,
+    #[command(flatten)]
+    pub reports: ReportPaths,
     /// Embedded mode: tests run at once (default: the number of cores).
     #[arg(long)]
     pub concurrency: Option<u16>,
@@ -114,11 +107,9 @@ pub struct SuiteArgs {
     pub token: Option<String>,
 }
 
-/// `isotest report ID`: where to write the stored report.
+/// Where `run` and `report` write the reports.
 #[derive(Debug, Args)]
-pub struct ReportArgs {
-    #[command(flatten)]
-    pub suite: SuiteArgs,
+pub struct ReportPaths {
     /// Write the JUnit XML report here.
     #[arg(long)]
     pub junit: Option<PathBuf>,
@@ -128,6 +119,15 @@ pub struct ReportArgs {
     /// Write the CTRF JSON report here.
     #[arg(long)]
     pub ctrf: Option<PathBuf>,
+}
+
+/// `isotest report ID`: where to write the stored report.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    #[command(flatten)]
+    pub reports: ReportPaths,
 }
 
 /// How sandboxes are made on this host.

@@ -143,9 +143,9 @@ pub async fn report(args: &ReportArgs) -> Result<u8, Failure> {
     let report: Report = api.json(api.http.get(api.url(&path))).await?;
     output::write_reports(
         &report,
-        args.json.as_deref(),
-        args.junit.as_deref(),
-        args.ctrf.as_deref(),
+        args.reports.json.as_deref(),
+        args.reports.junit.as_deref(),
+        args.reports.ctrf.as_deref(),
     )?;
     output::print_summary(&report);
     Ok(if report.passed() {

@@ -154,9 +154,9 @@ pub fn started(id: &str, tests: u32, at: Where<'_>, quiet: bool) {
 pub fn finish(report: &Report, args: &RunArgs) -> Result<u8, Failure> {
     write_reports(
         report,
-        args.json.as_deref(),
-        args.junit.as_deref(),
-        args.ctrf.as_deref(),
+        args.reports.json.as_deref(),
+        args.reports.junit.as_deref(),
+        args.reports.ctrf.as_deref(),
     )?;
     print_summary(report);
     print!("{}", rerun_hint(report, args));
