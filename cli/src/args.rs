@@ -242,8 +242,13 @@ impl SandboxArgs {
         }
     }
 
-    /// The settings of every sandbox a runner named `worker_id` makes.
-    pub fn runner_config(&self, worker_id: String) -> isotest_worker::RunnerConfig {
+    /// The settings of every sandbox a runner named `worker_id`, running `concurrency` tests
+    /// at once, makes.
+    pub fn runner_config(
+        &self,
+        worker_id: String,
+        concurrency: u16,
+    ) -> isotest_worker::RunnerConfig {
         isotest_worker::RunnerConfig {
             worker_id,
             tools: self.toolchain(),
@@ -254,6 +259,7 @@ impl SandboxArgs {
                 max_zygotes: self.warm_zygotes,
                 max_bytes: self.warm_memory_mib.saturating_mul(1024 * 1024),
                 idle: self.warm_idle,
+                spares: usize::from(concurrency.clamp(1, 4)),
                 ..isotest_worker::warm::WarmConfig::default()
             }),
         }

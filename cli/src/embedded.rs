@@ -37,8 +37,10 @@ pub async fn run(
 ) -> Ended {
     let runner = Runner::new(
         sandboxer,
-        args.sandbox
-            .runner_config(isotest_infra::process_id("embedded")),
+        args.sandbox.runner_config(
+            isotest_infra::process_id("embedded"),
+            args.concurrency.unwrap_or_else(default_concurrency),
+        ),
     );
     // The builds were made here: the tests run from them where they are.
     if let Some(preparer) = local.prepared() {

@@ -182,7 +182,7 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
     }
     let runner = Runner::new(
         Arc::new(sandboxer),
-        sandbox.runner_config(isotest_infra::process_id("worker")),
+        sandbox.runner_config(isotest_infra::process_id("worker"), settings.concurrency),
     );
     let config = WorkerConfig {
         endpoints: endpoints.clone(),

@@ -6,12 +6,14 @@
 //! 6), one JSON message a packet, file descriptors riding along (see the protocol at the top of
 //! `zygote/forkserver.py`).
 //!
-//! For each test the worker takes a cgroup of the pool (the test's limits), makes its stdout,
-//! stderr and result pipes, and sends them with the cgroup's `cgroup.procs` files; the fork
-//! server forks a child that is pid 1 of a new pid namespace, joins that cgroup, unshares
-//! mount, network, ipc, uts and cgroup namespaces, mounts a private `/tmp`, `/dev/shm`,
-//! devpts, proc and a copy-on-write overlay of the workspace, drops every capability and
-//! installs the strict seccomp filter, then runs its one test. The worker watches it through a
+//! The fork server keeps [`ZygoteSpec::spares`] children made ahead: each is pid 1 of a new
+//! pid namespace that has unshared mount, network, ipc and uts namespaces and mounted a
+//! private `/tmp`, `/dev/shm`, devpts, proc and a copy-on-write overlay of the workspace, with
+//! the test-to-be waiting as its pid 2. For each test the worker takes a cgroup of the pool
+//! (the test's limits), makes its stdout, stderr and result pipes, and sends them with the
+//! cgroup's `cgroup.procs` files; the server hands them to a spare, whose pid 2 joins that
+//! cgroup with its init, unshares a cgroup namespace, drops every capability and installs the
+//! strict seccomp filter, then runs its one test. The worker watches it through a
 //! pidfd the server sends back, enforces the wall and CPU limits itself, and learns its exit
 //! status from the server; a zygote that lies about its own tests only lies about its own
 //! tenant's tests, which it could as well by running them.
@@ -87,6 +89,9 @@ pub struct ZygoteSpec {
     pub run: RunSpec,
     /// How long it may take to prepare.
     pub ready_timeout: Duration,
+    /// How many children it keeps isolated ahead, waiting for a test (about as many as its
+    /// tests that run at once; 0 makes each child when its test comes).
+    pub spares: usize,
 }
 
 /// What one forked test did, and what its runner reported on its result pipe.
@@ -258,7 +263,12 @@ impl Sandboxer {
             seccomp::strict_program_bytes().map_err(|e| ZygoteError::Io(io::Error::other(e)))?;
         control
             .send(
-                &json!({"op": "configure", "seccomp": hex::encode(seccomp), "tmp_bytes": tmp_bytes}),
+                &json!({
+                    "op": "configure",
+                    "seccomp": hex::encode(seccomp),
+                    "tmp_bytes": tmp_bytes,
+                    "spares": spec.spares,
+                }),
                 &[],
             )
             .await

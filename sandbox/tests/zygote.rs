@@ -57,6 +57,7 @@ async fn zygote(env: &[(&str, &str)]) -> Result<Zygote, ZygoteError> {
                 ..RunSpec::default()
             },
             ready_timeout: Duration::from_secs(60),
+            spares: 2,
         })
         .await
 }

@@ -1,23 +1,35 @@
 # isotest's fork server: the isolation half of a zygote. It runs inside a sandbox (its own
 # user, mount, pid, network, ipc, uts and cgroup namespaces, cgroup limits, seccomp) as a
 # long-lived process that has already done the slow part of starting a test (a framework
-# runner adds `prepare`: import the framework, collect the tests). For each request it forks,
-# and the child makes itself a fresh sandbox of its own before it runs exactly one test:
+# runner adds `prepare`: import the framework, collect the tests). Each test runs in a child
+# forked from it that made itself a fresh sandbox of its own before it runs exactly one test.
 #
-#   parent (before fork)  setns back to its own pid namespace, unshare(CLONE_NEWPID): the
-#                         child is pid 1 of a new pid namespace
-#   child (pid 1)         joins the test's cgroup (fds passed by the worker), unshares mount,
-#                         network, ipc, uts and cgroup namespaces, mounts a private tmpfs
-#                         /tmp and /dev/shm, a private copy-on-write overlay of the
-#                         workspace, a fresh devpts and proc, brings its loopback up, takes
-#                         the test's stdout and stderr, closes the server's own fds (the
-#                         control socket, the other children's pidfds), drops every
-#                         capability, installs the strict seccomp filter, then forks the
-#                         test as pid 2 (as a cold sandbox has it) and reaps until it ends,
-#                         exiting with its status as a shell gives it (128 + a signal)
+# The making is done ahead, as Android's zygote keeps a pool of unspecialized app processes:
+# the server keeps `spares` children that are isolated as far as they can be before a test is
+# known, each waiting on a socket of its own; a request is handed to one, which finishes the
+# few steps that need the test's own descriptors, and the server forks a new spare.
+#
+#   server (before fork)  setns back to its own pid namespace, unshare(CLONE_NEWPID): the
+#                         spare is pid 1 of a new pid namespace
+#   spare pid 1 (init)    unshares mount, network, ipc and uts namespaces, mounts a private
+#                         tmpfs /tmp and /dev/shm, a private copy-on-write overlay of the
+#                         workspace, a fresh devpts and proc, brings its loopback up, closes
+#                         the server's own fds (the control socket, the other children's
+#                         pidfds and sockets), forks the test-to-be as pid 2 (as a cold sandbox
+#                         has it), drops every capability, installs the strict seccomp filter
+#                         and reaps until pid 2 ends, exiting with its status as a shell gives
+#                         it (128 + a signal)
+#   spare pid 2 (waiting) drops the capability bounding set and ambient capabilities, sets
+#                         no_new_privs, and waits for its one request; then moves pid 1 and
+#                         itself into the test's cgroup (fds passed by the worker), unshares a
+#                         cgroup namespace rooted there, takes the test's stdout and stderr,
+#                         drops its last capabilities, installs the strict seccomp filter and
+#                         runs the test
+# A spare has seen nothing of any test before its own: it is a fork of the zygote, made after
+# the zygote stopped changing, and it runs one test once.
 #
 # The worker talks to it over a SOCK_SEQPACKET socket at fd 6, one JSON message a packet:
-#   worker -> server   {"op": "configure", "seccomp": hex, "tmp_bytes": n}
+#   worker -> server   {"op": "configure", "seccomp": hex, "tmp_bytes": n, "spares": n}
 #                      {"op": "fork", "id": n, "request": {"env": {...}, ...}} + fds
 #                      [stdout, stderr, result, cgroup.procs...]
 #   server -> worker   {"event": "ready", "rss_bytes": n, ...} or {"event": "failed", "why": "..."}
@@ -37,6 +49,7 @@ import selectors
 import socket
 import struct
 import sys
+from collections import deque
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -84,31 +97,36 @@ class ForkServer:
         self.sock = socket.socket(fileno=control_fd)
         self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.children = {}
+        self.spares = deque()
+        self.wanted = 0
+        self.broken = None
         self.seccomp = b""
         self.tmp_bytes = 64 << 20
         self.workspace = os.getcwd()
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
 
-    def send(self, message, fds=()):
+    def send(self, message, fds=(), sock=None):
         data = json.dumps(message).encode()
+        sock = sock or self.sock
         if fds:
-            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
         else:
-            self.sock.send(data)
+            sock.send(data)
 
-    def receive(self):
-        data, ancdata, _flags, _addr = self.sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(MAX_FDS * 4))
+    def receive(self, sock=None):
+        sock = sock or self.sock
+        data, ancdata, _flags, _addr = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(MAX_FDS * 4))
         fds = array.array("i")
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
         if not data:
-            return None, []
+            return None, list(fds)
         return json.loads(data), list(fds)
 
     def serve(self, prepare, run_one):
         """Prepares once (a dict of facts for the worker, or an exception that explains why it
-        cannot), then forks a child per request until the worker closes the socket."""
+        cannot), then hands each request to a spare child until the worker closes the socket."""
         try:
             facts = prepare() or {}
         except BaseException as e:  # noqa: BLE001 - every failure is the worker's to hear of
@@ -126,6 +144,7 @@ class ForkServer:
         self.send(facts)
         sys.stdout.flush()
         sys.stderr.flush()
+        self.run_one = run_one
         # Keep what was built so far out of the cyclic collector: a child that ran a collection
         # would write to every tracked object's header and copy the whole heap.
         gc.freeze()
@@ -138,9 +157,10 @@ class ForkServer:
                     message, fds = self.receive()
                     if message is None:
                         os._exit(0)
-                    self.handle(message, fds, run_one, events)
+                    self.handle(message, fds)
                 else:
-                    self.reap(key.data, events)
+                    self.reap(key.data)
+            self.refill()
 
     def drain(self):
         # Read what the worker sent and this server will not handle (its configure message):
@@ -153,11 +173,12 @@ class ForkServer:
         except OSError:
             pass
 
-    def handle(self, message, fds, run_one, events):
+    def handle(self, message, fds):
         op = message.get("op")
         if op == "configure":
             self.seccomp = bytes.fromhex(message["seccomp"])
             self.tmp_bytes = int(message.get("tmp_bytes", self.tmp_bytes))
+            self.wanted = max(0, min(int(message.get("spares", 1)), 8))
             for fd in fds:
                 os.close(fd)
             return
@@ -168,66 +189,102 @@ class ForkServer:
             return
         ident = message["id"]
         try:
+            if self.broken:
+                raise OSError(0, self.broken)
+            pidfd, pid, sock = self.spares.popleft() if self.spares else self.spawn(fds)
+            self.send({"request": message.get("request") or {}}, fds, sock)
+        except OSError as e:
+            self.send({"event": "refused", "id": ident, "why": e.strerror or str(e)})
+            return
+        finally:
+            # The spare has its copies now (or none is made).
+            for fd in fds:
+                os.close(fd)
+        sock.close()
+        self.children[pidfd] = (pid, ident)
+        self.send({"event": "started", "id": ident}, [pidfd])
+
+    def refill(self):
+        while not self.broken and self.seccomp and len(self.spares) < self.wanted:
+            try:
+                self.spares.append(self.spawn())
+            except OSError as e:
+                self.broken = "cannot fork a test: %s" % e
+                return
+
+    def spawn(self, passing=()):
+        """Forks a spare: pid 1 of a new pid namespace, isolating itself while it waits.
+        `passing` are descriptors the server holds for a request: not the spare's to keep."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
             _check(_libc.setns(self.pidns, CLONE_NEWPID), "setns to the zygote's pid namespace")
             _check(_libc.unshare(CLONE_NEWPID), "unshare a pid namespace")
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
-        except OSError as e:
-            for fd in fds:
-                os.close(fd)
-            self.send({"event": "refused", "id": ident, "why": str(e)})
-            return
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
-            self.child(message.get("request") or {}, fds, run_one)
-        for fd in fds:
-            os.close(fd)
+            ours.close()
+            for fd in passing:
+                os.close(fd)
+            self.spare(theirs)
+        theirs.close()
         pidfd = os.pidfd_open(pid)
-        self.children[pidfd] = (pid, ident)
-        events.register(pidfd, selectors.EVENT_READ, pidfd)
-        self.send({"event": "started", "id": ident}, [pidfd])
+        self.events.register(pidfd, selectors.EVENT_READ, pidfd)
+        return pidfd, pid, ours
 
-    def reap(self, pidfd, events):
-        pid, ident = self.children.pop(pidfd)
-        events.unregister(pidfd)
-        os.close(pidfd)
-        _, status = os.waitpid(pid, 0)
-        self.send({"event": "exited", "id": ident, "status": status})
+    def reap(self, pidfd):
+        self.events.unregister(pidfd)
+        if pidfd in self.children:
+            pid, ident = self.children.pop(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(pid, 0)
+            self.send({"event": "exited", "id": ident, "status": status})
+            return
+        # A spare that ended before it was used: it could not isolate itself, and says why.
+        for spare in list(self.spares):
+            if spare[0] == pidfd:
+                self.spares.remove(spare)
+                _, pid, sock = spare
+                os.close(pidfd)
+                os.waitpid(pid, 0)
+                sock.setblocking(False)
+                try:
+                    why = sock.recv(MAX_PACKET).decode(errors="replace")
+                except OSError:
+                    why = ""
+                sock.close()
+                self.broken = why or "a spare child ended before its test"
+                return
 
-    def child(self, request, fds, run_one):
-        result = fds[2]
+    def spare(self, sock):
+        """Pid 1 of a spare: isolates what can be isolated before the test is known, forks the
+        test-to-be, and reaps. Never returns."""
         try:
-            self.isolate(fds)
-        except BaseException as e:  # noqa: BLE001 - the worker reads the reason on stderr
+            self.isolate(sock)
+        except BaseException as e:  # noqa: BLE001 - the server reads the reason on the socket
             try:
-                os.write(fds[1], ("isotest: the warm sandbox could not be made: %s\n" % e).encode())
+                sock.send(("the warm sandbox could not be made: %s" % e).encode())
             finally:
                 os._exit(125)
-        os.write(result, b"isolated\n")
-        # As in a cold sandbox, the test is pid 2 under an init that reaps what it leaves and
-        # reports how it ended: pid 1 ignores signals it has no handler for, even its own.
         try:
             test = os.fork()
         except OSError as e:
-            os.write(2, ("isotest: cannot start the test: %s\n" % e).encode())
+            sock.send(("cannot start the test: %s" % e).encode())
             os._exit(125)
         if test == 0:
-            try:
-                os.environ.update(request.get("env") or {})
-                code = run_one(request, result)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:  # noqa: BLE001 - a crash of the runner is the test's error
-                import traceback
-
-                traceback.print_exc()
-                code = 3
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-        os.close(result)
+            self.test(sock)
+        sock.close()
+        # As in a cold sandbox, the test is pid 2 under an init that reaps what it leaves and
+        # reports how it ended: pid 1 ignores signals it has no handler for, even its own.
+        try:
+            self.drop_privileges()
+        except BaseException:  # noqa: BLE001 - an init that cannot drop them runs nothing
+            os.kill(test, 9)
+            os._exit(125)
         code = 1
         while True:
             try:
@@ -240,14 +297,9 @@ class ForkServer:
                 break
         os._exit(code)
 
-    def isolate(self, fds):
-        stdout, stderr, result = fds[0], fds[1], fds[2]
-        # Into the test's own cgroup first, so everything after is charged to it.
-        for fd in fds[3:]:
-            os.write(fd, b"0")
-            os.close(fd)
+    def isolate(self, sock):
         os.setsid()
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
         # The workspace: a private copy-on-write view of the zygote's. Its upper layer lives on
         # a scratch tmpfs that the test's own /tmp then hides.
@@ -265,32 +317,83 @@ class ForkServer:
             flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
             fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
         os.chdir(self.workspace)
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(stdout, 1)
-        os.dup2(stderr, 2)
-        for fd in (null, stdout, stderr):
-            if fd > 2:
-                os.close(fd)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         # What would let a test reach the worker or another test: the control socket, the
-        # other children's pidfds, the server's own. What the runner's preparation opened
-        # (a log file, a conftest's connection) stays, as it would in any forked runner.
+        # other children's pidfds and sockets, the server's own. What the runner's preparation
+        # opened (a log file, a conftest's connection) stays, as it would in any forked runner.
         for fd in list(self.children):
             os.close(fd)
+        for pidfd, _pid, other in self.spares:
+            os.close(pidfd)
+            other.close()
         self.events.close()
         self.sock.close()
         os.close(self.pidns)
-        os.set_inheritable(result, False)
-        self.drop_privileges()
-
-    def drop_privileges(self):
+        # What needs no test: the bounding set, ambient capabilities, no_new_privs.
         for cap in range(self.cap_last + 1):
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability %d" % cap)
         _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+    def test(self, sock):
+        """Pid 2 of a spare: waits for its one request, finishes its sandbox with the test's
+        own descriptors, and runs it. Never returns."""
+        try:
+            request, fds = self.receive(sock)
+        except (OSError, ValueError):
+            os._exit(0)
+        sock.close()
+        if request is None or len(fds) < 3:
+            # The server went away, or discarded this spare.
+            os._exit(0)
+        stdout, stderr, result = fds[0], fds[1], fds[2]
+        try:
+            # Into the test's own cgroup first, its init too, so everything after is charged
+            # to it; then a cgroup namespace rooted there.
+            for fd in fds[3:]:
+                os.write(fd, b"1")
+                os.write(fd, b"0")
+                os.close(fd)
+            _check(_libc.unshare(CLONE_NEWCGROUP), "unshare a cgroup namespace")
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+            for fd in (stdout, stderr):
+                if fd > 2:
+                    os.close(fd)
+            os.set_inheritable(result, False)
+            self.drop_privileges()
+        except BaseException as e:  # noqa: BLE001 - the worker reads the reason on stderr
+            try:
+                os.write(2, ("isotest: the warm sandbox could not be made: %s\n" % e).encode())
+            finally:
+                os._exit(125)
+        os.write(result, b"isolated\n")
+        request = request.get("request") or {}
+        try:
+            os.environ.update(request.get("env") or {})
+            code = self.run_one(request, result)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - a crash of the runner is the test's error
+            import traceback
+
+            traceback.print_exc()
+            code = 3
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+    def drop_privileges(self):
+        # The bounding set went before the test was known; what is left: every capability
+        # this process holds, then the strict filter.
         header = _CapHeader(0x20080522, 0)
         data = (_CapData * 2)()
         _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
-        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if self.seccomp:
             program = ctypes.create_string_buffer(self.seccomp, len(self.seccomp))
             fprog = _SockFprog(len(self.seccomp) // 8, ctypes.cast(program, ctypes.c_void_p))

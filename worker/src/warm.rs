@@ -28,6 +28,8 @@ pub struct WarmConfig {
     pub idle: Duration,
     /// How long a zygote may take to import and collect before its tests run cold.
     pub ready_timeout: Duration,
+    /// Children each zygote keeps isolated ahead of its tests (the worker's concurrency).
+    pub spares: usize,
 }
 
 impl Default for WarmConfig {
@@ -37,6 +39,7 @@ impl Default for WarmConfig {
             max_bytes: 2 << 30,
             idle: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(120),
+            spares: 1,
         }
     }
 }
@@ -209,6 +212,7 @@ impl Zygotes {
                 let spec = ZygoteSpec {
                     run: zygote,
                     ready_timeout: self.config.ready_timeout,
+                    spares: self.config.spares,
                 };
                 let made = self.sandboxer.start_zygote(spec).await;
                 self.evict(&key);

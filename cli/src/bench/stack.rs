@@ -54,7 +54,7 @@ impl Stack {
         for i in 0..workers {
             let runner = Runner::new(
                 sandboxer.clone(),
-                sandbox.runner_config(format!("bench-worker-{i}")),
+                sandbox.runner_config(format!("bench-worker-{i}"), concurrency),
             );
             let config = WorkerConfig {
                 endpoints: endpoints.clone(),
