@@ -428,6 +428,9 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+mod help;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
