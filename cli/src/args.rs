@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use isotest_infra::Endpoints;
+mod service;
+pub use service::{DispatchArgs, EgressArgs, EndpointsArgs, LimitsArgs, ProducerArgs};
 
 /// Runs CI test suites, one fresh Linux sandbox per test, on one machine or many.
 #[derive(Debug, Parser)]
@@ -22,7 +23,7 @@ pub enum Command {
     /// Run a suite: embedded on this machine, or on a server with --server.
     Run(RunArgs),
     /// Serve the HTTP API that validates suites and publishes one message per test.
-    Producer(isotest_producer::Config),
+    Producer(ProducerArgs),
     /// Take tests off the queue and run each in a fresh sandbox.
     Worker(WorkerArgs),
     /// Assemble suite reports from the results workers write.
@@ -284,7 +285,7 @@ impl SandboxArgs {
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    pub endpoints: Endpoints,
+    pub endpoints: EndpointsArgs,
     #[command(flatten)]
     pub worker: WorkerSettings,
     #[command(flatten)]
@@ -314,7 +315,7 @@ pub struct WorkerSettings {
 #[derive(Debug, Args)]
 pub struct AggregatorArgs {
     #[command(flatten)]
-    pub endpoints: Endpoints,
+    pub endpoints: EndpointsArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -323,7 +324,7 @@ pub struct AggregatorArgs {
     pub webhooks: WebhookArgs,
     /// Which internal hosts a suite's `callback_url` may reach (none by default).
     #[command(flatten)]
-    pub egress: isotest_infra::egress::EgressArgs,
+    pub egress: EgressArgs,
     /// The history store (`postgres://…`) ended suites are recorded in; without it,
     /// nothing is recorded and nothing in Redis expires.
     #[arg(long, env = "ISOTEST_HISTORY_URL")]
@@ -357,7 +358,7 @@ pub struct WebhookArgs {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
-    pub producer: isotest_producer::Config,
+    pub producer: ProducerArgs,
     #[command(flatten)]
     pub worker: WorkerSettings,
     /// One /metrics, /healthz and /readyz for the three services (the producer's API
@@ -432,6 +433,9 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
         _ => parse_duration(text),
     }
 }
+
+#[cfg(test)]
+mod help;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,9 @@ use isotest_sandbox::Sandboxer;
 use isotest_worker::{Runner, Worker, WorkerConfig};
 
 use crate::args::{AGGREGATOR_METRICS, UP_METRICS_PORT, WORKER_METRICS};
-use crate::args::{AggregatorArgs, RetentionArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings};
+use crate::args::{
+    AggregatorArgs, ProducerArgs, RetentionArgs, UpArgs, WebhookArgs, WorkerArgs, WorkerSettings,
+};
 use crate::exit::Failure;
 
 /// Serves the producer's HTTP API.
@@ -23,8 +25,8 @@ use crate::exit::Failure;
 /// # Errors
 ///
 /// Returns [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
-pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
-    let producer = isotest_producer::Producer::build(config)
+pub async fn producer(args: ProducerArgs) -> Result<(), Failure> {
+    let producer = isotest_producer::Producer::build(args.into())
         .await
         .map_err(unreachable)?;
     producer
@@ -42,7 +44,7 @@ pub async fn producer(config: isotest_producer::Config) -> Result<(), Failure> {
 /// [`Failure::Unreachable`] when RabbitMQ or Redis cannot be reached at start.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let _metrics = serve_metrics(args.metrics.listen_or(WORKER_METRICS), None).await?;
-    let worker = build_worker(&args.endpoints, &args.worker).await?;
+    let worker = build_worker(&args.endpoints.endpoints(), &args.worker).await?;
     worker
         .run(isotest_infra::shutdown::signal())
         .await
@@ -56,12 +58,13 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 ///
 /// Returns [`Failure::Unreachable`] when Redis cannot be reached at start.
 pub async fn aggregator(args: AggregatorArgs) -> Result<(), Failure> {
-    let queues = (&args.endpoints, args.queues.queue_poll_interval);
+    let endpoints = args.endpoints.endpoints();
+    let queues = (&endpoints, args.queues.queue_poll_interval);
     let listen = args.metrics.listen_or(AGGREGATOR_METRICS);
     let _metrics = serve_metrics(listen, Some(queues)).await?;
     let history = history_sink(args.history_url.as_deref(), &args.retention).await?;
     run_aggregator(
-        args.endpoints,
+        endpoints,
         args.webhooks,
         args.egress.policy(),
         history,
@@ -94,9 +97,9 @@ async fn history_sink(
 ///
 /// As [`producer`], [`worker`] and [`aggregator`]; the first service to fail stops the others.
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
-    let queues = (&args.producer.endpoints, args.queues.queue_poll_interval);
+    let endpoints = args.producer.endpoints.endpoints();
+    let queues = (&endpoints, args.queues.queue_poll_interval);
     let _metrics = serve_metrics(up_metrics_addr(&args), Some(queues)).await?;
-    let endpoints = args.producer.endpoints.clone();
     // One set of `--allow-callback-host` for both ends: submission and delivery.
     let egress = args.producer.egress.policy();
     let history = history_sink(args.producer.history_url.as_deref(), &args.retention).await?;
@@ -158,10 +161,10 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
 /// The producer of `isotest up`: open by default when it listens on a loopback address
 /// (one machine, one user: the quick start), closed like any producer otherwise or with
 /// `--require-token`.
-fn up_producer(mut config: isotest_producer::Config) -> isotest_producer::Config {
-    if !config.require_token && config.listen.ip().is_loopback() {
-        config.open = true;
-    }
+fn up_producer(args: ProducerArgs) -> isotest_producer::Config {
+    let open_by_default = !args.require_token && args.listen.ip().is_loopback();
+    let mut config = isotest_producer::Config::from(args);
+    config.open |= open_by_default;
     config
 }
 

@@ -11,6 +11,7 @@ use isotest_protocol::SCHEMA_VERSION;
 use isotest_protocol::api::TokenRecord;
 use isotest_protocol::schedule::Priority;
 
+use crate::args::EndpointsArgs;
 use crate::exit::Failure;
 
 #[derive(Debug, Args)]
@@ -45,19 +46,19 @@ pub enum TokenCommand {
         #[arg(long)]
         network: bool,
         #[command(flatten)]
-        endpoints: Endpoints,
+        endpoints: EndpointsArgs,
     },
     /// List the tokens: name, quota, weight, priority, tests running and waiting (never
     /// the secrets).
     List {
         #[command(flatten)]
-        endpoints: Endpoints,
+        endpoints: EndpointsArgs,
     },
     /// Revoke a token by name: requests with it are refused from now on.
     Revoke {
         name: String,
         #[command(flatten)]
-        endpoints: Endpoints,
+        endpoints: EndpointsArgs,
     },
 }
 
@@ -79,7 +80,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             endpoints,
         } => {
             auth::validate_name(&name).map_err(|e| Failure::BadInput(e.to_string()))?;
-            let store = connect(&endpoints).await?;
+            let store = connect(&endpoints.into()).await?;
             let token = auth::generate().map_err(|e| Failure::Service(e.into()))?;
             let record = TokenRecord {
                 schema_version: SCHEMA_VERSION,
@@ -113,7 +114,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             println!("{token}");
         }
         TokenCommand::List { endpoints } => {
-            let store = connect(&endpoints).await?;
+            let store = connect(&endpoints.into()).await?;
             let tokens = store.tokens().await.map_err(service)?;
             println!(
                 "{:<32} {:>8} {:>6} {:>8} {:>8} {:>8}",
@@ -129,7 +130,7 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             }
         }
         TokenCommand::Revoke { name, endpoints } => {
-            let store = connect(&endpoints).await?;
+            let store = connect(&endpoints.into()).await?;
             if !store.revoke_token(&name).await.map_err(service)? {
                 return Err(Failure::BadInput(format!("there is no token named {name}")));
             }

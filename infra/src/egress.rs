@@ -175,34 +175,6 @@ impl fmt::Debug for EgressPolicy {
     }
 }
 
-/// The operator's exceptions, as a service's flags read them.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct EgressArgs {
-    /// Let callback URLs reach this host name, IP address or network (CIDR) although it
-    /// is internal (loopback, link-local, private); repeat it or separate entries with
-    /// commas. By default a callback may reach public addresses only.
-    #[arg(
-        long = "allow-callback-host",
-        env = "ISOTEST_ALLOW_CALLBACK_HOSTS",
-        value_delimiter = ',',
-        value_name = "HOST|CIDR",
-        value_parser = parse_allow_entry
-    )]
-    pub allow_callback_hosts: Vec<String>,
-}
-
-fn parse_allow_entry(text: &str) -> Result<String, BadAllowEntry> {
-    EgressPolicy::allowing(&[text]).map(|_| text.to_owned())
-}
-
-impl EgressArgs {
-    /// The policy these flags describe. Every entry was checked as the flags were
-    /// parsed; one that was not (set in code) makes the policy allow nothing extra.
-    pub fn policy(&self) -> EgressPolicy {
-        EgressPolicy::allowing(&self.allow_callback_hosts).unwrap_or_default()
-    }
-}
-
 impl EgressPolicy {
     /// A policy that also allows these host names, addresses and networks.
     ///

@@ -32,21 +32,15 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
 /// Where a service finds RabbitMQ and Redis, and the namespace it works in.
-#[derive(Debug, Clone, clap::Args)]
+/// (The command line's flags for them, with these defaults, are in the cli crate.)
+#[derive(Debug, Clone)]
 pub struct Endpoints {
     /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Prefix of every queue, exchange and key, so deployments can share servers.
-    #[arg(long, env = "ISOTEST_NAMESPACE", default_value = Namespace::DEFAULT, value_parser = parse_namespace)]
     pub namespace: Namespace,
-}
-
-fn parse_namespace(text: &str) -> Result<Namespace, String> {
-    Namespace::new(text).map_err(|e| e.to_string())
 }
 
 /// An error and its causes on one line (`what failed: because: because`), the form

@@ -100,7 +100,7 @@ impl Producer {
             limits: config.limits,
             default_deadline: config.default_deadline,
             open: config.open,
-            egress: config.egress.policy(),
+            egress: config.egress,
             uploads: tokio::sync::Semaphore::new(
                 http::upload_units(config.limits.upload_buffer_bytes).max(1) as usize,
             ),

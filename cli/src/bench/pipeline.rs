@@ -13,7 +13,7 @@ use isotest_protocol::report::SuiteState;
 use isotest_protocol::result::TestResult;
 
 use super::stack::Stack;
-use crate::args::SandboxArgs;
+use crate::args::{EndpointsArgs, SandboxArgs};
 use crate::exit::Failure;
 
 /// Throughput and per-stage latency of the whole distributed pipeline.
@@ -21,7 +21,7 @@ use crate::exit::Failure;
 pub struct PipelineArgs {
     /// RabbitMQ and Redis to use; a fresh namespace is made and removed.
     #[command(flatten)]
-    pub endpoints: Endpoints,
+    pub endpoints: EndpointsArgs,
     /// Trivial tests (`command = ["true"]`) in all.
     #[arg(long, default_value_t = 1000)]
     pub tests: u32,
@@ -45,7 +45,7 @@ pub struct PipelineArgs {
 /// Returns a [`Failure`] when the servers cannot be reached or the pipeline fails.
 pub async fn pipeline(args: PipelineArgs) -> Result<(), Failure> {
     let stack = Stack::start(
-        &args.endpoints,
+        &args.endpoints.endpoints(),
         args.workers,
         args.concurrency,
         &args.sandbox,

@@ -17,7 +17,7 @@ use isotest_protocol::result::TestResult;
 use isotest_protocol::schedule::Priority;
 
 use super::stack::Stack;
-use crate::args::SandboxArgs;
+use crate::args::{EndpointsArgs, SandboxArgs};
 use crate::exit::Failure;
 
 /// The scheduler's targets on the whole pipeline.
@@ -25,7 +25,7 @@ use crate::exit::Failure;
 pub struct SchedulingArgs {
     /// RabbitMQ and Redis to use; a fresh namespace is made and removed per scenario.
     #[command(flatten)]
-    pub endpoints: Endpoints,
+    pub endpoints: EndpointsArgs,
     /// Which scenarios to run.
     #[arg(long, value_enum, default_values_t = [Scenario::Small, Scenario::Shares, Scenario::Longest])]
     pub scenario: Vec<Scenario>,
@@ -78,7 +78,7 @@ pub async fn scheduling(args: SchedulingArgs) -> Result<(), Failure> {
     );
     for scenario in &args.scenario {
         let stack = Stack::start(
-            &args.endpoints,
+            &args.endpoints.endpoints(),
             args.workers,
             args.concurrency,
             &args.sandbox,

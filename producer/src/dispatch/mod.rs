@@ -41,27 +41,16 @@ const FAILED_PAUSE: Duration = Duration::from_millis(500);
 const AMQP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the dispatcher keeps the queue.
-#[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DispatchConfig {
     /// Tests kept ready in RabbitMQ per worker slot (slots: the live workers'
-    /// --concurrency, or the queue's consumers if more). Small keeps the order fair;
+    /// concurrency, or the queue's consumers if more). Small keeps the order fair;
     /// at least 1 keeps every free slot fed.
-    #[arg(
-        long = "dispatch-ahead",
-        env = "ISOTEST_DISPATCH_AHEAD",
-        default_value_t = 2.0
-    )]
     pub ahead: f64,
     /// The fewest tests kept ready, whatever the slots.
-    #[arg(
-        long = "dispatch-min-ready",
-        env = "ISOTEST_DISPATCH_MIN_READY",
-        default_value_t = 4
-    )]
     pub min_ready: u32,
     /// How long the dispatcher lease lasts without renewal: how soon a standby producer
     /// takes over from one that died.
-    #[arg(long = "dispatch-lease", env = "ISOTEST_DISPATCH_LEASE", default_value = "3s", value_parser = parse_lease)]
     pub lease: Duration,
 }
 
@@ -73,10 +62,6 @@ impl Default for DispatchConfig {
             lease: Duration::from_secs(3),
         }
     }
-}
-
-fn parse_lease(text: &str) -> Result<Duration, String> {
-    isotest_protocol::duration::parse(text).map_err(|e| format!("lease {e}"))
 }
 
 /// Why a round stopped early.
