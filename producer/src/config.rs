@@ -61,6 +61,33 @@ pub struct Config {
     /// while Redis keeps it.
     #[arg(long, env = "ISOTEST_HISTORY_URL")]
     pub history_url: Option<String>,
+    /// The result cache: its salt and how long entries live.
+    #[command(flatten)]
+    pub cache: CacheConfig,
+}
+
+/// How long a result cache entry lives when none is given.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The result cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct CacheConfig {
+    /// Mixed into every result cache key: changing it disowns the whole cache (every
+    /// entry written before stops matching). Empty by default.
+    #[arg(long, env = "ISOTEST_CACHE_SALT", default_value = "")]
+    pub cache_salt: String,
+    /// How long a result cache entry lives after it is written ("168h").
+    #[arg(long, env = "ISOTEST_CACHE_TTL", default_value = "168h", value_parser = parse_time)]
+    pub cache_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            cache_salt: String::new(),
+            cache_ttl: DEFAULT_CACHE_TTL,
+        }
+    }
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -119,6 +146,7 @@ impl Config {
             dispatch: crate::dispatch::DispatchConfig::default(),
             egress: EgressArgs::default(),
             history_url: None,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -148,6 +176,7 @@ mod tests {
         assert_eq!(cli.config.limits, Limits::default());
         assert_eq!(cli.config.default_deadline, DEFAULT_DEADLINE);
         assert_eq!(cli.config.listen.port(), 8080);
+        assert_eq!(cli.config.cache, CacheConfig::default());
         assert!(
             !cli.config.open,
             "a producer is closed unless told otherwise"

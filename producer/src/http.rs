@@ -54,6 +54,8 @@ pub struct AppState {
     pub history: Option<isotest_history::History>,
     /// The dashboard's live views.
     pub live: crate::ui::live::Live,
+    /// The result cache's salt and entry lifetime.
+    pub cache: crate::config::CacheConfig,
 }
 
 /// How long an upload waits for room in memory before it is refused with 503 (or a
@@ -370,9 +372,17 @@ async fn submit(
         let mut record = suite::record(&id, &suite, now, state.default_deadline);
         record.owner = caller.owner();
         crate::history::prepare_record(&state, &mut record).await;
-        let messages = suite::messages(&id, &suite, now);
+        let mut messages = suite::messages(&id, &suite, now);
+        let hits = match crate::cache::CacheUser::of(&caller, &suite) {
+            Some(user) => {
+                let exclude = crate::cache::excluded(state.history.as_ref(), &record, now).await;
+                crate::cache::serve(&state.store, &state.cache, &user, &exclude, &mut messages, now)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         let known = state.store.durations(&suite.name, &record.tests).await?;
-        let pending = crate::dispatch::order::order(
+        let mut pending = crate::dispatch::order::order(
             &suite
                 .tests
                 .iter()
@@ -383,20 +393,25 @@ async fn submit(
                 })
                 .collect::<Vec<_>>(),
         );
+        if !hits.is_empty() {
+            pending.retain(|entry| !hits.iter().any(|hit| hit.index == entry.index));
+        }
         // One transaction: a worker's result always finds its suite, the sweeper
         // closes it at its deadline, and the dispatcher sees all of its tests or none.
         state
             .store
             .schedule_suite(&record, &scheduled, &messages, &pending)
             .await?;
+        // Served from the cache: written as results once the suite they belong to is.
+        crate::cache::record_hits(&state.store, &record, &hits).await?;
         state.wake.notify_one();
-        tracing::info!(tests = messages.len(), priority = %scheduled.priority, "Accepted suite.");
+        tracing::info!(tests = record.tests.len(), cached = hits.len(), priority = %scheduled.priority, "Accepted suite.");
         let producer_metrics = isotest_infra::metrics::producer();
         producer_metrics.suites_submitted.inc();
         producer_metrics
             .tests_submitted
-            .inc_by(messages.len() as u64);
-        let tests = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+            .inc_by(record.tests.len() as u64);
+        let tests = u32::try_from(record.tests.len()).unwrap_or(u32::MAX);
         Ok((
             StatusCode::ACCEPTED,
             Json(Submitted {
@@ -765,6 +780,8 @@ mod tests {
             network: false,
             weight: 3,
             priority: Priority::Normal,
+            trusted: false,
+            cache: false,
         });
         // (caller, asked) → the priority given, or None for a refusal.
         let cases = [
