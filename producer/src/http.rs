@@ -394,7 +394,8 @@ async fn submit(
                 .collect::<Vec<_>>(),
         );
         if !hits.is_empty() {
-            pending.retain(|entry| !hits.iter().any(|hit| hit.index == entry.index));
+            let served: std::collections::HashSet<u32> = hits.iter().map(|h| h.index).collect();
+            pending.retain(|entry| !served.contains(&entry.index));
         }
         // One transaction: a worker's result always finds its suite, the sweeper
         // closes it at its deadline, and the dispatcher sees all of its tests or none.
