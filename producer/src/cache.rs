@@ -66,15 +66,18 @@ pub async fn serve(
     now_ms: u64,
 ) -> Result<Vec<TestResult>, StoreError> {
     let mut conn = store.conn.clone();
-    let environments: BTreeMap<String, String> =
-        conn.hgetall(store.ns.environments_key()).await?;
+    let environments: BTreeMap<String, String> = conn.hgetall(store.ns.environments_key()).await?;
     let keys: Vec<Option<(String, String)>> = messages
         .iter()
         .map(|msg| {
             if exclude.contains(&msg.test.name) || msg.network {
                 return None;
             }
-            let name = msg.test.environment.as_deref().unwrap_or(DEFAULT_ENVIRONMENT);
+            let name = msg
+                .test
+                .environment
+                .as_deref()
+                .unwrap_or(DEFAULT_ENVIRONMENT);
             let identity = environments.get(name)?;
             Some((
                 cache_key(&msg.digest, identity, &config.cache_salt),
@@ -159,7 +162,8 @@ pub async fn record_hits(
         .ignore();
     for batch in hits.chunks(MGET_BATCH) {
         let started: Vec<(u32, &str)> = batch.iter().map(|r| (r.index, "cache")).collect();
-        pipe.hset_multiple(store.ns.started_key(id), &started).ignore();
+        pipe.hset_multiple(store.ns.started_key(id), &started)
+            .ignore();
     }
     pipe.query_async::<()>(&mut conn).await?;
     isotest_infra::results::record_all(&mut conn, &store.ns, hits).await?;
@@ -180,7 +184,11 @@ pub async fn excluded(
     };
     let since = now_ms.saturating_sub(u64::try_from(FLAKY_WINDOW.as_millis()).unwrap_or(0));
     match history
-        .flaky_in_suite(&record.name, since, &isotest_history::FlakyPolicy::default())
+        .flaky_in_suite(
+            &record.name,
+            since,
+            &isotest_history::FlakyPolicy::default(),
+        )
         .await
     {
         Ok(flaky) => exclude.extend(flaky.into_iter().map(|f| f.test)),
@@ -237,7 +245,11 @@ mod tests {
             (Caller::Anonymous, suite(None, false), None),
         ];
         for (caller, suite, expected) in cases {
-            assert_eq!(CacheUser::of(&caller, &suite), expected, "{caller:?} {suite:?}");
+            assert_eq!(
+                CacheUser::of(&caller, &suite),
+                expected,
+                "{caller:?} {suite:?}"
+            );
         }
         let anonymous = CacheUser::of(&Caller::Anonymous, &suite(Some(true), false));
         assert_eq!(

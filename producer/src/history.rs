@@ -193,9 +193,6 @@ async fn quarantine(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<isotest_history::Quarantined>>, ApiFailure> {
     Ok(Json(
-        store(&state)?
-            .quarantine_visible(owner_of(&caller))
-            .await?,
+        store(&state)?.quarantine_visible(owner_of(&caller)).await?,
     ))
 }
-

@@ -231,7 +231,8 @@ mod tests {
         let hit = CacheEntry::of(&passed).expect("cacheable").hit(&msg, 2);
         assert_eq!(hit.status, Status::Passed);
         assert!(CacheEntry::of(&hit).is_none(), "a hit is not cached again");
-        let cases: [(&str, fn(&mut TestResult)); 4] = [
+        type Change = fn(&mut TestResult);
+        let cases: [(&str, Change); 4] = [
             ("failed", |r| r.status = Status::Failed),
             ("a retry's pass is flaky", |r| r.attempt = 2),
             ("not final", |r| r.is_final = false),

@@ -76,7 +76,13 @@ fn cached(report: &Report) -> usize {
 
 /// A suite of [`TESTS`] tests that read the workspace, with `defaults` (TOML lines)
 /// and `extra` (more `[[tests]]`) written in.
-fn suite(env: &TestEnv, label: &str, workspace: &str, defaults: &str, extra: &str) -> std::path::PathBuf {
+fn suite(
+    env: &TestEnv,
+    label: &str,
+    workspace: &str,
+    defaults: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let mut text = format!(
         "name = \"cached\"\nworkspace = \"{}\"\n\n[defaults]\n{defaults}\n",
         env.dir.join(workspace).display()
@@ -140,9 +146,19 @@ async fn a_no_op_rerun_is_served_from_the_cache_and_no_cache_runs_everything() -
     let manifest = suite(&env, "suite", "ws", "env = { MODE = \"a\" }", "");
 
     let first = run(&env, &main, &manifest, "first", &[])?;
-    ensure!(first.summary.passed as usize == TESTS, "{:?}", first.summary);
-    ensure!(cached(&first) == 0, "nothing is cached before the first run");
-    ensure!(cache_keys(&env, "shared:").await?.len() == TESTS, "a trusted run writes the shared cache");
+    ensure!(
+        first.summary.passed as usize == TESTS,
+        "{:?}",
+        first.summary
+    );
+    ensure!(
+        cached(&first) == 0,
+        "nothing is cached before the first run"
+    );
+    ensure!(
+        cache_keys(&env, "shared:").await?.len() == TESTS,
+        "a trusted run writes the shared cache"
+    );
 
     let second = run(&env, &main, &manifest, "second", &[])?;
     let hits = cached(&second);
@@ -150,18 +166,30 @@ async fn a_no_op_rerun_is_served_from_the_cache_and_no_cache_runs_everything() -
     ensure!(second.summary.passed as usize == TESTS && second.summary.cached as usize == hits);
     for test in &second.tests {
         let from = test.cached_from.as_ref().context("cached")?;
-        ensure!(from.suite_id == first.suite_id && from.test == test.name, "{from:?}");
-        ensure!(test.status == Status::Passed && test.worker == "cache", "{test:?}");
+        ensure!(
+            from.suite_id == first.suite_id && from.test == test.name,
+            "{from:?}"
+        );
+        ensure!(
+            test.status == Status::Passed && test.worker == "cache",
+            "{test:?}"
+        );
     }
     let junit = std::fs::read_to_string(env.dir.join("second.xml"))?;
     ensure!(
-        junit.contains(&format!("name=\"isotest.cached_from\" value=\"{}/t0\"", first.suite_id)),
+        junit.contains(&format!(
+            "name=\"isotest.cached_from\" value=\"{}/t0\"",
+            first.suite_id
+        )),
         "{junit}"
     );
     let ctrf: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.dir.join("second.ctrf.json"))?)?;
     let t0 = &ctrf["results"]["tests"][0];
-    ensure!(t0["extra"]["cachedFrom"]["suiteId"] == first.suite_id.as_str(), "{t0}");
+    ensure!(
+        t0["extra"]["cachedFrom"]["suiteId"] == first.suite_id.as_str(),
+        "{t0}"
+    );
     ensure!(t0["tags"] == serde_json::json!(["cached"]), "{t0}");
 
     let bypassed = run(&env, &main, &manifest, "bypassed", &["--no-cache"])?;
@@ -183,21 +211,59 @@ async fn changing_any_one_key_component_gives_no_false_hit() -> Result<()> {
     let base_defaults = "env = { MODE = \"a\" }\ntimeout = \"30s\"";
     let base = suite(&env, "base", "ws", base_defaults, "");
     ensure!(cached(&run(&env, &main, &base, "warm", &[])?) == 0);
-    ensure!(cached(&run(&env, &main, &base, "warm-again", &[])?) == TESTS, "the cache is warm");
+    ensure!(
+        cached(&run(&env, &main, &base, "warm-again", &[])?) == TESTS,
+        "the cache is warm"
+    );
 
     let variants = [
-        ("workspace", suite(&env, "workspace", "ws2", base_defaults, "")),
-        ("env", suite(&env, "env", "ws", "env = { MODE = \"b\" }\ntimeout = \"30s\"", "")),
-        ("timeout", suite(&env, "timeout", "ws", "env = { MODE = \"a\" }\ntimeout = \"31s\"", "")),
+        (
+            "workspace",
+            suite(&env, "workspace", "ws2", base_defaults, ""),
+        ),
+        (
+            "env",
+            suite(
+                &env,
+                "env",
+                "ws",
+                "env = { MODE = \"b\" }\ntimeout = \"30s\"",
+                "",
+            ),
+        ),
+        (
+            "timeout",
+            suite(
+                &env,
+                "timeout",
+                "ws",
+                "env = { MODE = \"a\" }\ntimeout = \"31s\"",
+                "",
+            ),
+        ),
         (
             "environment",
-            suite(&env, "environment", "ws", &format!("{base_defaults}\nenvironment = \"alt\""), ""),
+            suite(
+                &env,
+                "environment",
+                "ws",
+                &format!("{base_defaults}\nenvironment = \"alt\""),
+                "",
+            ),
         ),
     ];
     for (what, manifest) in &variants {
         let report = run(&env, &main, manifest, what, &[])?;
-        ensure!(report.summary.passed as usize == TESTS, "{what}: {:?}", report.summary);
-        ensure!(cached(&report) == 0, "{what}: {} false hits", cached(&report));
+        ensure!(
+            report.summary.passed as usize == TESTS,
+            "{what}: {:?}",
+            report.summary
+        );
+        ensure!(
+            cached(&report) == 0,
+            "{what}: {} false hits",
+            cached(&report)
+        );
     }
     // One test's own variable changed: that test runs, the rest are served.
     let one = base.with_file_name("one.toml");
@@ -222,28 +288,56 @@ async fn changing_any_one_key_component_gives_no_false_hit() -> Result<()> {
         nix::unistd::Pid::from_raw(i32::try_from(old)?),
         nix::sys::signal::Signal::SIGTERM,
     )?;
-    poll(Duration::from_secs(30), "the old worker to leave", || async {
-        Ok(env.consumers().await? == 0)
-    })
+    poll(
+        Duration::from_secs(30),
+        "the old worker to leave",
+        || async { Ok(env.consumers().await? == 0) },
+    )
     .await?;
-    env.spawn("worker-1", &["worker", "--concurrency", "4", "--environment", "alt=/", "--memory-mib", "900"]);
-    poll(Duration::from_secs(30), "the new worker's identity", || async {
-        Ok(env.consumers().await? >= 1 && identities(&env).await? != before)
-    })
+    env.spawn(
+        "worker-1",
+        &[
+            "worker",
+            "--concurrency",
+            "4",
+            "--environment",
+            "alt=/",
+            "--memory-mib",
+            "900",
+        ],
+    );
+    poll(
+        Duration::from_secs(30),
+        "the new worker's identity",
+        || async { Ok(env.consumers().await? >= 1 && identities(&env).await? != before) },
+    )
     .await?;
     let report = run(&env, &main, &base, "new-environment", &[])?;
     ensure!(report.summary.passed as usize == TESTS);
-    ensure!(cached(&report) == 0, "{} false hits after the environment changed", cached(&report));
+    ensure!(
+        cached(&report) == 0,
+        "{} false hits after the environment changed",
+        cached(&report)
+    );
     env.stop();
 
     // The operator's salt disowns the whole cache.
     let mut salted = TestEnv::new().await;
     salted.open = false;
     salted.ns.clone_from(&env.ns);
-    start(&mut salted, &["--cache-salt", "rotated"], &["--memory-mib", "900"]).await?;
+    start(
+        &mut salted,
+        &["--cache-salt", "rotated"],
+        &["--memory-mib", "900"],
+    )
+    .await?;
     let main = cache_token(&salted, "main-salted", &["--trusted"])?;
     let report = run(&salted, &main, &base, "salted", &[])?;
-    ensure!(cached(&report) == 0, "{} hits after the salt changed", cached(&report));
+    ensure!(
+        cached(&report) == 0,
+        "{} hits after the salt changed",
+        cached(&report)
+    );
     let report = run(&salted, &main, &base, "salted-again", &[])?;
     ensure!(cached(&report) == TESTS, "the salted cache fills again");
     salted.stop();
@@ -271,10 +365,22 @@ async fn failures_flaky_passes_and_network_tests_are_never_cached() -> Result<()
                 .find(|t| t.name == name)
                 .map(|t| (t.status, t.flaky, t.cached_from.is_some()))
         };
-        ensure!(status("fails") == Some((Status::Failed, false, false)), "{label}: {:?}", status("fails"));
-        ensure!(status("flaky") == Some((Status::Passed, true, false)), "{label}: {:?}", status("flaky"));
+        ensure!(
+            status("fails") == Some((Status::Failed, false, false)),
+            "{label}: {:?}",
+            status("fails")
+        );
+        ensure!(
+            status("flaky") == Some((Status::Passed, true, false)),
+            "{label}: {:?}",
+            status("flaky")
+        );
         let expected = if label == "mixed-1" { 0 } else { TESTS };
-        ensure!(cached(&report) == expected, "{label}: {} cached", cached(&report));
+        ensure!(
+            cached(&report) == expected,
+            "{label}: {} cached",
+            cached(&report)
+        );
     }
 
     let networked = env.write(
@@ -283,7 +389,11 @@ async fn failures_flaky_passes_and_network_tests_are_never_cached() -> Result<()
     );
     for label in ["net-1", "net-2"] {
         let report = run(&env, &main, &networked, label, &[])?;
-        ensure!(report.summary.passed == 1 && cached(&report) == 0, "{label}: {:?}", report.summary);
+        ensure!(
+            report.summary.passed == 1 && cached(&report) == 0,
+            "{label}: {:?}",
+            report.summary
+        );
     }
     ensure!(
         cache_keys(&env, "").await?.len() == TESTS,
@@ -310,15 +420,30 @@ async fn an_untrusted_token_cannot_make_a_trusted_run_read_its_entry() -> Result
 
     let first = run(&env, &pr, &manifest, "pr-first", &[])?;
     ensure!(cached(&first) == 0);
-    ensure!(cache_keys(&env, "shared:").await?.is_empty(), "an untrusted run never writes the shared cache");
-    ensure!(cache_keys(&env, "token:pr:").await?.len() == TESTS, "it writes its own");
+    ensure!(
+        cache_keys(&env, "shared:").await?.is_empty(),
+        "an untrusted run never writes the shared cache"
+    );
+    ensure!(
+        cache_keys(&env, "token:pr:").await?.len() == TESTS,
+        "it writes its own"
+    );
 
     // The forgery: a `passed` entry for `broken`, under its key, in the PR's scope.
     let mut conn = redis(&env).await?;
-    let record: String = conn.get(format!("{}:suite:{}", env.ns, first.suite_id)).await?;
+    let record: String = conn
+        .get(format!("{}:suite:{}", env.ns, first.suite_id))
+        .await?;
     let record: SuiteRecord = serde_json::from_str(&record)?;
-    let broken = record.tests.iter().position(|t| t == "broken").context("broken")?;
-    let identity = identities(&env).await?.remove("default").context("identity")?;
+    let broken = record
+        .tests
+        .iter()
+        .position(|t| t == "broken")
+        .context("broken")?;
+    let identity = identities(&env)
+        .await?
+        .remove("default")
+        .context("identity")?;
     let key = cache_key(&record.digests[broken], &identity, "");
     let forged = CacheEntry {
         schema_version: 1,
@@ -339,9 +464,20 @@ async fn an_untrusted_token_cannot_make_a_trusted_run_read_its_entry() -> Result
         .await?;
 
     let trusted = run(&env, &main, &manifest, "main", &[])?;
-    ensure!(cached(&trusted) == 0, "the trusted run read {} untrusted entries", cached(&trusted));
-    let status = trusted.tests.iter().find(|t| t.name == "broken").map(|t| t.status);
-    ensure!(status == Some(Status::Failed), "the broken test ran and failed: {status:?}");
+    ensure!(
+        cached(&trusted) == 0,
+        "the trusted run read {} untrusted entries",
+        cached(&trusted)
+    );
+    let status = trusted
+        .tests
+        .iter()
+        .find(|t| t.name == "broken")
+        .map(|t| t.status);
+    ensure!(
+        status == Some(Status::Failed),
+        "the broken test ran and failed: {status:?}"
+    );
 
     // The untrusted token does read what it wrote, the forgery included (it fools only
     // itself), and the shared entries first once a trusted run wrote them.
@@ -349,7 +485,10 @@ async fn an_untrusted_token_cannot_make_a_trusted_run_read_its_entry() -> Result
     ensure!(cached(&again) == TESTS + 1, "{} cached", cached(&again));
     for test in again.tests.iter().filter(|t| t.name != "broken") {
         let from = test.cached_from.as_ref().context("cached")?;
-        ensure!(from.suite_id == trusted.suite_id, "the shared entry first: {from:?}");
+        ensure!(
+            from.suite_id == trusted.suite_id,
+            "the shared entry first: {from:?}"
+        );
     }
     env.stop();
     env.cleanup().await

@@ -49,7 +49,13 @@ pub fn identities(sandbox: &SandboxConfig, runner: &RunnerConfig) -> BTreeMap<St
     let mut shared = Sha256::new();
     shared.update(format!("{:?}\n{:?}\n", runner.limits, runner.tools).as_bytes());
     let tools = &runner.tools;
-    for program in [&tools.python, &tools.node, &tools.go, &tools.cargo, &tools.jest] {
+    for program in [
+        &tools.python,
+        &tools.node,
+        &tools.go,
+        &tools.cargo,
+        &tools.jest,
+    ] {
         stat_line(&mut shared, program);
     }
     for dir in &sandbox.expose {
@@ -114,9 +120,8 @@ fn list(hasher: &mut Sha256, dir: &Path) {
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            hasher.update(
-                format!("{} {} {mtime}\n", entry.path().display(), meta.len()).as_bytes(),
-            );
+            hasher
+                .update(format!("{} {} {mtime}\n", entry.path().display(), meta.len()).as_bytes());
             if meta.is_dir() {
                 stack.push(entry.path());
             }

@@ -18,7 +18,9 @@ async fn a_person_sees_the_quarantine_of_their_suites_beside_the_flaky_tests() {
         return;
     };
     let db = ScratchSchema::create().await.expect("postgres");
-    let history = History::open(&db.url).await.expect("the history store opens");
+    let history = History::open(&db.url)
+        .await
+        .expect("the history store opens");
     let url = db.url.clone();
     let env = TestEnv::start_with(|c| {
         c.open = false;
@@ -29,13 +31,34 @@ async fn a_person_sees_the_quarantine_of_their_suites_beside_the_flaky_tests() {
     let _theirs = env.add_token("ci-other-team").await;
     let hour_ago = isotest_protocol::now_ms() - 3_600_000;
     let entries = [
-        (Scope::Token("ci-main".into()), "tests/test_pay.py::test_refund", "fails one run in three"),
-        (Scope::All, "tests/test_db.py::test_pool", "timing-dependent"),
-        (Scope::Token("ci-other-team".into()), "tests/their_secret_test", "theirs"),
-        (Scope::Repository("other/repo".into()), "tests/not_my_repo", "elsewhere"),
+        (
+            Scope::Token("ci-main".into()),
+            "tests/test_pay.py::test_refund",
+            "fails one run in three",
+        ),
+        (
+            Scope::All,
+            "tests/test_db.py::test_pool",
+            "timing-dependent",
+        ),
+        (
+            Scope::Token("ci-other-team".into()),
+            "tests/their_secret_test",
+            "theirs",
+        ),
+        (
+            Scope::Repository("other/repo".into()),
+            "tests/not_my_repo",
+            "elsewhere",
+        ),
     ];
     for (scope, test, reason) in &entries {
-        assert!(history.quarantine_add(scope, test, reason, hour_ago).await.expect("add"));
+        assert!(
+            history
+                .quarantine_add(scope, test, reason, hour_ago)
+                .await
+                .expect("add")
+        );
     }
     let b = &browser;
     b.client.goto(&env.url("/ui")).await.expect("open /ui");
@@ -54,10 +77,12 @@ async fn a_person_sees_the_quarantine_of_their_suites_beside_the_flaky_tests() {
         .click()
         .await
         .expect("click");
-    b.wait_url(|u| u.contains("/ui") && !u.ends_with("/ui/login")).await;
+    b.wait_url(|u| u.contains("/ui") && !u.ends_with("/ui/login"))
+        .await;
 
     // The link shows once the server answers for the history store.
-    b.wait_text("#nav-flaky", |t| t.contains("quarantined")).await;
+    b.wait_text("#nav-flaky", |t| t.contains("quarantined"))
+        .await;
     b.client
         .find(Locator::Id("nav-flaky"))
         .await
@@ -65,7 +90,9 @@ async fn a_person_sees_the_quarantine_of_their_suites_beside_the_flaky_tests() {
         .click()
         .await
         .expect("click");
-    let page = b.wait_text("main", |t| t.contains("No test is flaky.")).await;
+    let page = b
+        .wait_text("main", |t| t.contains("No test is flaky."))
+        .await;
     assert!(page.contains("Quarantined tests"), "{page}");
     let quarantine = b
         .wait_text("#quarantine", |t| t.contains("test_refund"))
@@ -79,10 +106,16 @@ async fn a_person_sees_the_quarantine_of_their_suites_beside_the_flaky_tests() {
         "timing-dependent",
         "1 h ago",
     ] {
-        assert!(quarantine.contains(seen), "`{seen}` missing from: {quarantine}");
+        assert!(
+            quarantine.contains(seen),
+            "`{seen}` missing from: {quarantine}"
+        );
     }
     for unseen in ["their_secret_test", "ci-other-team", "not_my_repo"] {
-        assert!(!quarantine.contains(unseen), "`{unseen}` shown: {quarantine}");
+        assert!(
+            !quarantine.contains(unseen),
+            "`{unseen}` shown: {quarantine}"
+        );
     }
     b.screenshot("dashboard-quarantine").await;
     browser.close().await;
