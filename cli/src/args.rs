@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Embedded mode: keep no history of this run (no quarantine either).
     #[arg(long, env = "ISOTEST_NO_HISTORY")]
     pub no_history: bool,
+    /// Run every test, whatever the result cache holds (the suite's `cache = false`),
+    /// and keep nothing in it.
+    #[arg(long, env = "ISOTEST_NO_CACHE")]
+    pub no_cache: bool,
     #[command(flatten)]
     pub history: crate::history::StoreArgs,
     #[command(flatten)]

@@ -27,6 +27,9 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         crate::meta::detect(|name| std::env::var(name).ok()),
         &args.meta,
     );
+    if args.no_cache {
+        unexpanded.manifest.cache = Some(false);
+    }
     let local = Local::new(&args.sandbox);
     discover::expand(&mut unexpanded, &args, &local).await?;
     let mut loaded = input::only(unexpanded.validate()?, &args.only)?;

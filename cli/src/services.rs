@@ -183,16 +183,23 @@ async fn build_worker(endpoints: &Endpoints, settings: &WorkerSettings) -> Resul
     } else {
         tracing::warn!(isolation = %sandboxer.isolation(), "Running with weaker isolation (--allow-weaker-isolation).");
     }
-    let runner = Runner::new(
-        Arc::new(sandboxer),
-        sandbox.runner_config(isotest_infra::process_id("worker"), settings.concurrency),
-    );
+    let runner_config =
+        sandbox.runner_config(isotest_infra::process_id("worker"), settings.concurrency);
+    let sandbox_config = sandbox.sandbox_config();
+    let environments = tokio::task::spawn_blocking({
+        let runner_config = runner_config.clone();
+        move || isotest_worker::cache::identities(&sandbox_config, &runner_config)
+    })
+    .await
+    .unwrap_or_default();
+    let runner = Runner::new(Arc::new(sandboxer), runner_config);
     let config = WorkerConfig {
         endpoints: endpoints.clone(),
         concurrency: settings.concurrency,
         drain_timeout: settings.drain_timeout,
         max_test_timeout: settings.max_test_timeout,
         suite_output_bytes: settings.suite_output_bytes,
+        environments,
     };
     Worker::build(config, runner).await.map_err(unreachable)
 }

@@ -45,6 +45,13 @@ pub enum TokenCommand {
         /// worker must also allow it (--allow-network).
         #[arg(long)]
         network: bool,
+        /// Let this token's runs write the shared result cache (say, the main branch's
+        /// CI); they then read only the shared cache. Other tokens write their own.
+        #[arg(long)]
+        trusted: bool,
+        /// Use the result cache for this token's suites unless a suite says `cache = false`.
+        #[arg(long)]
+        cache: bool,
         #[command(flatten)]
         endpoints: EndpointsArgs,
     },
@@ -77,6 +84,8 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             priority,
             admin,
             network,
+            trusted,
+            cache,
             endpoints,
         } => {
             auth::validate_name(&name).map_err(|e| Failure::BadInput(e.to_string()))?;
@@ -90,6 +99,8 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
                 priority,
                 admin,
                 network,
+                trusted,
+                cache,
             };
             if !store
                 .add_token(&auth::hash(&token), &record)
@@ -107,6 +118,12 @@ pub async fn token(args: TokenArgs) -> Result<(), Failure> {
             }
             if network {
                 role.push_str(", may use the host's network");
+            }
+            if trusted {
+                role.push_str(", writes the shared result cache");
+            }
+            if cache {
+                role.push_str(", uses the result cache by default");
             }
             eprintln!(
                 "isotest: added token {name} ({quota}, weight {weight}, priority {priority}{role}); it is shown only now: store it as that CI system's ISOTEST_TOKEN secret"

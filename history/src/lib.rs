@@ -22,6 +22,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 pub use flaky::{FlakyPolicy, FlakyTest};
+pub use quarantine::{Quarantined, Scope};
 pub use read::{Owner, SuiteRow, TestRun};
 pub use write::{Recorded, SuiteEntry};
 

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::{History, HistoryError, ms, unsigned};
+use crate::{History, HistoryError, Owner, ms, unsigned};
 
 /// Which suites a quarantine entry applies to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -150,6 +150,50 @@ impl History {
             });
         }
         Ok(list)
+    }
+
+    /// The quarantine entries that apply to `owner`'s suites: every entry for
+    /// [`Owner::Any`]; else the entries for every suite (`*`), for its token, and for
+    /// the repositories its suites in the store name.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`HistoryError::Query`] when the database fails.
+    pub async fn quarantine_visible(
+        &self,
+        owner: Owner<'_>,
+    ) -> Result<Vec<Quarantined>, HistoryError> {
+        let all = self.quarantine_list().await?;
+        let repositories = match owner {
+            Owner::Any => return Ok(all),
+            Owner::Anonymous => sqlx::query(
+                "SELECT DISTINCT ci_repository FROM suites WHERE token IS NULL AND ci_repository IS NOT NULL",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+            Owner::Token(token) => sqlx::query(
+                "SELECT DISTINCT ci_repository FROM suites WHERE token = $1 AND ci_repository IS NOT NULL",
+            )
+            .bind(token.to_owned())
+            .fetch_all(&self.pool)
+            .await?,
+        };
+        let repositories = repositories
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<std::collections::BTreeSet<String>, _>>()?;
+        let token = match owner {
+            Owner::Token(token) => Some(token),
+            Owner::Any | Owner::Anonymous => None,
+        };
+        Ok(all
+            .into_iter()
+            .filter(|entry| match &entry.scope {
+                Scope::All => true,
+                Scope::Token(name) => Some(name.as_str()) == token,
+                Scope::Repository(repo) => repositories.contains(repo),
+            })
+            .collect())
     }
 
     /// The tests quarantined for a suite submitted with `token` for `repository`

@@ -464,6 +464,8 @@ pub async fn record_durations(
                 Status::Passed | Status::Failed | Status::Timeout | Status::Oom
             )
         })
+        // A test served from the result cache did not run: its last real duration stands.
+        .filter(|t| t.cached_from.is_none())
         .map(|t| (t.name.as_str(), t.duration_ms))
         .collect();
     if durations.is_empty() {

@@ -324,6 +324,8 @@ mod tests {
                 network: false,
                 weight: 1,
                 priority: isotest_protocol::schedule::Priority::Normal,
+                trusted: false,
+                cache: false,
             })
         };
         // (caller, owner of the suite, may see it)

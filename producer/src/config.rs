@@ -48,6 +48,30 @@ pub struct Config {
     /// whose Redis keys have expired. None: no quarantine, and a suite is readable only
     /// while Redis keeps it.
     pub history_url: Option<String>,
+    /// The result cache: its salt and how long entries live.
+    pub cache: CacheConfig,
+}
+
+/// How long a result cache entry lives when none is given.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The result cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Mixed into every result cache key: changing it disowns the whole cache (every
+    /// entry written before stops matching). Empty by default.
+    pub cache_salt: String,
+    /// How long a result cache entry lives after it is written.
+    pub cache_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            cache_salt: String::new(),
+            cache_ttl: DEFAULT_CACHE_TTL,
+        }
+    }
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -98,6 +122,7 @@ impl Config {
             dispatch: crate::dispatch::DispatchConfig::default(),
             egress: EgressPolicy::default(),
             history_url: None,
+            cache: CacheConfig::default(),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! a suite is submitted with, reports and statuses of suites whose Redis keys have
 //! expired, and a small JSON API over the history (a caller sees the suites it may
 //! read: its own, every one with an admin token):
-//! `GET /v1/history/suites`, `GET /v1/tests/{name}/history` and `GET /v1/flaky`.
+//! `GET /v1/history/suites`, `GET /v1/tests/{name}/history`, `GET /v1/flaky` and
+//! `GET /v1/quarantine`.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/history/suites", get(suites))
         .route("/v1/tests/{name}/history", get(test_history))
         .route("/v1/flaky", get(flaky))
+        .route("/v1/quarantine", get(quarantine))
 }
 
 /// The store, or the answer that this producer has none.
@@ -180,5 +182,17 @@ async fn flaky(
         store(&state)?
             .flaky(since, owner_of(&caller), &FlakyPolicy::default())
             .await?,
+    ))
+}
+
+/// `GET /v1/quarantine`: the quarantine entries that apply to the caller's suites (for
+/// every suite, its token, its suites' repositories; every entry for an admin), with
+/// their reason and when each was added.
+async fn quarantine(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<isotest_history::Quarantined>>, ApiFailure> {
+    Ok(Json(
+        store(&state)?.quarantine_visible(owner_of(&caller)).await?,
     ))
 }

@@ -6,12 +6,14 @@
 //! a record and messages, no I/O), [`store`] (Redis), [`publisher`] (RabbitMQ with
 //! confirms and reconnection), [`dispatch`] (the scheduler: fair order, the lease,
 //! the queue kept short), [`auth`] (API tokens), [`http`] (routes and the mapping
-//! of failures to status codes), [`history`] (quarantine, expired suites' reports
+//! of failures to status codes), [`cache`] (the result cache, looked up at
+//! submission), [`history`] (quarantine, expired suites' reports
 //! and the history routes, with `--history-url`) and [`ui`] (the dashboard at `/ui`).
 //! [`Producer`] ties them together as
 //! `build → local_addr → run`.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod history;
@@ -29,7 +31,7 @@ use tokio::net::TcpListener;
 
 use isotest_infra::store::StoreError as ConnectError;
 
-pub use config::{Config, Limits};
+pub use config::{CacheConfig, Config, Limits};
 
 /// Failure to start or to run the producer.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,7 @@ impl Producer {
             ),
             history,
             live,
+            cache: config.cache.clone(),
         });
         Ok(Producer { listener, state })
     }

@@ -90,6 +90,7 @@ pub fn messages(id: &str, suite: &Suite, now_ms: u64) -> Vec<TestMessage> {
             digest: outcome_digest(test, workspace, suite.network),
             published_at_ms: now_ms,
             dispatch: None,
+            cache: None,
         })
         .collect()
 }

@@ -82,6 +82,15 @@ pub struct TokenRecord {
     /// The highest priority its suites may ask for, and what they get by default.
     #[serde(default)]
     pub priority: Priority,
+    /// Whether this token's runs write the shared result cache (the operator's choice,
+    /// say the main branch's CI) and read only it; any other token's runs write a cache
+    /// of their own and read the shared one, then their own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trusted: bool,
+    /// Whether this token's suites use the result cache when they do not say (a suite's
+    /// `cache` decides for itself).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache: bool,
 }
 
 fn is_false(value: &bool) -> bool {

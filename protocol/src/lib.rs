@@ -2,7 +2,7 @@
 //! ([`manifest`]), the message published for each test ([`message`]), the result a
 //! worker writes back ([`result`]), the report the aggregator assembles ([`report`]),
 //! the records and responses of the HTTP API ([`api`]) and of its dashboard
-//! ([`live`]), the index of a prepared build ([`artifact`]), what the scheduler keeps
+//! ([`live`]), the result cache's key and entries ([`cache`]), the index of a prepared build ([`artifact`]), what the scheduler keeps
 //! for tests not yet dispatched ([`schedule`]), and the names of every queue and key
 //! ([`names`]). No I/O happens here.
 //!
@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod cache;
 pub mod duration;
 pub mod live;
 pub mod manifest;

@@ -34,6 +34,10 @@ pub struct TestMessage {
     /// Absent from messages of older producers, which are run without that check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<String>,
+    /// Where to keep the result in the result cache if it passes (the suite asked for
+    /// caching and the test was not found there). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheWrite>,
 }
 
 fn yes() -> bool {
@@ -157,6 +161,7 @@ pub(crate) mod tests {
             digest: outcome_digest(&spec("a"), None, false),
             published_at_ms: 1,
             dispatch: None,
+            cache: None,
         };
         assert_eq!(
             TestMessage::from_bytes(&msg.to_bytes()).expect("round trip"),
@@ -193,6 +198,7 @@ pub(crate) mod tests {
             digest: String::new(),
             published_at_ms: 0,
             dispatch: None,
+            cache: None,
         };
         let second = msg.next_attempt(5).expect("one retry left");
         assert_eq!(second.attempt, 2);

@@ -214,6 +214,23 @@ impl Namespace {
     pub fn durations_key(&self, suite_name: &str) -> String {
         format!("{}:durations:{suite_name}", self.0)
     }
+    /// A result cache entry (JSON [`crate::cache::CacheEntry`], with a TTL) under its
+    /// key ([`crate::cache::cache_key`]) in its scope.
+    pub fn cache_entry_key(&self, scope: &crate::cache::CacheScope, key: &str) -> String {
+        match scope {
+            crate::cache::CacheScope::Shared => format!("{}:cache:shared:{key}", self.0),
+            crate::cache::CacheScope::Token(name) => {
+                format!("{}:cache:token:{name}:{key}", self.0)
+            }
+        }
+    }
+
+    /// Hash environment name → the identity the workers that offer it advertise (its
+    /// root, toolchain and their limits): what a result cache key covers of it.
+    pub fn environments_key(&self) -> String {
+        format!("{}:environments", self.0)
+    }
+
     /// Set of the owners of a blob: the names of the tokens that uploaded its bytes
     /// ([`Namespace::ANONYMOUS_OWNER`] for uploads without a token). Only they may
     /// see it or run suites on it.

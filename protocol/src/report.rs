@@ -53,6 +53,9 @@ pub struct Summary {
     /// Passed on a retry after failing first (counted also as passed, or as failed under
     /// `flaky_result = "fail"`).
     pub flaky: u32,
+    /// Passed from the result cache without running (counted also as passed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached: u32,
     /// Percentage of tests that passed or were skipped.
     pub success_rate: f64,
     /// Sum of every test's duration.
@@ -141,6 +144,9 @@ pub struct TestReport {
     /// it ended, but a failure of it does not fail the suite.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quarantined: bool,
+    /// The test did not run: its result cache key matched this earlier passed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<crate::cache::CachedFrom>,
 }
 
 /// The whole suite's report.
@@ -203,4 +209,8 @@ impl Report {
                 .iter()
                 .all(|t| t.status.is_success() || t.quarantined)
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -162,6 +162,10 @@ pub struct TestResult {
     /// from a warm interpreter, or cold and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Start>,
+    /// Set when the result was not run but served from the result cache: the suite and
+    /// test whose passed run it repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<crate::cache::CachedFrom>,
 }
 
 /// How a test's process started.
@@ -235,6 +239,7 @@ impl TestResult {
             usage: Usage::default(),
             timings: Timings::default(),
             start: None,
+            cached_from: None,
         }
     }
 
@@ -301,6 +306,7 @@ mod tests {
             digest: String::new(),
             published_at_ms: 0,
             dispatch: None,
+            cache: None,
         }
     }
 

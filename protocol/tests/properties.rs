@@ -429,6 +429,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     warm: None,
                     meta: Default::default(),
                     priority: None,
+                    cache: None,
                 }
             },
         )
@@ -651,6 +652,7 @@ proptest! {
                     digest: outcome_digest(test, Some(&blob), suite.network),
                     published_at_ms: u64::MAX,
                     dispatch: None,
+                    cache: None,
                 }
                 .to_bytes()
                 .len()

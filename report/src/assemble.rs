@@ -164,6 +164,7 @@ fn test_report(
                 attempt_history,
                 start: last.start.clone(),
                 quarantined: false,
+                cached_from: last.cached_from.clone(),
             }
         }
         None => {
@@ -192,6 +193,7 @@ fn test_report(
                 attempt_history,
                 start: None,
                 quarantined: false,
+                cached_from: None,
             }
         }
     }
@@ -217,6 +219,7 @@ fn summarize(tests: &[TestReport], wall_ms: u64) -> Summary {
         };
         *counter += 1;
         summary.flaky += u32::from(test.flaky);
+        summary.cached += u32::from(test.cached_from.is_some());
         summary.duration_ms = summary.duration_ms.saturating_add(test.duration_ms);
     }
     summary.success_rate = if summary.total == 0 {

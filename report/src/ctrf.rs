@@ -75,11 +75,25 @@ fn test(test: &TestReport) -> Value {
         "flaky": test.flaky,
         "retries": test.attempts.saturating_sub(1),
     });
+    // CTRF has no quarantine or cache of its own: tags for dashboards that filter by
+    // tag, and `extra` for readers of the JSON.
+    let mut tags = Vec::new();
+    let mut extra = serde_json::Map::new();
     if test.quarantined {
-        // CTRF has no quarantine of its own: a tag for dashboards that filter by tag, and
-        // `extra` for readers of the JSON.
-        value["tags"] = json!(["quarantined"]);
-        value["extra"] = json!({ "quarantined": true });
+        tags.push("quarantined");
+        extra.insert("quarantined".into(), true.into());
+    }
+    if let Some(from) = &test.cached_from {
+        // Not run: passed from the result cache, as this earlier run did.
+        tags.push("cached");
+        extra.insert(
+            "cachedFrom".into(),
+            json!({ "suiteId": from.suite_id, "test": from.test }),
+        );
+    }
+    if !tags.is_empty() {
+        value["tags"] = json!(tags);
+        value["extra"] = Value::Object(extra);
     }
     if !test.status.is_success() {
         value["message"] =

@@ -47,5 +47,6 @@ pub fn result(name: &str, attempt: u32, is_final: bool, status: Status) -> TestR
         usage: Usage::default(),
         timings: Timings::default(),
         start: None,
+        cached_from: None,
     }
 }

@@ -19,6 +19,10 @@ const FAILURE_TEXT_LINES: usize = 50;
 /// The `<property>` of every `<testcase>` of a quarantined test.
 pub const QUARANTINED_PROPERTY: &str = "isotest.quarantined";
 
+/// The `<property>` of every `<testcase>` of a test served from the result cache: the
+/// suite id and test name (`SUITE_ID/TEST`) of the run it repeats.
+pub const CACHED_FROM_PROPERTY: &str = "isotest.cached_from";
+
 /// Renders the report as JUnit XML.
 ///
 /// The text holds no timestamps nor ids of its own making, so one report always gives
@@ -37,6 +41,12 @@ pub fn junit(report: &Report) -> String {
             // does reads the property and does not count it.
             for case in &mut cases {
                 case.add_property(Property::new(QUARANTINED_PROPERTY, "true"));
+            }
+        }
+        if let Some(from) = &test.cached_from {
+            let value = format!("{}/{}", from.suite_id, from.test);
+            for case in &mut cases {
+                case.add_property(Property::new(CACHED_FROM_PROPERTY, value.as_str()));
             }
         }
         suite.add_test_cases(cases);

@@ -84,6 +84,9 @@ fn write_test(out: &mut String, test: &TestReport, paint: Painter) {
     if test.quarantined {
         facts.push("quarantined: does not fail the suite".to_owned());
     }
+    if let Some(from) = &test.cached_from {
+        facts.push(format!("cached from suite {}", from.suite_id));
+    }
     if !test.worker.is_empty() {
         facts.push(format!("on {}", test.worker));
     }

@@ -4,6 +4,7 @@
 mod adversarial;
 mod auth;
 mod bad_input;
+mod cache;
 mod dashboard;
 mod deploy_commands;
 mod deploy_files;

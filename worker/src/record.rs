@@ -79,7 +79,11 @@ impl Recorder {
     /// # Errors
     ///
     /// Returns [`RecordError::Write`] when Redis does not confirm the write.
-    pub async fn record(&self, result: &TestResult) -> Result<bool, RecordError> {
+    pub async fn record(
+        &self,
+        result: &TestResult,
+        keep: Option<&isotest_infra::results::Keep>,
+    ) -> Result<bool, RecordError> {
         let mut conn = self.redis.clone();
         let write = |source| RecordError::Write {
             test: result.name.clone(),
@@ -101,7 +105,10 @@ impl Recorder {
                 "Cut the test's output: its suite's output budget is spent."
             );
         }
-        isotest_infra::results::record(&mut conn, &self.ns, &fitted)
+        // The entry is kept only with the result as written, whole: a cut result's
+        // output is no longer the run's.
+        let keep = keep.filter(|_| !cut);
+        isotest_infra::results::record_keeping(&mut conn, &self.ns, &fitted, keep)
             .await
             .map_err(write)
     }
@@ -206,6 +213,27 @@ impl Recorder {
             None => isotest_infra::schedule::unregister_slots(&mut conn, &self.ns, worker).await,
         }
         .map_err(RecordError::Read)
+    }
+
+    /// Advertises the identity of each environment this worker offers (a hash field per
+    /// name, [`Namespace::environments_key`]), which the producer's cache keys cover.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`RecordError::Read`] when Redis does not answer.
+    pub async fn advertise(
+        &self,
+        environments: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), RecordError> {
+        if environments.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<(&String, &String)> = environments.iter().collect();
+        self.redis
+            .clone()
+            .hset_multiple::<_, _, _, ()>(self.ns.environments_key(), &fields)
+            .await
+            .map_err(RecordError::Read)
     }
 
     /// A blob a reference names, straight from Redis (a prepared build: the worker unpacks

@@ -336,6 +336,7 @@ impl Runner {
             },
             timings: Timings::default(),
             start: None,
+            cached_from: None,
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct WorkerConfig {
     /// The most output bytes (as stored in JSON) all results of one suite may hold in
     /// Redis; a result past it is cut, with a marker.
     pub suite_output_bytes: u64,
+    /// The identity of each environment this worker offers
+    /// ([`crate::cache::identities`]): advertised in Redis for the producer's result
+    /// cache keys, and checked before a result goes into the cache.
+    pub environments: std::collections::BTreeMap<String, String>,
 }
 
 /// A worker that failed to start.
@@ -130,6 +134,7 @@ struct Shared {
     /// The slots the dispatcher counts for this worker (its concurrency).
     slots: u16,
     max_test_timeout: Duration,
+    environments: std::collections::BTreeMap<String, String>,
 }
 
 impl Worker {
@@ -162,6 +167,7 @@ impl Worker {
                 permits: Semaphore::new(usize::from(concurrency)),
                 slots: concurrency,
                 max_test_timeout: config.max_test_timeout,
+                environments: config.environments,
             }),
             drain_timeout: config.drain_timeout,
         })
@@ -230,6 +236,9 @@ impl Shared {
             if let Err(e) = self.recorder.register_slots(worker, Some(self.slots)).await {
                 debug!(error = %error_chain(&e), "Could not register the worker's slots.");
             }
+            if let Err(e) = self.recorder.advertise(&self.environments).await {
+                debug!(error = %error_chain(&e), "Could not advertise the worker's environments.");
+            }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = stop.cancelled() => break,
@@ -284,7 +293,7 @@ impl Shared {
                     infrastructure_error(&msg, self.runner.worker_id(), &why)
                 }
             };
-            match self.recorder.record(&verdict).await {
+            match self.recorder.record(&verdict, None).await {
                 Ok(written) => {
                     count_written(&verdict, written);
                     let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -377,7 +386,8 @@ impl Shared {
             "Test finished."
         );
         observe_run(msg, &result);
-        let written = self.recorder.record(&result).await?;
+        let keep = crate::cache::keep(&self.ns, msg, &result, &self.environments);
+        let written = self.recorder.record(&result, keep.as_ref()).await?;
         count_written(&result, written);
         // Only the attempt's first writer publishes its retry; a concurrent duplicate
         // run (a redelivery while this one ran) must not fork the retries.

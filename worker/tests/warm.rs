@@ -83,6 +83,7 @@ fn message(suite: &str, id: &str, warm: bool) -> Result<TestMessage> {
         digest: String::new(),
         published_at_ms: 0,
         dispatch: None,
+        cache: None,
     })
 }
 

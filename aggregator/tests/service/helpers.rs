@@ -270,5 +270,6 @@ pub fn result(
         usage: Usage::default(),
         timings: Timings::default(),
         start: None,
+        cached_from: None,
     }
 }

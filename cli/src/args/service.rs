@@ -114,6 +114,34 @@ pub struct ProducerArgs {
     /// while Redis keeps it.
     #[arg(long, env = "ISOTEST_HISTORY_URL")]
     pub history_url: Option<String>,
+    /// The result cache: its salt and how long entries live.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The result cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct CacheArgs {
+    /// Mixed into every result cache key: changing it disowns the whole cache (every
+    /// entry written before stops matching). Empty by default.
+    #[arg(long, env = "ISOTEST_CACHE_SALT", default_value = "")]
+    pub cache_salt: String,
+    /// How long a result cache entry lives after it is written ("168h").
+    #[arg(long, env = "ISOTEST_CACHE_TTL", default_value = "168h", value_parser = parse_cache_ttl)]
+    pub cache_ttl: Duration,
+}
+
+fn parse_cache_ttl(text: &str) -> Result<Duration, String> {
+    isotest_protocol::duration::parse(text).map_err(|e| format!("duration {e}"))
+}
+
+impl From<CacheArgs> for isotest_producer::CacheConfig {
+    fn from(args: CacheArgs) -> isotest_producer::CacheConfig {
+        isotest_producer::CacheConfig {
+            cache_salt: args.cache_salt,
+            cache_ttl: args.cache_ttl,
+        }
+    }
 }
 
 impl From<ProducerArgs> for isotest_producer::Config {
@@ -127,6 +155,7 @@ impl From<ProducerArgs> for isotest_producer::Config {
             dispatch: args.dispatch.into(),
             egress: args.egress.policy(),
             history_url: args.history_url,
+            cache: args.cache.into(),
         }
     }
 }
@@ -254,6 +283,7 @@ mod tests {
         assert_eq!(parsed.limits, built.limits);
         assert_eq!(parsed.dispatch, built.dispatch);
         assert_eq!(parsed.egress, built.egress);
+        assert_eq!(parsed.cache, built.cache);
         assert_eq!(parsed.default_deadline, DEFAULT_DEADLINE);
         assert_eq!(parsed.limits.upload_timeout, DEFAULT_UPLOAD_TIMEOUT);
         assert_eq!(parsed.limits.blob_ttl, DEFAULT_BLOB_TTL);

@@ -1,14 +1,17 @@
 //! `isotest bench`: measurements, never assertions. [`pipeline`] pushes trivial tests
 //! through the whole distributed pipeline; [`suite`] runs a real suite through isotest and
 //! the command its users run today, alternately, on the same machine, and compares them;
-//! [`scheduling`] measures the scheduler's fairness and order against its targets. Both
+//! [`scheduling`] measures the scheduler's fairness and order against its targets;
+//! [`cache`] times a no-op rerun of a large suite served from the result cache. The
 //! pipeline benchmarks start their services through [`stack`].
 
+mod cache;
 mod pipeline;
 mod scheduling;
 mod stack;
 mod suite;
 
+pub use cache::CacheArgs;
 pub use pipeline::PipelineArgs;
 pub use scheduling::SchedulingArgs;
 pub use suite::SuiteArgs;
@@ -30,6 +33,8 @@ pub enum BenchKind {
     Suite(SuiteArgs),
     /// The scheduler: a small suite beside a large one, shares by weight, longest first.
     Scheduling(SchedulingArgs),
+    /// A no-op rerun of a large suite through the result cache: median and p99.
+    Cache(CacheArgs),
 }
 
 /// Runs a benchmark and prints its figures.
@@ -43,6 +48,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), Failure> {
         BenchKind::Pipeline(args) => pipeline::pipeline(args).await,
         BenchKind::Suite(args) => suite::suite(args).await,
         BenchKind::Scheduling(args) => scheduling::scheduling(args).await,
+        BenchKind::Cache(args) => cache::cache(args).await,
     }
 }
 

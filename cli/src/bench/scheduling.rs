@@ -262,6 +262,8 @@ async fn add_token(endpoints: &Endpoints, name: &str, weight: u32) -> anyhow::Re
         network: false,
         weight,
         priority: Priority::Normal,
+        trusted: false,
+        cache: false,
     };
     store
         .add_token(&isotest_producer::auth::hash(&token), &record)

@@ -52,16 +52,17 @@ impl Stack {
         let sandboxer = Arc::new(Sandboxer::new(sandbox.sandbox_config())?);
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..workers {
-            let runner = Runner::new(
-                sandboxer.clone(),
-                sandbox.runner_config(format!("bench-worker-{i}"), concurrency),
-            );
+            let runner_config = sandbox.runner_config(format!("bench-worker-{i}"), concurrency);
+            let environments =
+                isotest_worker::cache::identities(&sandbox.sandbox_config(), &runner_config);
+            let runner = Runner::new(sandboxer.clone(), runner_config);
             let config = WorkerConfig {
                 endpoints: endpoints.clone(),
                 concurrency,
                 drain_timeout: Duration::from_secs(10),
                 max_test_timeout: isotest_worker::service::DEFAULT_MAX_TEST_TIMEOUT,
                 suite_output_bytes: isotest_infra::output_budget::DEFAULT_SUITE_OUTPUT_BYTES,
+                environments,
             };
             let worker = Worker::build(config, runner)
                 .await

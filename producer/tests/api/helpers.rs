@@ -232,6 +232,8 @@ impl TestEnv {
             network: false,
             weight: 1,
             priority: isotest_protocol::schedule::Priority::Normal,
+            trusted: false,
+            cache: false,
         };
         let added = store
             .add_token(&isotest_producer::auth::hash(&token), &record)

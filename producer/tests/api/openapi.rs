@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/history/suites"),
     ("get", "/v1/tests/{name}/history"),
     ("get", "/v1/flaky"),
+    ("get", "/v1/quarantine"),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "head", "patch", "options"];

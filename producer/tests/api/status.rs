@@ -47,6 +47,7 @@ fn report(id: &str, names: &[&str]) -> Report {
                 attempt_history: vec![],
                 start: None,
                 quarantined: false,
+                cached_from: None,
             })
             .collect(),
         builds: vec![],

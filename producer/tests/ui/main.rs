@@ -1,7 +1,8 @@
 //! The dashboard in a real browser (headless Chromium through chromedriver): what a
 //! person sees when they sign in, follow a suite live and open a test, that a live
 //! view whose connection drops mid-suite loses no result, and (ignored, run by hand)
-//! how soon a result written by a worker appears on the page.
+//! how soon a result written by a worker appears on the page, and the quarantine
+//! beside the flaky tests.
 //!
 //! Skipped with a message when chromedriver is not installed, except on CI.
 
@@ -14,6 +15,7 @@ mod helpers;
 
 mod browser;
 mod latency;
+mod quarantine;
 
 use fantoccini::Locator;
 

@@ -69,6 +69,11 @@ pub struct Manifest {
     /// its token's priority (by default, its token's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<crate::schedule::Priority>,
+    /// Whether a test whose result cache key matches an earlier passed run is reported
+    /// from that run instead of running (by default, as the suite's token says; off
+    /// without a token). `isotest run --no-cache` sets it to `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// The verdict of a flaky test: one whose final attempt passed after an earlier attempt

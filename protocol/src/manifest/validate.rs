@@ -154,6 +154,7 @@ impl Manifest {
             warm: self.warm.unwrap_or(true),
             meta: self.meta.clone(),
             priority: self.priority,
+            cache: self.cache,
         })
     }
 }

@@ -148,6 +148,9 @@ pub struct Suite {
     /// The priority the suite asks for (see the manifest's `priority`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<crate::schedule::Priority>,
+    /// Whether the suite asks for the result cache (see the manifest's `cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 fn yes() -> bool {

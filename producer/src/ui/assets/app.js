@@ -1,6 +1,7 @@
 // The isotest dashboard: suites running and recent, a suite's live view (server-sent
 // events, resumed with Last-Event-ID after a dropped connection), a test's attempts,
-// and, where the server has a history store, a test's history and the flaky tests.
+// and, where the server has a history store, a test's history, the flaky tests and
+// the quarantine.
 // Plain JavaScript, no build step; every text from the server goes in as text, never
 // as HTML.
 "use strict";
@@ -445,13 +446,15 @@ function historyView(data) {
           : k === "finished_at_ms" ? new Date(r[k]).toLocaleString() : String(r[k] ?? ""))))))));
 }
 
-// ---------- flaky tests (from the history store) ----------
+// ---------- flaky and quarantined tests (from the history store) ----------
 
 // `GET /v1/flaky`: the history store's flaky tests, highest score first, each with
-// its newest failure (`last_failure`, a run of the test with its suite's id).
+// its newest failure (`last_failure`, a run of the test with its suite's id); and
+// `GET /v1/quarantine`: the quarantine entries that apply to this token's suites, with
+// their scope, reason and when each was added. Both are scoped to the token.
 async function flakyPage() {
   show(h("h1", { text: "Flaky tests" }), h("p", { class: "muted", text: "Loading…" }));
-  const data = await optionalJson("/v1/flaky");
+  const [data, quarantine] = await Promise.all([optionalJson("/v1/flaky"), optionalJson("/v1/quarantine")]);
   if (!data) {
     show(h("h1", { text: "Flaky tests" }), h("p", { class: "muted", text: "This server keeps no test history." }));
     return;
@@ -470,7 +473,32 @@ async function flakyPage() {
           h("td", { class: "num", text: r.runs !== undefined ? `${r.signals ?? "?"} of ${r.runs}` : "" }),
           h("td", {}, last ? [badge(String(last.status)), ` ${ago(last.finished_at_ms)}`] : ""));
       })))
-      : h("p", { class: "muted", text: "No test is flaky." }));
+      : h("p", { class: "muted", text: "No test is flaky." }),
+    quarantineSection(quarantine));
+}
+
+// The quarantine: tests that still run and are reported, whose failures do not fail
+// their suite (`isotest quarantine add`, or the automatic policy).
+function quarantineSection(entries) {
+  const rows = Array.isArray(entries) ? entries : [];
+  return h("section", { id: "quarantine-section" },
+    h("h2", { text: "Quarantined tests" }),
+    h("p", { class: "muted", text: "They run and are in every report, marked; their failures do not fail the suite." }),
+    rows.length ? h("table", { class: "results", id: "quarantine" },
+      h("thead", {}, h("tr", {}, ["Test", "Applies to", "Reason", "Added"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, rows.map((q) => h("tr", {},
+        h("td", { text: String(q.test) }),
+        h("td", { text: scopeText(String(q.scope)) }),
+        h("td", { text: String(q.reason ?? "") }),
+        h("td", { text: typeof q.added_at_ms === "number" ? ago(q.added_at_ms) : "" })))))
+      : h("p", { class: "muted", text: entries ? "No test is quarantined." : "The quarantine could not be read." }));
+}
+
+function scopeText(scope) {
+  if (scope === "*") return "every suite";
+  if (scope.startsWith("token:")) return `token ${scope.slice(6)}`;
+  if (scope.startsWith("repo:")) return `repository ${scope.slice(5)}`;
+  return scope;
 }
 
 start();
