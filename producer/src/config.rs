@@ -61,6 +61,28 @@ pub struct Config {
     /// while Redis keeps it.
     #[arg(long, env = "ISOTEST_HISTORY_URL")]
     pub history_url: Option<String>,
+    /// The URL clients reach this API at (`https://isotest.example.com`), the base of
+    /// the absolute links it hands out, such as a webhook's `report_url`. Without it,
+    /// the scheme and host a suite was submitted to (`Host`, `X-Forwarded-Proto`).
+    #[arg(long, env = "ISOTEST_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+}
+
+/// A public URL: `http` or `https`, with a host, kept without a trailing slash.
+///
+/// # Errors
+///
+/// Returns a one-line reason for anything else.
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| {
+        format!("`{text}` is not a URL ({e}); give one like https://isotest.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "`{text}` is not an http(s) URL with a host; give one like https://isotest.example.com"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -119,6 +141,7 @@ impl Config {
             dispatch: crate::dispatch::DispatchConfig::default(),
             egress: EgressArgs::default(),
             history_url: None,
+            public_url: None,
         }
     }
 }

@@ -106,6 +106,7 @@ impl Producer {
             ),
             history,
             live,
+            public_url: config.public_url.clone(),
         });
         Ok(Producer { listener, state })
     }
