@@ -4,9 +4,11 @@
 mod adversarial;
 mod auth;
 mod bad_input;
+mod cli_config;
 mod dashboard;
 mod deploy_commands;
 mod deploy_files;
+mod deploy_roles;
 mod faults;
 mod first_hour;
 mod frameworks;
