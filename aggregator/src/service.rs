@@ -215,7 +215,8 @@ impl Aggregator {
         let due = callback_url.map(|_| self.webhooks.claimed_until_ms());
         let stored = reports::store(conn, &self.config.namespace, report, due).await?;
         if let (Stored::Now, Some(url)) = (stored, callback_url) {
-            self.webhooks.spawn(report, url);
+            self.webhooks
+                .spawn(report, url, record.public_url.as_deref());
         }
         Ok(stored)
     }

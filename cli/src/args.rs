@@ -63,9 +63,13 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 pub struct RunArgs {
     /// The suite manifest (TOML, or JSON by its .json extension).
     pub manifest: PathBuf,
-    /// An isotest server (producer) URL; without it the suite runs embedded.
+    /// An isotest server (producer) URL; without it (or the config file's, see
+    /// README "Config file") the suite runs embedded.
     #[arg(long, env = "ISOTEST_SERVER")]
     pub server: Option<String>,
+    /// Run embedded even though the config file names a server.
+    #[arg(long, conflicts_with = "server")]
+    pub embedded: bool,
     /// The API token the server asks for (from `isotest token add`), sent as
     /// `Authorization: Bearer`.
     #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
@@ -104,9 +108,9 @@ pub struct RunArgs {
 pub struct SuiteArgs {
     /// The suite's id.
     pub id: String,
-    /// The isotest server (producer) URL.
+    /// The isotest server (producer) URL (default: the config file's).
     #[arg(long, env = "ISOTEST_SERVER")]
-    pub server: String,
+    pub server: Option<String>,
     /// The API token the server asks for.
     #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

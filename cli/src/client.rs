@@ -7,6 +7,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use isotest_protocol::api::{ApiError, QueueState, Submitted, SuiteStatus};
+use isotest_protocol::live::{SuitePage, SuiteRow};
 use isotest_protocol::now_ms;
 use isotest_protocol::report::{Report, SuiteState};
 
@@ -15,6 +16,7 @@ use crate::exit::Failure;
 use crate::input::{Bundle, LoadedSuite};
 use crate::output::{self, Progress, Where};
 use crate::run::Ended;
+use crate::user_config::Server;
 
 /// How often the suite's status is asked for.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -120,7 +122,7 @@ pub async fn run(
 ///
 /// As [`run`]: an unreachable server, or its refusal (an unknown suite is bad input).
 pub async fn status(args: &SuiteArgs) -> Result<u8, Failure> {
-    let api = Api::new(&args.server, args.token.as_deref())?;
+    let api = Api::for_suite(args)?;
     let status: SuiteStatus = api
         .json(api.http.get(api.url(&suite_path(&args.id)?)))
         .await?;
@@ -131,6 +133,31 @@ pub async fn status(args: &SuiteArgs) -> Result<u8, Failure> {
     })
 }
 
+/// The suites the token may see, newest first, up to `last` (paging as needed).
+///
+/// # Errors
+///
+/// As [`status`].
+pub async fn suites(server: &Server, last: u32) -> Result<Vec<SuiteRow>, Failure> {
+    let api = Api::new(&server.url, server.token.as_deref())?;
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    while rows.len() < last as usize {
+        let limit = (last as usize - rows.len()).min(200);
+        let mut url = format!("{}?limit={limit}", api.url("/v1/suites"));
+        if let Some(after) = &after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let page: SuitePage = api.json(api.http.get(url)).await?;
+        rows.extend(page.suites);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(rows)
+}
+
 /// `isotest report ID`: fetches a suite's stored report and writes and prints it as
 /// `isotest run` does; exits with the code `run` would have.
 ///
@@ -138,7 +165,7 @@ pub async fn status(args: &SuiteArgs) -> Result<u8, Failure> {
 ///
 /// As [`status`]; a suite still running is refused by the server (409), bad input here.
 pub async fn report(args: &ReportArgs) -> Result<u8, Failure> {
-    let api = Api::new(&args.suite.server, args.suite.token.as_deref())?;
+    let api = Api::for_suite(&args.suite)?;
     let path = format!("{}/report", suite_path(&args.suite.id)?);
     let report: Report = api.json(api.http.get(api.url(&path))).await?;
     output::write_reports(
@@ -335,6 +362,19 @@ struct Api {
 }
 
 impl Api {
+    /// The server of a command about one suite: `--server` or the config file's.
+    fn for_suite(args: &SuiteArgs) -> Result<Api, Failure> {
+        let server = crate::user_config::load()?
+            .resolve(args.server.as_deref(), args.token.as_deref())
+            .ok_or_else(|| {
+                Failure::BadInput(
+                    "no server: give --server (ISOTEST_SERVER), or `server` in the config file"
+                        .into(),
+                )
+            })?;
+        Api::new(&server.url, server.token.as_deref())
+    }
+
     fn new(server: &str, token: Option<&str>) -> Result<Api, Failure> {
         server_url(server)?;
         Ok(Api {

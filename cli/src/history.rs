@@ -102,11 +102,31 @@ pub struct SuitesArgs {
     /// How many suites to show, the most recent first.
     #[arg(long, default_value_t = 20)]
     pub last: u32,
-    /// Only the suites of this API token (by name).
-    #[arg(long = "token-name")]
+    /// Only the suites of this API token (by name; history store only).
+    #[arg(long = "token-name", conflicts_with = "server")]
     pub token_name: Option<String>,
+    /// Ask this isotest server (producer) for the suites it holds that the token may
+    /// see (default: the config file's, unless --history-url is given).
+    #[arg(long, env = "ISOTEST_SERVER")]
+    pub server: Option<String>,
+    /// The API token the server asks for.
+    #[arg(long, env = "ISOTEST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// The server a history command asks instead of the store: `--server`
+/// (`ISOTEST_SERVER`), else the config file's unless a store is named.
+fn server_of(
+    server: Option<&str>,
+    token: Option<&str>,
+    store: &StoreArgs,
+) -> Result<Option<crate::user_config::Server>, Failure> {
+    if server.is_none() && store.history_url.is_some() {
+        return Ok(None);
+    }
+    Ok(crate::user_config::load()?.resolve(server, token))
 }
 
 /// `isotest status SUITE_ID`.
@@ -114,7 +134,8 @@ pub struct SuitesArgs {
 pub struct StatusArgs {
     /// The suite's id.
     pub suite_id: String,
-    /// Ask this isotest server (producer); without it, the history store.
+    /// Ask this isotest server (producer); without it (or the config file's), the
+    /// history store.
     #[arg(long, env = "ISOTEST_SERVER")]
     pub server: Option<String>,
     /// The API token the server asks for.
@@ -260,6 +281,13 @@ pub async fn history(args: HistoryArgs) -> Result<u8, Failure> {
 ///
 /// Returns [`Failure::History`] when the store fails.
 pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
+    if args.token_name.is_none()
+        && let Some(server) = server_of(args.server.as_deref(), args.token.as_deref(), &args.store)?
+    {
+        let rows = crate::client::suites(&server, args.last).await?;
+        print!("{}", server_suites(&rows));
+        return Ok(exit::PASSED);
+    }
     let history = args.store.open().await?;
     let suites = history
         .suites(
@@ -294,6 +322,41 @@ pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
     Ok(exit::PASSED)
 }
 
+/// The table of `isotest suites` from a server.
+fn server_suites(rows: &[isotest_protocol::live::SuiteRow]) -> String {
+    if rows.is_empty() {
+        return "No suites on the server.\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<36}  {:<24} {:<18} {:>6} {:>6} {:>6} {:>6}  {}\n",
+        "ID", "SUBMITTED (UTC)", "STATE", "TOTAL", "DONE", "PASSED", "FAILED", "NAME"
+    );
+    for row in rows {
+        let (passed, failed) = row.summary.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |s| {
+                (
+                    s.passed.to_string(),
+                    s.total.saturating_sub(s.passed + s.skipped).to_string(),
+                )
+            },
+        );
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<24} {:<18} {:>6} {:>6} {:>6} {:>6}  {}",
+            row.id,
+            timestamp(row.created_at_ms),
+            row.state.as_str(),
+            row.total,
+            row.done,
+            passed,
+            failed,
+            row.name
+        );
+    }
+    out
+}
+
 /// `isotest status SUITE_ID`: the suite's state and counts, from a server (`--server`: one
 /// line, exiting as its report would) or from the history store (exit 0 when it is known).
 ///
@@ -302,12 +365,12 @@ pub async fn suites(args: SuitesArgs) -> Result<u8, Failure> {
 /// Returns [`Failure::BadInput`] for an unknown suite, [`Failure::Unreachable`] for a
 /// server that does not answer, [`Failure::History`] when the store fails.
 pub async fn status(args: StatusArgs) -> Result<u8, Failure> {
-    if let Some(server) = &args.server {
+    if let Some(server) = server_of(args.server.as_deref(), args.token.as_deref(), &args.store)? {
         // The server's view, one line, exiting as the suite's report would.
         return crate::client::status(&crate::args::SuiteArgs {
             id: args.suite_id.clone(),
-            server: server.clone(),
-            token: args.token.clone(),
+            server: Some(server.url),
+            token: server.token,
         })
         .await;
     }

@@ -5,6 +5,7 @@
 //! [`tokens`] manages the producer's API tokens; [`workspace`] chooses the files a
 //! workspace upload packs; [`history`] reads the history store (`history`, `suites`,
 //! `status`, `flaky`, `quarantine`) and [`meta`] finds a run's CI metadata;
+//! [`user_config`] reads the user's config file (server URL and token);
 //! [`bench`] measures the pipeline. [`exit`] holds every exit code.
 
 pub mod args;
@@ -21,6 +22,7 @@ pub mod prepare;
 pub mod run;
 pub mod services;
 pub mod tokens;
+pub mod user_config;
 pub mod workspace;
 
 use std::process::ExitCode;

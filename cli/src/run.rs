@@ -16,7 +16,12 @@ use crate::{client, discover, embedded, input, output, prepare};
 /// # Errors
 ///
 /// Returns a [`Failure`] for bad input, an unreachable server, missing isolation, or an interrupt.
-pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+pub async fn run(mut args: RunArgs) -> Result<u8, Failure> {
+    if !args.embedded {
+        let server =
+            crate::user_config::load()?.resolve(args.server.as_deref(), args.token.as_deref());
+        (args.server, args.token) = server.map_or((None, None), |s| (Some(s.url), s.token));
+    }
     // A bad URL is found before any work, not after the workspace is packed.
     if let Some(server) = &args.server {
         client::server_url(server)?;

@@ -50,6 +50,10 @@ pub struct Config {
     pub history_url: Option<String>,
     /// The result cache: its salt and how long entries live.
     pub cache: CacheConfig,
+    /// The URL clients reach this API at (`https://isotest.example.com`), the base of
+    /// the absolute links it hands out, such as a webhook's `report_url`. Without it,
+    /// the scheme and host a suite was submitted to (`Host`, `X-Forwarded-Proto`).
+    pub public_url: Option<String>,
 }
 
 /// How long a result cache entry lives when none is given.
@@ -72,6 +76,23 @@ impl Default for CacheConfig {
             cache_ttl: DEFAULT_CACHE_TTL,
         }
     }
+}
+
+/// A public URL: `http` or `https`, with a host, kept without a trailing slash.
+///
+/// # Errors
+///
+/// Returns a one-line reason for anything else.
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| {
+        format!("`{text}` is not a URL ({e}); give one like https://isotest.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "`{text}` is not an http(s) URL with a host; give one like https://isotest.example.com"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// Request size limits; a larger request is answered 413.
@@ -123,6 +144,7 @@ impl Config {
             egress: EgressPolicy::default(),
             history_url: None,
             cache: CacheConfig::default(),
+            public_url: None,
         }
     }
 }

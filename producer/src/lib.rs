@@ -109,6 +109,7 @@ impl Producer {
             history,
             live,
             cache: config.cache.clone(),
+            public_url: config.public_url.clone(),
         });
         Ok(Producer { listener, state })
     }

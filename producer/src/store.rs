@@ -22,6 +22,8 @@ pub use isotest_infra::reports::StoredReport;
 
 /// How many of a token's latest suites the dashboard lists.
 pub const RECENT_SUITES: i64 = 200;
+/// How many of the latest suites of every token an admin token can list.
+pub const ALL_RECENT_SUITES: i64 = 1000;
 
 /// How long a readiness probe waits for Redis to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -229,6 +231,15 @@ impl Store {
             .arg(&recent)
             .arg(0)
             .arg(-1 - RECENT_SUITES)
+            .ignore();
+        // And among every suite's, for an admin token's list.
+        let all = self.ns.all_recent_suites_key();
+        pipe.zadd(&all, id, record.created_at_ms)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&all)
+            .arg(0)
+            .arg(-1 - ALL_RECENT_SUITES)
             .ignore();
         pipe.hset(self.ns.scheduled_suites_key(), id, entry)
             .ignore();

@@ -67,6 +67,7 @@ pub fn record(id: &str, suite: &Suite, now_ms: u64, default_deadline: Duration) 
             .map(|t| outcome_digest(t, suite.workspace.as_deref(), suite.network))
             .collect(),
         quarantined: Vec::new(),
+        public_url: None,
     }
 }
 

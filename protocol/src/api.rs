@@ -42,6 +42,10 @@ pub struct SuiteRecord {
     /// marked, but their failures do not fail the suite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<String>,
+    /// The producer's URL as its clients reach it (no trailing slash): the base of the
+    /// webhook's absolute `report_url`. None in records of older producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// The keys of a suite's metadata that the history store keeps in columns of their own

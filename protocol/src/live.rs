@@ -44,6 +44,17 @@ pub struct SuiteList {
     pub suites: Vec<SuiteRow>,
 }
 
+/// A page of the suites a caller may see, newest first (`GET /v1/suites`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuitePage {
+    pub schema_version: u32,
+    pub suites: Vec<SuiteRow>,
+    /// The `after` of the next page: the id of this page's last suite, when more
+    /// suites follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// An attempt's result as the live view shows it: its verdict and, unless it passed,
 /// the end of its output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,6 +138,12 @@ impl Namespace {
         }
     }
 
+    /// Sorted set of the ids of the latest suites of every token and none, scored by
+    /// submission time: what an admin token lists (`GET /v1/suites`).
+    pub fn all_recent_suites_key(&self) -> String {
+        format!("{}:recent", self.0)
+    }
+
     /// A dashboard session, under the sha256 (hex) of its cookie: the hash of the API
     /// token it was opened with.
     pub fn ui_session_key(&self, session_hash: &str) -> String {

@@ -19,6 +19,7 @@ pub fn record(tests: &[&str]) -> SuiteRecord {
         meta: Default::default(),
         digests: Vec::new(),
         quarantined: Vec::new(),
+        public_url: None,
     }
 }
 

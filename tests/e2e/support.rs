@@ -72,6 +72,11 @@ impl TestEnv {
             .env("ISOTEST_CACHE_DIR", self.dir.join("cache"))
             // Embedded runs keep their history in this test's folder, never the user's.
             .env("XDG_DATA_HOME", &self.dir)
+            // Nor the user's config file (server and token): only what a test writes.
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env_remove("ISOTEST_CONFIG")
+            .env_remove("ISOTEST_SERVER")
+            .env_remove("ISOTEST_TOKEN")
             .env("ISOTEST_LOG_FORMAT", "text")
             // Many services run on this one host: each takes a free port for /metrics.
             .env("ISOTEST_METRICS_LISTEN", "127.0.0.1:0")

@@ -64,8 +64,8 @@ fn header<'a>(request: &'a Received, name: &str) -> Option<&'a str> {
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`, as a
 /// receiver checks it.
-fn verifies(secret: &str, body: &[u8], header: &str) -> bool {
-    let Some(hex_mac) = header.strip_prefix("sha256=") else {
+fn verifies(secret: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_mac) = header.strip_prefix("v1=") else {
         return false;
     };
     let Ok(expected) = hex::decode(hex_mac) else {
@@ -74,6 +74,9 @@ fn verifies(secret: &str, body: &[u8], header: &str) -> bool {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
         return false;
     };
+    // What README "Webhooks" tells a receiver to sign: "{timestamp}.{body}".
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
     mac.update(body);
     mac.verify_slice(&expected).is_ok()
 }
@@ -134,10 +137,20 @@ async fn a_finished_suite_is_posted_signed_and_retried_until_accepted() -> Resul
         },
     )
     .await?;
-    // The event's report_url is the producer's path of the report.
+    // The event's report_url is the report's absolute URL at the producer the suite
+    // was submitted to.
     let first_event: SuiteFinished = serde_json::from_slice(&received(&log)[0].body)?;
     let producer = env.producer_url.clone().context("services started")?;
-    let fetched = reqwest::get(format!("{producer}{}", first_event.report_url)).await?;
+    ensure!(
+        first_event.report_url
+            == format!(
+                "{}/v1/suites/{}/report",
+                producer.trim_end_matches('/'),
+                report.suite_id
+            ),
+        "{first_event:?}"
+    );
+    let fetched = reqwest::get(&first_event.report_url).await?;
     ensure!(fetched.status().is_success(), "{}", fetched.status());
     let fetched: isotest_protocol::report::Report = fetched.json().await?;
     ensure!(fetched.suite_id == report.suite_id);
@@ -160,19 +173,31 @@ async fn a_finished_suite_is_posted_signed_and_retried_until_accepted() -> Resul
         ensure!(header(request, "content-type") == Some("application/json"));
         ensure!(request.body == first.body, "every try sends the same bytes");
         let signature = header(request, "x-isotest-signature").context("a signature")?;
+        let timestamp = header(request, "x-isotest-timestamp").context("a timestamp")?;
+        let signed_at: u64 = timestamp.parse()?;
+        let now = isotest_protocol::now_ms() / 1000;
         ensure!(
-            verifies(SECRET, &request.body, signature),
+            now.abs_diff(signed_at) <= 300,
+            "signed at the try: {signed_at} vs now {now}"
+        );
+        ensure!(
+            verifies(SECRET, timestamp, &request.body, signature),
             "the signature verifies with the secret"
         );
         ensure!(
-            !verifies("another secret", &request.body, signature),
+            !verifies("another secret", timestamp, &request.body, signature),
             "and with no other"
+        );
+        let later = (signed_at + 360).to_string();
+        ensure!(
+            !verifies(SECRET, &later, &request.body, signature),
+            "a replay under a fresh timestamp does not verify"
         );
         let mut tampered = request.body.to_vec();
         let at = tampered.len() / 2;
         tampered[at] ^= 0x01;
         ensure!(
-            !verifies(SECRET, &tampered, signature),
+            !verifies(SECRET, timestamp, &tampered, signature),
             "a tampered body does not verify"
         );
     }
@@ -200,10 +225,6 @@ async fn a_finished_suite_is_posted_signed_and_retried_until_accepted() -> Resul
         event.summary
     );
     ensure!(event.finished_at_ms == report.finished_at_ms);
-    ensure!(
-        event.report_url == format!("/v1/suites/{}/report", report.suite_id),
-        "{event:?}"
-    );
     ensure!(
         env.log("aggregator")
             .iter()

@@ -117,6 +117,11 @@ pub struct ProducerArgs {
     /// The result cache: its salt and how long entries live.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The URL clients reach this API at (`https://isotest.example.com`), the base of
+    /// the absolute links it hands out, such as a webhook's `report_url`. Without it,
+    /// the scheme and host a suite was submitted to (`Host`, `X-Forwarded-Proto`).
+    #[arg(long, env = "ISOTEST_PUBLIC_URL", value_parser = isotest_producer::config::parse_public_url)]
+    pub public_url: Option<String>,
 }
 
 /// The result cache's settings.
@@ -156,6 +161,7 @@ impl From<ProducerArgs> for isotest_producer::Config {
             egress: args.egress.policy(),
             history_url: args.history_url,
             cache: args.cache.into(),
+            public_url: args.public_url,
         }
     }
 }
@@ -306,6 +312,17 @@ mod tests {
             err.to_string().contains("must be greater than zero"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_public_url_is_kept_without_its_slash_and_a_bad_one_is_refused() {
+        let parsed = config(&["--public-url", "https://isotest.example.com/"]).expect("parses");
+        assert_eq!(
+            parsed.public_url.as_deref(),
+            Some("https://isotest.example.com")
+        );
+        let err = config(&["--public-url", "ftp://isotest.example.com"]).expect_err("not http");
+        assert!(err.to_string().contains("not an http(s) URL"), "{err}");
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! `docs/openapi.yaml` describes them all and is served at `GET /openapi.yaml`.
 //!
 //! Its parts, by route family: [`failure`] (every refusal with its status code),
-//! [`suites`] (submit, status, cancel), [`reports`] (a suite's report as JSON, JUnit
+//! [`suites`] (submit, status, cancel), [`list`] (the caller's suites), [`reports`] (a suite's report as JSON, JUnit
 //! and CTRF) and [`blobs`] (workspace uploads with their bounded buffer and quota);
 //! the history routes are in [`crate::history`], the dashboard's in [`crate::ui`].
 
 mod blobs;
 mod failure;
+mod list;
 mod reports;
 mod suites;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     /// The history store (`--history-url`): quarantine, reports of expired suites, the
     /// history routes.
     pub history: Option<isotest_history::History>,
+    /// The producer's URL for clients (`--public-url`), else taken from each request.
+    pub public_url: Option<String>,
     /// The dashboard's live views.
     pub live: crate::ui::live::Live,
     /// The result cache's salt and entry lifetime.
@@ -89,7 +92,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// routes only, so an unknown path is still a plain 404).
 fn v1_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/suites", axum::routing::post(suites::submit))
+        .route(
+            "/v1/suites",
+            axum::routing::post(suites::submit).get(list::list),
+        )
         .route(
             "/v1/suites/{id}",
             get(suites::status).delete(suites::cancel),

@@ -79,6 +79,7 @@ pub(super) async fn submit(
         let scheduled = scheduled(&caller, suite.priority, now)?;
         let mut record = suite::record(&id, &suite, now, state.default_deadline);
         record.owner = caller.owner();
+        record.public_url = public_url(&state, &headers);
         crate::history::prepare_record(&state, &mut record).await;
         let mut messages = suite::messages(&id, &suite, now);
         let hits = match crate::cache::CacheUser::of(&caller, &suite) {
@@ -134,6 +135,36 @@ pub(super) async fn submit(
     }
     .instrument(span)
     .await
+}
+
+/// The base URL of the producer's links: `--public-url`, else the scheme and host the
+/// request came to (a proxy's `X-Forwarded-Proto` and `X-Forwarded-Host` first). A
+/// client can only name the host its own suite's links point at.
+pub fn public_url(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    if let Some(url) = &state.public_url {
+        return Some(url.clone());
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = header("x-forwarded-host").or_else(|| header("host"))?;
+    // Only a host and port: anything else would make the link another URL.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    {
+        return None;
+    }
+    let scheme = match header("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    Some(format!("{scheme}://{host}"))
 }
 
 /// The scheduler's entry of a suite from its caller: the token's weight, quota and

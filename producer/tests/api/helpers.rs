@@ -222,13 +222,18 @@ pub async fn manager() -> redis::aio::ConnectionManager {
 impl TestEnv {
     /// Adds an API token as `isotest token add` does; returns the secret.
     pub async fn add_token(&self, name: &str) -> String {
+        self.add_token_with(name, false).await
+    }
+
+    /// Adds an API token, an admin one (`isotest token add --admin`) if `admin`.
+    pub async fn add_token_with(&self, name: &str, admin: bool) -> String {
         let store = isotest_producer::store::Store::new(manager().await, self.ns.clone());
         let token = isotest_producer::auth::generate().expect("random");
         let record = isotest_protocol::api::TokenRecord {
             schema_version: isotest_protocol::SCHEMA_VERSION,
             name: name.to_owned(),
             quota: None,
-            admin: false,
+            admin,
             network: false,
             weight: 1,
             priority: isotest_protocol::schedule::Priority::Normal,

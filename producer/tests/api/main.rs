@@ -5,6 +5,7 @@ mod blobs;
 mod dashboard;
 mod helpers;
 mod history;
+mod list;
 mod openapi;
 mod reconnect;
 mod status;

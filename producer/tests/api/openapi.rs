@@ -19,6 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.yaml"),
     ("post", "/v1/suites"),
+    ("get", "/v1/suites"),
     ("get", "/v1/suites/{id}"),
     ("delete", "/v1/suites/{id}"),
     ("get", "/v1/suites/{id}/report"),

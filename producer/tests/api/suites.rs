@@ -183,10 +183,16 @@ async fn unknown_routes_and_methods_answer_in_json() {
         (status, error.as_str()),
         (404, "no route for GET /v2/nothing")
     );
-    let (status, error) = error_of(env.get("/v1/suites").await).await;
+    let response = env
+        .client
+        .put(env.url("/v1/suites"))
+        .send()
+        .await
+        .expect("PUT /v1/suites");
+    let (status, error) = error_of(response).await;
     assert_eq!(
         (status, error.as_str()),
-        (405, "method GET is not allowed on /v1/suites")
+        (405, "method PUT is not allowed on /v1/suites")
     );
     assert_eq!(env.get("/healthz").await.status().as_u16(), 200);
     assert_eq!(env.get("/readyz").await.status().as_u16(), 200);

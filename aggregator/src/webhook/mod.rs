@@ -8,15 +8,16 @@
 //! retries and exponential backoff; the sweeper of any aggregator delivers the queued
 //! ones whose lease ran out (their aggregator died, or shut down mid-delivery) and
 //! those of cancelled suites, whose report the producer stores. Delivery is therefore
-//! at least once, with one delivery id, so a receiver can drop repeats.
+//! at least once, with one delivery id, so a receiver can drop repeats. Each try is
+//! signed with its timestamp ([`signing`]), so a receiver can refuse replays.
+
+pub mod signing;
 
 use std::fmt;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -28,8 +29,7 @@ use isotest_protocol::api::{SuiteFinished, SuiteRecord};
 use isotest_protocol::names::Namespace;
 use isotest_protocol::report::Report;
 
-/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
-pub const SIGNATURE_HEADER: &str = "X-Isotest-Signature";
+pub use signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify};
 /// The header carrying the delivery id, the same on every attempt.
 pub const DELIVERY_HEADER: &str = "X-Isotest-Delivery";
 /// The header carrying the event's name.
@@ -89,18 +89,9 @@ impl Default for WebhookConfig {
     }
 }
 
-/// `sha256=<hex>`: the HMAC-SHA256 of `body` keyed by `secret`, as
-/// [`SIGNATURE_HEADER`] carries it.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length, so this never fails.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The event of a stored report.
-pub fn event(report: &Report) -> SuiteFinished {
+/// The event of a stored report; `public_url` is the producer's URL (the suite
+/// record's), which makes `report_url` absolute.
+pub fn event(report: &Report, public_url: Option<&str>) -> SuiteFinished {
     SuiteFinished {
         schema_version: SCHEMA_VERSION,
         event: SuiteFinished::EVENT.to_owned(),
@@ -109,7 +100,11 @@ pub fn event(report: &Report) -> SuiteFinished {
         name: report.suite.clone(),
         state: report.state,
         summary: report.summary.clone(),
-        report_url: format!("/v1/suites/{}/report", report.suite_id),
+        report_url: format!(
+            "{}/v1/suites/{}/report",
+            public_url.unwrap_or_default(),
+            report.suite_id
+        ),
         finished_at_ms: report.finished_at_ms,
     }
 }
@@ -241,8 +236,8 @@ impl Webhooks {
 
     /// Delivers the webhook of a report this aggregator just stored (and claimed), on
     /// the task tracker: the caller does not wait.
-    pub(crate) fn spawn(&self, report: &Report, callback_url: &str) {
-        let event = event(report);
+    pub(crate) fn spawn(&self, report: &Report, callback_url: &str, public_url: Option<&str>) {
+        let event = event(report, public_url);
         let url = callback_url.to_owned();
         let span = tracing::info_span!("webhook", suite_id = %report.suite_id);
         let this = self.task_handle();
@@ -276,9 +271,9 @@ impl Webhooks {
             let span = tracing::info_span!("webhook", suite_id = %suite_id);
             let found = self.load(conn, &suite_id).instrument(span.clone()).await?;
             match found {
-                Some((report, url)) => {
+                Some((report, url, public_url)) => {
                     span.in_scope(|| tracing::info!("Delivering a queued webhook."));
-                    self.spawn(&report, &url);
+                    self.spawn(&report, &url, public_url.as_deref());
                 }
                 None => {
                     span.in_scope(|| {
@@ -293,22 +288,25 @@ impl Webhooks {
         Ok(())
     }
 
-    /// The stored report and callback URL of a queued delivery.
+    /// The stored report, callback URL and producer URL of a queued delivery.
     async fn load(
         &self,
         conn: &mut ConnectionManager,
         suite_id: &str,
-    ) -> redis::RedisResult<Option<(Report, String)>> {
+    ) -> redis::RedisResult<Option<(Report, String, Option<String>)>> {
         let (report, record): (Option<String>, Option<String>) = redis::pipe()
             .get(self.ns.report_key(suite_id))
             .get(self.ns.suite_key(suite_id))
             .query_async(conn)
             .await?;
         let report = report.and_then(|json| serde_json::from_str::<Report>(&json).ok());
-        let url = record
-            .and_then(|json| serde_json::from_str::<SuiteRecord>(&json).ok())
-            .and_then(|record| record.callback_url);
-        Ok(report.zip(url))
+        let record = record.and_then(|json| serde_json::from_str::<SuiteRecord>(&json).ok());
+        Ok(match (report, record) {
+            (Some(report), Some(record)) => record
+                .callback_url
+                .map(|url| (report, url, record.public_url)),
+            _ => None,
+        })
     }
 
     /// Waits up to the grace period for deliveries in flight, then abandons the rest:
@@ -418,10 +416,6 @@ pub async fn deliver(
 ) -> Delivery {
     // An event of strings and numbers always serializes.
     let body = serde_json::to_vec(event).unwrap_or_default();
-    let signature = config
-        .secret
-        .as_ref()
-        .map(|secret| signature(secret.0.as_bytes(), &body));
     let attempts = config.attempts.max(1);
     let mut backoff = config.first_backoff;
     let mut attempt = 1;
@@ -432,8 +426,13 @@ pub async fn deliver(
             .header(EVENT_HEADER, SuiteFinished::EVENT)
             .header(DELIVERY_HEADER, &event.delivery_id)
             .body(body.clone());
-        if let Some(signature) = &signature {
-            request = request.header(SIGNATURE_HEADER, signature);
+        // Signed at each try with its own time: a try after a long wait (a sweep
+        // after the lease ran out) is as fresh as the first.
+        if let Some(secret) = &config.secret {
+            let now = signing::now_s();
+            request = request
+                .header(TIMESTAMP_HEADER, now.to_string())
+                .header(SIGNATURE_HEADER, signature(secret.0.as_bytes(), now, &body));
         }
         let verdict = match config.egress.check_url(url).await {
             Err(refused) => judge_egress(&refused),
@@ -473,20 +472,6 @@ fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// RFC 4231, test case 2: the published HMAC-SHA256 of a short key and message.
-    #[test]
-    fn signatures_are_hmac_sha256_in_hex() {
-        assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        assert_ne!(
-            signature(b"Jefe", b"what do ya want for nothing!"),
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "a changed body changes the signature"
-        );
-    }
 
     #[test]
     fn statuses_decide_between_done_retry_and_give_up() {
@@ -538,11 +523,15 @@ mod tests {
             )],
             isotest_protocol::report::SuiteState::Complete,
         );
-        let event = event(&report);
+        assert_eq!(event(&report, None).report_url, "/v1/suites/s1/report");
+        let event = event(&report, Some("https://isotest.example.com"));
         assert_eq!(event.event, "suite.finished");
         assert_eq!(event.suite_id, "s1");
         assert_eq!(event.delivery_id, "s1.finished");
-        assert_eq!(event.report_url, "/v1/suites/s1/report");
+        assert_eq!(
+            event.report_url,
+            "https://isotest.example.com/v1/suites/s1/report"
+        );
         assert_eq!(event.summary, report.summary);
         assert_eq!(event.finished_at_ms, report.finished_at_ms);
     }
@@ -609,7 +598,7 @@ mod tests {
             [],
             isotest_protocol::report::SuiteState::Cancelled,
         );
-        event(&report)
+        event(&report, None)
     }
 
     /// Each receiver's answers and what the delivery must come to.
@@ -637,7 +626,7 @@ mod tests {
                 let (delivery, signature) = seen.recv().await.expect("a request arrived");
                 assert_eq!(delivery.as_deref(), Some("s1.finished"), "{statuses:?}");
                 assert!(
-                    signature.is_some_and(|s| s.starts_with("sha256=")),
+                    signature.is_some_and(|s| s.starts_with("v1=")),
                     "{statuses:?}"
                 );
             }
