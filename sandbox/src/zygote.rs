@@ -526,6 +526,12 @@ impl Zygote {
                 Ok(None) | Err(_) => break None,
             }
         };
+        tracing::debug!(
+            startup_us = startup.as_micros(),
+            wall_us = wall.as_micros(),
+            total_us = started.elapsed().as_micros(),
+            "A forked test ended."
+        );
         let Some(report) = result.data.strip_prefix(ISOLATED) else {
             let words = stderr.render("stderr");
             let last = words
