@@ -46,6 +46,14 @@ pub async fn run(mut args: RunArgs) -> Result<u8, Failure> {
             args.manifest.display()
         )));
     }
+    // The result cache lives in the servers' Redis: embedded mode runs every test, and says so
+    // (the same manifest is meant for both, so this is a note, not an error).
+    if args.server.is_none() && loaded.suite.cache == Some(true) {
+        eprintln!(
+            "isotest: {}: cache = true: embedded mode keeps no result cache; every test runs",
+            args.manifest.display()
+        );
+    }
     let preparation = prepare::stage(&mut loaded, &local).await?;
     let ended = match preparation.failure() {
         Some(failure) => Ended::Finished(prepare::report_failed_build(&loaded, failure)),

@@ -220,10 +220,11 @@ async fn resource_abuse_is_contained() -> anyhow::Result<()> {
     let cases = [
         case(
             "fork-bomb",
-            // `exec`: the test's own process must not need a fork once the bomb has taken
-            // every pid, or it fails with "Cannot fork" before its timeout (a race the
-            // faster sandbox start made visible).
-            "command = [\"sh\", \"-c\", \"f() { f | f & }; f; exec sleep 30\"]\ntimeout = \"3s\"",
+            // The bomb starts in a subshell and the test's own shell then `exec`s: the test's
+            // process never needs a fork once the bomb has taken every pid (a bomb started
+            // by the test's shell itself could fail its own next fork with "Cannot fork" and
+            // exit 2 before its timeout, a race seen on a loaded machine).
+            "command = [\"sh\", \"-c\", \"(f() { f | f & }; f); exec sleep 30\"]\ntimeout = \"3s\"",
             Status::Timeout,
         ),
         case(

@@ -525,6 +525,29 @@ async fn a_callback_url_in_embedded_mode_is_refused_not_ignored() -> Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_result_cache_in_embedded_mode_is_named_and_every_test_runs() -> Result<()> {
+    let env = TestEnv::new().await;
+    let manifest = env.write(
+        "cached.toml",
+        "name = \"cached\"\ncache = true\n[[tests]]\nname = \"t\"\ncommand = [\"true\"]\n",
+    );
+    let run = env.run_suite(&manifest, "cached", false, &[]);
+    ensure!(
+        run.code() == Some(0),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr()
+    );
+    ensure!(
+        run.stderr()
+            .contains("cache = true: embedded mode keeps no result cache; every test runs"),
+        "{}",
+        run.stderr()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_run_rides_out_a_producer_restart() -> Result<()> {
     let mut env = TestEnv::new().await;
     env.start(1, 2).await?;
