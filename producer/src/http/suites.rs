@@ -238,16 +238,7 @@ pub(super) async fn status(
         (None, 0, 0)
     };
     let status = match report {
-        Some(StoredReport { report, .. }) => SuiteStatus {
-            id,
-            name: report.suite,
-            state: report.state,
-            total: report.summary.total,
-            done,
-            waiting: None,
-            summary: Some(report.summary),
-            queue: None,
-        },
+        Some(StoredReport { report, .. }) => ended_status(id, report, done),
         None => SuiteStatus {
             waiting: Some(waiting),
             id,
@@ -285,16 +276,7 @@ pub(super) async fn cancel(
         Cancelled::Now(report) => {
             tracing::info!(cancelled = report.summary.cancelled, "Cancelled the suite.");
             let done = state.store.done_count(&id).await?;
-            Ok(Json(SuiteStatus {
-                id,
-                name: report.suite,
-                state: report.state,
-                total: report.summary.total,
-                done,
-                waiting: None,
-                summary: Some(report.summary),
-                queue: None,
-            }))
+            Ok(Json(ended_status(id, *report, done)))
         }
         Cancelled::AlreadyEnded(ended) => Err(ApiFailure::AlreadyEnded {
             id,
@@ -324,6 +306,20 @@ pub(super) async fn visible_record(
     match state.store.suite(id).await? {
         Some(record) if caller.may_see(record.owner.as_deref()) => Ok(record),
         Some(_) | None => Err(ApiFailure::SuiteNotFound(id.to_owned())),
+    }
+}
+
+/// The status of a suite whose report is written: its summary, nothing waiting.
+fn ended_status(id: String, report: isotest_protocol::report::Report, done: u32) -> SuiteStatus {
+    SuiteStatus {
+        id,
+        name: report.suite,
+        state: report.state,
+        total: report.summary.total,
+        done,
+        waiting: None,
+        summary: Some(report.summary),
+        queue: None,
     }
 }
 
