@@ -36,8 +36,8 @@ use crate::{Inner, UidMapping};
 pub(crate) use lease::{Lease, take_cgroup};
 use plan::{PlanInputs, build_plan};
 pub(crate) use root::{DEVICES, EnvPlan, enter_skeleton_ops, skeleton_ops};
-pub(crate) use supervise::capture;
-use supervise::{parse_report, supervise};
+pub(crate) use supervise::{capture, supervise};
+use supervise::{parse_report, reaped};
 
 fn cstr(bytes: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
     CString::new(bytes.as_ref())
@@ -293,7 +293,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, mut spec: RunSpec) -> Result<RunOutc
     let (dead_tx, dead) = tokio::sync::watch::channel(false);
     let limits = &spec.limits;
     let supervise = async {
-        let result = supervise(&pidfd, lease.cgroup.as_ref(), limits).await;
+        let watched = pidfd.get_ref().as_fd();
+        let result = supervise(watched, lease.cgroup.as_ref(), limits, reaped(&pidfd)).await;
         let _ = dead_tx.send(true);
         result
     };

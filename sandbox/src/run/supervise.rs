@@ -1,6 +1,6 @@
-//! Watching a running sandbox: its init waited for under the wall-clock and CPU limits
-//! (SIGTERM through its pidfd, then SIGKILL after the grace), its output captured up to
-//! the caps, and the stage exits it reports parsed.
+//! Watching a running sandbox, cold or forked from a zygote: its pid 1 waited for under the
+//! wall-clock and CPU limits (SIGTERM through its pidfd, then SIGKILL after the grace), its
+//! output captured up to the caps, and the stage exits a cold init reports parsed.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -73,13 +73,16 @@ pub(super) fn parse_report(report: &[u8]) -> [Option<StageExit>; 3] {
     stages
 }
 
-/// Waits for the init to exit, enforcing the wall-clock and CPU limits; returns why it was
-/// stopped (if it was) and its reaped status.
-pub(super) async fn supervise(
-    pidfd: &AsyncFd<OwnedFd>,
+/// Waits for a sandbox's pid 1 to exit, enforcing the wall-clock and CPU limits; returns why it
+/// was stopped (if it was) and what `exited` gave. `exited` resolves once the process has
+/// exited: a cold sandbox's init is reaped here ([`reaped`]), a forked test by its parent, the
+/// fork server, so for it the pidfd turning readable is enough.
+pub(crate) async fn supervise<T>(
+    pidfd: BorrowedFd<'_>,
     cgroup: Option<&crate::cgroup::SandboxCgroup>,
     limits: &crate::spec::Limits,
-) -> Result<(Option<Termination>, sys::Reaped), SandboxError> {
+    exited: impl Future<Output = Result<T, SandboxError>>,
+) -> Result<(Option<Termination>, T), SandboxError> {
     let deadline = tokio::time::Instant::now() + limits.timeout;
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut reason = None;
@@ -88,40 +91,50 @@ pub(super) async fn supervise(
         .cpu_time
         .filter(|_| cgroup.is_some_and(|c| c.cpu_usage().is_some()));
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut exited = std::pin::pin!(exited);
     loop {
         tokio::select! {
-            ready = pidfd.readable() => {
-                let mut ready = ready.map_err(|e| SandboxError::io("wait for sandbox init", e))?;
-                match sys::waitid_pidfd(pidfd.get_ref().as_fd()) {
-                    Ok(Some(reaped)) => return Ok((reason, reaped)),
-                    Ok(None) => ready.clear_ready(),
-                    Err(e) => return Err(SandboxError::io("reap sandbox init", e)),
-                }
-            }
+            exit = &mut exited => return exit.map(|exit| (reason, exit)),
             () = tokio::time::sleep_until(deadline), if reason.is_none() => {
                 reason = Some(Termination::TimedOut);
-                kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
+                kill_at = Some(begin_stop(pidfd, limits));
             }
             _ = cpu_tick.tick(), if reason.is_none() && cpu_limit.is_some() => {
                 let used = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default();
                 if cpu_limit.is_some_and(|limit| used > limit) {
                     reason = Some(Termination::CpuTimeExceeded);
-                    kill_at = Some(begin_stop(pidfd.get_ref().as_fd(), limits));
+                    kill_at = Some(begin_stop(pidfd, limits));
                 }
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
                 kill_at = None;
                 // Killing the pid namespace's init makes the kernel kill every process in it.
-                let _ = sys::pidfd_send_signal(pidfd.get_ref().as_fd(), libc::SIGKILL);
+                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
             }
         }
     }
 }
 
-/// Asks every process of the sandbox to stop and returns when to SIGKILL: SIGTERM to the init
+/// Resolves once a cold sandbox's init has exited, with its reaped status.
+pub(super) async fn reaped(pidfd: &AsyncFd<OwnedFd>) -> Result<sys::Reaped, SandboxError> {
+    loop {
+        let mut ready = pidfd
+            .readable()
+            .await
+            .map_err(|e| SandboxError::io("wait for sandbox init", e))?;
+        match sys::waitid_pidfd(pidfd.get_ref().as_fd()) {
+            Ok(Some(reaped)) => return Ok(reaped),
+            Ok(None) => ready.clear_ready(),
+            Err(e) => return Err(SandboxError::io("reap sandbox init", e)),
+        }
+    }
+}
+
+/// Asks every process of the sandbox to stop and returns when to SIGKILL: SIGTERM to its pid 1
 /// through its pidfd, which `isotest-init` passes on to every other process of its pid
-/// namespace. (Signalling pids read from `cgroup.procs` would race with their reuse: a process
-/// may exit and its pid go to a host process between the read and the kill.)
+/// namespace (a forked test's pid 1 gets it only where it has a handler: a signal from outside
+/// its namespace). Signalling pids read from `cgroup.procs` would race with their reuse: a
+/// process may exit and its pid go to a host process between the read and the kill.
 fn begin_stop(pidfd: BorrowedFd<'_>, limits: &crate::spec::Limits) -> tokio::time::Instant {
     if limits.kill_grace.is_zero() || sys::pidfd_send_signal(pidfd, libc::SIGTERM).is_err() {
         return tokio::time::Instant::now();
