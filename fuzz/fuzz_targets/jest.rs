@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = isotest_worker::frameworks::parse_jest(data);
+    let _ = isotest_framework_reports::parse_jest(data);
 });

@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = isotest_worker::frameworks::parse_junit(data);
+    let _ = isotest_framework_reports::parse_junit(data);
 });

@@ -10,7 +10,6 @@ pub mod discover;
 mod go;
 mod jest;
 mod junit;
-mod junit_xml;
 mod node;
 mod pytest;
 mod toolchain;
@@ -30,8 +29,7 @@ use isotest_protocol::result::{CaseResult, Stage, Status};
 
 use crate::prepare::{BuildPlan, Prepared};
 
-pub use jest::parse as parse_jest;
-pub use junit_xml::{JunitError, parse as parse_junit};
+pub use isotest_framework_reports::{JunitError, parse_jest, parse_junit};
 pub use toolchain::Toolchain;
 pub use verdict::{Exit, Observed, Verdict, signal_name};
 
