@@ -152,6 +152,13 @@ try:
 except OSError as e:
     out.append("af_alg=%d" % e.errno)
 out.append("fds=%s" % sorted(int(f) for f in os.listdir("/proc/self/fd")))
+# Its pid 1 stays in the zygote's mount namespace: nothing may reach it through /proc/1.
+for what in ("root", "cwd", "mem", "fd/0"):
+    try:
+        os.listdir("/proc/1/" + what) if what in ("root", "cwd") else open("/proc/1/" + what, "rb").close()
+        out.append("init_%s=open" % what)
+    except OSError as e:
+        out.append("init_%s=%d" % (what, e.errno))
 "#;
     let seen = report(&fork(&zygote, probe).await);
     for want in [
@@ -162,6 +169,10 @@ out.append("fds=%s" % sorted(int(f) for f in os.listdir("/proc/self/fd")))
         "unshare=-1",
         "mount=-1",
         "af_alg=97",
+        "init_root=13",
+        "init_cwd=13",
+        "init_mem=13",
+        "init_fd/0=13",
     ] {
         assert!(seen.lines().any(|l| l == want), "{want} not in {seen}");
     }
@@ -196,6 +207,31 @@ async fn limits_hold_for_forked_tests_and_the_zygote_survives_them() {
         .await
         .expect("forks");
     assert_eq!(slow.outcome.termination, Termination::TimedOut);
+    // At its timeout a test is asked to stop (SIGTERM, passed on by its pid 1) before the
+    // grace runs out, as in a cold sandbox.
+    let graceful = Limits {
+        kill_grace: Duration::from_secs(10),
+        ..short
+    };
+    let asked = zygote
+        .fork(
+            json!({"code": "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: (print('asked to stop', flush=True), os._exit(7)))\ntime.sleep(30)"}),
+            BTreeMap::new(),
+            &graceful,
+        )
+        .await
+        .expect("forks");
+    assert_eq!(asked.outcome.termination, Termination::TimedOut);
+    assert_eq!(asked.outcome.command, Some(StageExit::Code(7)));
+    assert!(
+        asked
+            .outcome
+            .stdout
+            .render("stdout")
+            .contains("asked to stop"),
+        "{:?}",
+        asked.outcome.stdout
+    );
     let small = Limits {
         memory_bytes: 64 << 20,
         ..limits()

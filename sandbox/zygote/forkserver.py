@@ -9,22 +9,29 @@
 # known, each waiting on a socket of its own; a request is handed to one, which finishes the
 # few steps that need the test's own descriptors, and the server forks a new spare.
 #
-#   server (before fork)  setns back to its own pid namespace, unshare(CLONE_NEWPID): the
-#                         spare is pid 1 of a new pid namespace
-#   spare pid 1 (init)    unshares mount, network, ipc and uts namespaces, mounts a private
+#   server (per spare)    setns back to its own pid namespace, unshare(CLONE_NEWPID), then
+#                         forks twice: the spare's init, then the spare itself, pid 1 and
+#                         pid 2 of a new pid namespace (each fork after the unshare lands
+#                         there); both are its own children, so a test costs one fork of the
+#                         zygote that runs the test and one that only reaps
+#   spare pid 1 (init)    closes every descriptor it inherited, makes itself non-dumpable (so
+#                         no test can read its memory or reach the zygote's mounts through
+#                         /proc/1), drops every capability, installs the strict seccomp
+#                         filter, then reaps whatever the test leaves and passes SIGTERM on to
+#                         every process of its namespace, until the server kills it
+#   spare pid 2 (waiting) unshares mount, network, ipc and uts namespaces, mounts a private
 #                         tmpfs /tmp and /dev/shm, a private copy-on-write overlay of the
 #                         workspace, a fresh devpts and proc, brings its loopback up, closes
 #                         the server's own fds (the control socket, the other children's
-#                         pidfds and sockets), forks the test-to-be as pid 2 (as a cold sandbox
-#                         has it), drops every capability, installs the strict seccomp filter
-#                         and reaps until pid 2 ends, exiting with its status as a shell gives
-#                         it (128 + a signal)
-#   spare pid 2 (waiting) drops the capability bounding set and ambient capabilities, sets
-#                         no_new_privs, and waits for its one request; then moves pid 1 and
-#                         itself into the test's cgroup (fds passed by the worker), unshares a
-#                         cgroup namespace rooted there, takes the test's stdout and stderr,
-#                         drops its last capabilities, installs the strict seccomp filter and
-#                         runs the test
+#                         pidfds and sockets), drops the capability bounding set and ambient
+#                         capabilities, sets no_new_privs, and waits for its one request; then
+#                         moves pid 1 and itself into the test's cgroup (fds passed by the
+#                         worker), unshares a cgroup namespace rooted there, takes the test's
+#                         stdout and stderr, drops its last capabilities, installs the strict
+#                         seccomp filter and runs the test
+#   server (test ended)   reaps pid 2 and kills pid 1, which ends the namespace and whatever
+#                         is left in it; the worker hears the test's status as a shell gives it
+#                         (128 + a signal), or the raw one when the worker killed pid 1 itself
 # A spare has seen nothing of any test before its own: it is a fork of the zygote, made after
 # the zygote stopped changing, and it runs one test once.
 #
@@ -33,7 +40,7 @@
 #                      {"op": "fork", "id": n, "request": {"env": {...}, ...}} + fds
 #                      [stdout, stderr, result, cgroup.procs...]
 #   server -> worker   {"event": "ready", "rss_bytes": n, ...} or {"event": "failed", "why": "..."}
-#                      {"event": "started", "id": n} + [pidfd of the child]
+#                      {"event": "started", "id": n} + [pidfd of the test's pid 1]
 #                      {"event": "exited", "id": n, "status": wait status}
 #                      {"event": "refused", "id": n, "why": "..."}
 # On the result fd the child writes "isolated\n" once its sandbox is made, then whatever the
@@ -46,6 +53,7 @@ import gc
 import json
 import os
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -62,7 +70,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 38, 24, 47
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 4, 38, 24, 47
 PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_PACKET = 1 << 20
@@ -96,7 +104,11 @@ class ForkServer:
     def __init__(self, control_fd=6):
         self.sock = socket.socket(fileno=control_fd)
         self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        # A running test's pidfd -> (its pid, the request's id, its init's pid and pidfd).
         self.children = {}
+        # An ended test's init, killed and not yet gone: its pidfd -> (pid, id, status).
+        self.ending = {}
+        # Ready spares: (pidfd, pid, the socket their request goes to, init pid, init pidfd).
         self.spares = deque()
         self.wanted = 0
         self.broken = None
@@ -191,7 +203,7 @@ class ForkServer:
         try:
             if self.broken:
                 raise OSError(0, self.broken)
-            pidfd, pid, sock = self.spares.popleft() if self.spares else self.spawn(fds)
+            pidfd, pid, sock, init_pid, init_fd = self.spares.popleft() if self.spares else self.spawn(fds)
             self.send({"request": message.get("request") or {}}, fds, sock)
         except OSError as e:
             self.send({"event": "refused", "id": ident, "why": e.strerror or str(e)})
@@ -201,8 +213,10 @@ class ForkServer:
             for fd in fds:
                 os.close(fd)
         sock.close()
-        self.children[pidfd] = (pid, ident)
-        self.send({"event": "started", "id": ident}, [pidfd])
+        self.children[pidfd] = (pid, ident, init_pid, init_fd)
+        # The worker watches and kills the test through its init: killing it ends the pid
+        # namespace and everything in it.
+        self.send({"event": "started", "id": ident}, [init_fd])
 
     def refill(self):
         while not self.broken and self.seccomp and len(self.spares) < self.wanted:
@@ -213,44 +227,75 @@ class ForkServer:
                 return
 
     def spawn(self, passing=()):
-        """Forks a spare: pid 1 of a new pid namespace, isolating itself while it waits.
-        `passing` are descriptors the server holds for a request: not the spare's to keep."""
+        """Forks a spare: its init and itself, pid 1 and pid 2 of a new pid namespace, the
+        second isolating itself while it waits. `passing` are descriptors the server holds
+        for a request: not the spare's to keep."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             _check(_libc.setns(self.pidns, CLONE_NEWPID), "setns to the zygote's pid namespace")
             _check(_libc.unshare(CLONE_NEWPID), "unshare a pid namespace")
             sys.stdout.flush()
             sys.stderr.flush()
+            init_pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if init_pid == 0:
+            self.init()
+        init_fd = None
+        try:
+            init_fd = os.pidfd_open(init_pid)
+            # Into the same new namespace: every child forked since the unshare lands there.
             pid = os.fork()
         except OSError:
+            os.kill(init_pid, signal.SIGKILL)
+            os.waitpid(init_pid, 0)
+            if init_fd is not None:
+                os.close(init_fd)
             ours.close()
             theirs.close()
             raise
         if pid == 0:
             ours.close()
+            os.close(init_fd)
             for fd in passing:
                 os.close(fd)
             self.spare(theirs)
         theirs.close()
         pidfd = os.pidfd_open(pid)
         self.events.register(pidfd, selectors.EVENT_READ, pidfd)
-        return pidfd, pid, ours
+        return pidfd, pid, ours, init_pid, init_fd
 
     def reap(self, pidfd):
         self.events.unregister(pidfd)
+        if pidfd in self.ending:
+            init_pid, ident, status = self.ending.pop(pidfd)
+            os.close(pidfd)
+            os.waitpid(init_pid, 0)
+            self.send({"event": "exited", "id": ident, "status": status})
+            return
         if pidfd in self.children:
-            pid, ident = self.children.pop(pidfd)
+            pid, ident, init_pid, init_fd = self.children.pop(pidfd)
             os.close(pidfd)
             _, status = os.waitpid(pid, 0)
-            self.send({"event": "exited", "id": ident, "status": status})
+            # The status as a shell gives it (the exit code, or 128 + the signal), told once
+            # the init is gone: killing it ends what the test left running.
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            self.end_init(init_fd)
+            self.ending[init_fd] = (init_pid, ident, code << 8)
+            self.events.register(init_fd, selectors.EVENT_READ, init_fd)
             return
         # A spare that ended before it was used: it could not isolate itself, and says why.
         for spare in list(self.spares):
             if spare[0] == pidfd:
                 self.spares.remove(spare)
-                _, pid, sock = spare
+                _, pid, sock, init_pid, init_fd = spare
                 os.close(pidfd)
                 os.waitpid(pid, 0)
+                self.end_init(init_fd)
+                os.close(init_fd)
+                os.waitpid(init_pid, 0)
                 sock.setblocking(False)
                 try:
                     why = sock.recv(MAX_PACKET).decode(errors="replace")
@@ -260,9 +305,46 @@ class ForkServer:
                 self.broken = why or "a spare child ended before its test"
                 return
 
+    def end_init(self, init_fd):
+        try:
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already: the worker killed it
+
+    def init(self):
+        """Pid 1 of a spare's pid namespace: holds nothing of the server, reaps what the test
+        leaves and passes SIGTERM on to every process of the namespace (the worker's way to
+        stop a test), until the server kills it. Never returns."""
+        try:
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+            # Nothing in the namespace may read its memory or enter the zygote's mounts
+            # through /proc/1 (it stays in the zygote's mount namespace).
+            _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the init non-dumpable")
+            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+            self.drop_privileges()
+        except BaseException:  # noqa: BLE001 - pid 2 finds its namespace gone, and says so
+            os._exit(125)
+        while True:
+            if signal.sigwait({signal.SIGCHLD, signal.SIGTERM}) == signal.SIGTERM:
+                try:
+                    os.kill(-1, signal.SIGTERM)
+                except OSError:
+                    pass
+            while True:
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+
     def spare(self, sock):
-        """Pid 1 of a spare: isolates what can be isolated before the test is known, forks the
-        test-to-be, and reaps. Never returns."""
+        """Pid 2 of a spare: isolates what can be isolated before the test is known, then
+        waits for its test. Never returns."""
         try:
             self.isolate(sock)
         except BaseException as e:  # noqa: BLE001 - the server reads the reason on the socket
@@ -270,32 +352,7 @@ class ForkServer:
                 sock.send(("the warm sandbox could not be made: %s" % e).encode())
             finally:
                 os._exit(125)
-        try:
-            test = os.fork()
-        except OSError as e:
-            sock.send(("cannot start the test: %s" % e).encode())
-            os._exit(125)
-        if test == 0:
-            self.test(sock)
-        sock.close()
-        # As in a cold sandbox, the test is pid 2 under an init that reaps what it leaves and
-        # reports how it ended: pid 1 ignores signals it has no handler for, even its own.
-        try:
-            self.drop_privileges()
-        except BaseException:  # noqa: BLE001 - an init that cannot drop them runs nothing
-            os.kill(test, 9)
-            os._exit(125)
-        code = 1
-        while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            if pid == test:
-                # The status as a shell gives it: the exit code, or 128 + the signal.
-                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-                break
-        os._exit(code)
+        self.test(sock)
 
     def isolate(self, sock):
         os.setsid()
@@ -324,10 +381,14 @@ class ForkServer:
         # What would let a test reach the worker or another test: the control socket, the
         # other children's pidfds and sockets, the server's own. What the runner's preparation
         # opened (a log file, a conftest's connection) stays, as it would in any forked runner.
-        for fd in list(self.children):
+        for fd, (_pid, _ident, _init_pid, init_fd) in self.children.items():
             os.close(fd)
-        for pidfd, _pid, other in self.spares:
+            os.close(init_fd)
+        for fd in self.ending:
+            os.close(fd)
+        for pidfd, _pid, other, _init_pid, init_fd in self.spares:
             os.close(pidfd)
+            os.close(init_fd)
             other.close()
         self.events.close()
         self.sock.close()
@@ -339,8 +400,8 @@ class ForkServer:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
     def test(self, sock):
-        """Pid 2 of a spare: waits for its one request, finishes its sandbox with the test's
-        own descriptors, and runs it. Never returns."""
+        """Pid 2 of a spare, isolated: waits for its one request, finishes its sandbox with
+        the test's own descriptors, and runs it. Never returns."""
         try:
             request, fds = self.receive(sock)
         except (OSError, ValueError):

@@ -6,16 +6,17 @@
 //! `SOCK_SEQPACKET` socket (its fd 6), one JSON message a packet, file descriptors riding
 //! along (see the protocol at the top of `zygote/forkserver.py`).
 //!
-//! The fork server keeps [`ZygoteSpec::spares`] children made ahead: each is pid 1 of a new
-//! pid namespace that has unshared mount, network, ipc and uts namespaces and mounted a
-//! private `/tmp`, `/dev/shm`, devpts, proc and a copy-on-write overlay of the workspace, with
-//! the test-to-be waiting as its pid 2. For each test the worker takes a cgroup of the pool
+//! The fork server keeps [`ZygoteSpec::spares`] children made ahead: each is pid 2 of a new
+//! pid namespace whose pid 1, also forked by the server, only reaps (non-dumpable, no
+//! capabilities, the strict filter); pid 2 has unshared mount, network, ipc and uts
+//! namespaces and mounted a private `/tmp`, `/dev/shm`, devpts, proc and a copy-on-write
+//! overlay of the workspace, and waits. For each test the worker takes a cgroup of the pool
 //! (the test's limits), makes its stdout, stderr and result pipes, and sends them with the
 //! cgroup's `cgroup.procs` files; the server hands them to a spare, whose pid 2 joins that
 //! cgroup with its init, unshares a cgroup namespace, drops every capability and installs the
-//! strict seccomp filter, then runs its one test. The worker watches it through a
-//! pidfd the server sends back, enforces the wall and CPU limits itself, and learns its exit
-//! status from the server; a zygote that lies about its own tests only lies about its own
+//! strict seccomp filter, then runs its one test. The worker watches it through a pidfd of
+//! its pid 1 the server sends back (killing pid 1 ends the namespace), enforces the wall and
+//! CPU limits itself, and learns its exit status from the server; a zygote that lies about its own tests only lies about its own
 //! tenant's tests, which it could as well by running them.
 //!
 //! `start.rs` starts a zygote, `control.rs` speaks over its socket and routes its messages,
