@@ -217,7 +217,8 @@ macro_rules! per_test_fields {
 }
 
 // The one list of per-test fields. A new field is one line here (its type implementing
-// `Layer`), then its check and resolved form in `validate.rs` and `wire.rs`.
+// `Layer`); the compiler then stops at `validate.rs`'s `resolve`, which takes the fields
+// apart with no `..`, until the field is checked and carried into `TestSpec` (`wire.rs`).
 per_test_fields! {
     run {
         /// Inline source, written to a file in the workspace and run by the framework

@@ -90,13 +90,33 @@ impl Manifest {
     ///
     /// Returns the first problem as a [`ManifestError`] naming the field.
     pub fn validate_with(&self, limits: &Limits) -> Result<Suite, ManifestError> {
-        check_name("name", &self.name, limits)?;
-        if let Some(ws) = &self.workspace
+        // Every field by name, with no `..`: a field added to `Manifest` does not compile
+        // until it is checked and carried into the `Suite` here.
+        let Manifest {
+            name,
+            workspace,
+            // What `isotest run` leaves out of the workspace it packs: not the suite's.
+            workspace_exclude: _,
+            workspace_include: _,
+            network,
+            deadline,
+            flaky_result,
+            defaults,
+            tests: entries,
+            discover,
+            callback_url,
+            warm,
+            meta,
+            priority,
+            cache,
+        } = self;
+        check_name("name", name, limits)?;
+        if let Some(ws) = workspace
             && ws.trim().is_empty()
         {
             return Err(ManifestError::field("workspace", "must not be empty"));
         }
-        let deadline_ms = match &self.deadline {
+        let deadline_ms = match deadline {
             None => None,
             Some(text) => Some(
                 parse_duration("deadline", text)?
@@ -105,17 +125,17 @@ impl Manifest {
                     .unwrap_or(u64::MAX),
             ),
         };
-        if let Some(url) = &self.callback_url {
+        if let Some(url) = callback_url {
             check_callback_url("callback_url", url)?;
         }
-        check_meta(&self.meta)?;
-        if !self.discover.is_empty() {
+        check_meta(meta)?;
+        if !discover.is_empty() {
             return Err(ManifestError::field(
                 "discover[0]",
                 "[[discover]] entries are expanded by `isotest run` in a local sandbox before a suite is run or submitted; submit the expanded manifest",
             ));
         }
-        if self.tests.is_empty() {
+        if entries.is_empty() {
             return Err(ManifestError::field(
                 "tests",
                 "the suite has no tests; add at least one [[tests]] entry",
@@ -123,8 +143,8 @@ impl Manifest {
         }
         limits::check(self, limits)?;
         let mut seen = BTreeSet::new();
-        let mut tests = Vec::with_capacity(self.tests.len());
-        for (i, entry) in self.tests.iter().enumerate() {
+        let mut tests = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
             let at = format!("tests[{i}]");
             check_name(&format!("{at}.name"), &entry.name, limits)?;
             if !seen.insert(entry.name.as_str()) {
@@ -139,22 +159,22 @@ impl Manifest {
             tests.push(resolve(
                 &at,
                 &entry.name,
-                entry.merged(&self.defaults),
+                entry.merged(defaults),
                 limits,
             )?);
         }
         Ok(Suite {
-            name: self.name.clone(),
-            workspace: self.workspace.clone(),
-            network: self.network,
+            name: name.clone(),
+            workspace: workspace.clone(),
+            network: *network,
             deadline_ms,
             tests,
-            flaky_result: self.flaky_result,
-            callback_url: self.callback_url.clone(),
-            warm: self.warm.unwrap_or(true),
-            meta: self.meta.clone(),
-            priority: self.priority,
-            cache: self.cache,
+            flaky_result: *flaky_result,
+            callback_url: callback_url.clone(),
+            warm: warm.unwrap_or(true),
+            meta: meta.clone(),
+            priority: *priority,
+            cache: *cache,
         })
     }
 }
@@ -167,7 +187,25 @@ fn resolve(
     f: TestFields,
     limits: &Limits,
 ) -> Result<TestSpec, ManifestError> {
-    let framework = match f.framework.as_deref() {
+    // Every field by name, with no `..`: a field added to the list in `raw.rs` does not
+    // compile until it is resolved here, so none is parsed and then silently dropped.
+    let TestFields {
+        code,
+        command,
+        framework,
+        test_id,
+        junit_path,
+        timeout,
+        env,
+        files,
+        setup,
+        teardown,
+        retries,
+        environment,
+        build,
+        artifact,
+    } = f;
+    let framework = match framework.as_deref() {
         None => Framework::Command,
         Some(text) => Framework::ALL
             .into_iter()
@@ -183,7 +221,7 @@ fn resolve(
                 )
             })?,
     };
-    let body = match (f.code, f.command, f.test_id) {
+    let body = match (code, command, test_id) {
         (Some(_), Some(_), _) => {
             return Err(ManifestError::field(
                 at,
@@ -232,7 +270,8 @@ fn resolve(
             TestBody::Command(argv)
         }
     };
-    let timeout = match &f.timeout {
+    let timeout_text = timeout;
+    let timeout = match &timeout_text {
         None => DEFAULT_TIMEOUT,
         Some(text) => parse_duration(&format!("{at}.timeout"), text)?,
     };
@@ -241,26 +280,26 @@ fn resolve(
             format!("{at}.timeout"),
             format!(
                 "`{}` is longer than the limit of {}",
-                f.timeout.as_deref().unwrap_or_default(),
+                timeout_text.as_deref().unwrap_or_default(),
                 duration::format(MAX_TIMEOUT)
             ),
         ));
     }
     // Variable names and sizes were checked with the suite's sizes (`limits.rs`).
-    let env = f.env.unwrap_or_default();
+    let env = env.unwrap_or_default();
     if let Some((key, _)) = env.iter().find(|(_, value)| value.contains('\0')) {
         return Err(ManifestError::field(
             format!("{at}.env.{key}"),
             "contains a NUL byte",
         ));
     }
-    let files = f.files.unwrap_or_default();
+    let files = files.unwrap_or_default();
     for (j, file) in files.iter().enumerate() {
         check_relative_path(&format!("{at}.files[{j}].path"), &file.path)?;
         check_text(&format!("{at}.files[{j}].content"), &file.content, limits)?;
     }
     // Their length is execve's to limit, checked with the suite's sizes.
-    for (field, text) in [("setup", &f.setup), ("teardown", &f.teardown)] {
+    for (field, text) in [("setup", &setup), ("teardown", &teardown)] {
         if text.as_ref().is_some_and(|t| t.contains('\0')) {
             return Err(ManifestError::field(
                 format!("{at}.{field}"),
@@ -268,14 +307,14 @@ fn resolve(
             ));
         }
     }
-    let retries = f.retries.unwrap_or(0);
+    let retries = retries.unwrap_or(0);
     if retries > MAX_RETRIES {
         return Err(ManifestError::field(
             format!("{at}.retries"),
             format!("{retries} is more than the limit of {MAX_RETRIES}"),
         ));
     }
-    if let Some(env_name) = &f.environment {
+    if let Some(env_name) = &environment {
         let valid = !env_name.is_empty()
             && env_name.len() <= 64
             && env_name
@@ -288,7 +327,7 @@ fn resolve(
             ));
         }
     }
-    match (&f.junit_path, framework) {
+    match (&junit_path, framework) {
         (Some(path), Framework::Junit) => check_relative_path(&format!("{at}.junit_path"), path)?,
         (None, Framework::Junit) => {
             return Err(ManifestError::field(
@@ -304,7 +343,7 @@ fn resolve(
         }
         (None, _) => {}
     }
-    if let Some(build) = &f.build {
+    if let Some(build) = &build {
         if !matches!(framework, Framework::Command | Framework::Junit) {
             return Err(ManifestError::field(
                 format!("{at}.build"),
@@ -329,7 +368,7 @@ fn resolve(
             check_relative_path(&format!("{at}.build.outputs[{j}]"), output)?;
         }
     }
-    if let Some(artifact) = &f.artifact
+    if let Some(artifact) = &artifact
         && crate::api::parse_blob_reference(artifact).is_none()
     {
         return Err(ManifestError::field(
@@ -347,13 +386,13 @@ fn resolve(
         timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
         env,
         files,
-        setup: f.setup,
-        teardown: f.teardown,
+        setup,
+        teardown,
         retries,
-        environment: f.environment,
-        junit_path: f.junit_path,
-        build: f.build,
-        artifact: f.artifact,
+        environment,
+        junit_path,
+        build,
+        artifact,
     })
 }
 
