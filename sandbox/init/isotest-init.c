@@ -12,6 +12,7 @@
  *
  * Usage: isotest-init COMMAND [ARG...]
  *        isotest-init "" STAGES [SETUP] [TEARDOWN] COMMAND [ARG...]
+ *        isotest-init "" r
  *   Makes itself non-dumpable, starts COMMAND as pid 2 (looked up on PATH from its
  *   environment like execvp; a file of no known format is run by /bin/sh; 127 with
  *   "isotest: NAME: not found" on stderr when missing, 126 when not executable), reaps every
@@ -27,6 +28,10 @@
  *   SIGTERM sent to it (the worker's way to stop a sandbox, through a pidfd, so no pid read from
  *   a list can be reused meanwhile) is passed on to every other process of the namespace
  *   (kill(-1)), and no further stage starts.
+ *
+ *   With STAGES "r" and nothing after it, it starts nothing: it is the pid 1 of a warm test,
+ *   which the zygote's fork server forks into the namespace itself as pid 2. It closes every
+ *   descriptor it inherited, then only reaps and passes SIGTERM on, until it is killed.
  */
 
 typedef unsigned long u64;
@@ -43,6 +48,7 @@ typedef long i64;
 #define NR_prctl 157
 #define NR_kill 62
 #define NR_rt_sigtimedwait 128
+#define NR_close_range 436
 
 static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
     register i64 r10 __asm__("r10") = d;
@@ -66,6 +72,7 @@ static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_prctl 167
 #define NR_kill 129
 #define NR_rt_sigtimedwait 137
+#define NR_close_range 436
 
 static i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
     register i64 x8 __asm__("x8") = n;
@@ -219,6 +226,20 @@ static int wait_for(i64 pid) {
     }
 }
 
+/* The pid 1 of a warm test: holds nothing, starts nothing, reaps every process of the
+ * namespace and passes SIGTERM on, until it is killed (SIGKILL, from the fork server). */
+static __attribute__((noreturn)) void reap_forever(void) {
+    sys(NR_close_range, 0, ~0U, 0);
+    u64 wanted = (1UL << (SIGCHLD - 1)) | (1UL << (SIGTERM - 1));
+    for (;;) {
+        int status = 0;
+        i64 reaped = sys6(NR_wait4, -1, (i64)&status, WALL | WNOHANG, 0, 0, 0);
+        if (reaped > 0 || reaped == -EINTR) continue;
+        /* No child, or none has exited: sleep until one does or SIGTERM comes. */
+        if (sys6(NR_rt_sigtimedwait, (i64)&wanted, 0, 0, 8, 0, 0) == SIGTERM) sys(NR_kill, -1, SIGTERM, 0);
+    }
+}
+
 /* Writes "STAGE CODE\n" to fd 3. */
 static void report(const char *stage, int code) {
     char line[24];
@@ -269,6 +290,7 @@ static __attribute__((noreturn, used)) void init_main(i64 *stack) {
     if (argc >= 3 && argv[1][0] == 0) {
         const char *stages = argv[2];
         first = 3;
+        if (stages[0] == 'r' && stages[1] == 0 && argc == 3) reap_forever();
         for (; *stages; stages++) {
             if (*stages == 's' && first < argc) setup = argv[first++];
             if (*stages == 't' && first < argc) teardown = argv[first++];

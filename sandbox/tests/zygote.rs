@@ -153,12 +153,24 @@ except OSError as e:
     out.append("af_alg=%d" % e.errno)
 out.append("fds=%s" % sorted(int(f) for f in os.listdir("/proc/self/fd")))
 # Its pid 1 stays in the zygote's mount namespace: nothing may reach it through /proc/1.
-for what in ("root", "cwd", "mem", "fd/0"):
+for what in ("root", "cwd", "mem"):
     try:
-        os.listdir("/proc/1/" + what) if what in ("root", "cwd") else open("/proc/1/" + what, "rb").close()
+        os.listdir("/proc/1/" + what) if what != "mem" else open("/proc/1/mem", "rb").close()
         out.append("init_%s=open" % what)
     except OSError as e:
         out.append("init_%s=%d" % (what, e.errno))
+try:
+    held = os.listdir("/proc/1/fd")
+except OSError:
+    held = []
+opened = []
+for fd in held:
+    try:
+        open("/proc/1/fd/" + fd, "rb").close()
+        opened.append(fd)
+    except OSError:
+        pass
+out.append("init_fds_opened=%s" % opened)
 "#;
     let seen = report(&fork(&zygote, probe).await);
     for want in [
@@ -172,7 +184,7 @@ for what in ("root", "cwd", "mem", "fd/0"):
         "init_root=13",
         "init_cwd=13",
         "init_mem=13",
-        "init_fd/0=13",
+        "init_fds_opened=[]",
     ] {
         assert!(seen.lines().any(|l| l == want), "{want} not in {seen}");
     }

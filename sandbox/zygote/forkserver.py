@@ -10,15 +10,15 @@
 # few steps that need the test's own descriptors, and the server forks a new spare.
 #
 #   server (per spare)    setns back to its own pid namespace, unshare(CLONE_NEWPID), then
-#                         forks twice: the spare's init, then the spare itself, pid 1 and
-#                         pid 2 of a new pid namespace (each fork after the unshare lands
-#                         there); both are its own children, so a test costs one fork of the
-#                         zygote that runs the test and one that only reaps
-#   spare pid 1 (init)    closes every descriptor it inherited, makes itself non-dumpable (so
-#                         no test can read its memory or reach the zygote's mounts through
-#                         /proc/1), drops every capability, installs the strict seccomp
-#                         filter, then reaps whatever the test leaves and passes SIGTERM on to
-#                         every process of its namespace, until the server kills it
+#                         starts the spare's init and forks the spare itself, pid 1 and pid 2
+#                         of a new pid namespace (every child after the unshare lands there);
+#                         both are its own children, and a test costs one fork of the zygote
+#   spare pid 1 (init)    `isotest-init "" r`, exec'd from the memfd the worker passed (vfork
+#                         and exec: nothing of the interpreter): first makes itself
+#                         non-dumpable (so no test can read it or reach the zygote's mounts
+#                         through /proc/1), closes every descriptor it inherited, then reaps
+#                         whatever the test leaves and passes SIGTERM on to every process of
+#                         its namespace, until the server kills it
 #   spare pid 2 (waiting) unshares mount, network, ipc and uts namespaces, mounts a private
 #                         tmpfs /tmp and /dev/shm, a private copy-on-write overlay of the
 #                         workspace, a fresh devpts and proc, brings its loopback up, closes
@@ -37,6 +37,7 @@
 #
 # The worker talks to it over a SOCK_SEQPACKET socket at fd 6, one JSON message a packet:
 #   worker -> server   {"op": "configure", "seccomp": hex, "tmp_bytes": n, "spares": n}
+#                      + [the isotest-init memfd]
 #                      {"op": "fork", "id": n, "request": {"env": {...}, ...}} + fds
 #                      [stdout, stderr, result, cgroup.procs...]
 #   server -> worker   {"event": "ready", "rss_bytes": n, ...} or {"event": "failed", "why": "..."}
@@ -70,7 +71,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
-PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 4, 38, 24, 47
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 38, 24, 47
 PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_PACKET = 1 << 20
@@ -113,6 +114,8 @@ class ForkServer:
         self.wanted = 0
         self.broken = None
         self.seccomp = b""
+        # `isotest-init` (a memfd the worker passes), exec'd as each test's pid 1.
+        self.init_program = None
         self.tmp_bytes = 64 << 20
         self.workspace = os.getcwd()
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
@@ -191,6 +194,10 @@ class ForkServer:
             self.seccomp = bytes.fromhex(message["seccomp"])
             self.tmp_bytes = int(message.get("tmp_bytes", self.tmp_bytes))
             self.wanted = max(0, min(int(message.get("spares", 1)), 8))
+            if fds:
+                self.init_program = fds.pop(0)
+            else:
+                self.broken = "the worker passed no isotest-init"
             for fd in fds:
                 os.close(fd)
             return
@@ -236,13 +243,13 @@ class ForkServer:
             _check(_libc.unshare(CLONE_NEWPID), "unshare a pid namespace")
             sys.stdout.flush()
             sys.stderr.flush()
-            init_pid = os.fork()
+            # vfork and exec: no copy of this interpreter's page tables, nothing of it to fault
+            # in or tear down (a forked pid 1 cost about 2 ms of CPU a test).
+            init_pid = os.posix_spawn("/proc/self/fd/%d" % self.init_program, ["isotest-init", "", "r"], {})
         except OSError:
             ours.close()
             theirs.close()
             raise
-        if init_pid == 0:
-            self.init()
         init_fd = None
         try:
             init_fd = os.pidfd_open(init_pid)
@@ -311,37 +318,6 @@ class ForkServer:
         except ProcessLookupError:
             pass  # gone already: the worker killed it
 
-    def init(self):
-        """Pid 1 of a spare's pid namespace: holds nothing of the server, reaps what the test
-        leaves and passes SIGTERM on to every process of the namespace (the worker's way to
-        stop a test), until the server kills it. Never returns."""
-        try:
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.close(null)
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
-            # Nothing in the namespace may read its memory or enter the zygote's mounts
-            # through /proc/1 (it stays in the zygote's mount namespace).
-            _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "make the init non-dumpable")
-            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-            self.drop_privileges()
-        except BaseException:  # noqa: BLE001 - pid 2 finds its namespace gone, and says so
-            os._exit(125)
-        while True:
-            if signal.sigwait({signal.SIGCHLD, signal.SIGTERM}) == signal.SIGTERM:
-                try:
-                    os.kill(-1, signal.SIGTERM)
-                except OSError:
-                    pass
-            while True:
-                try:
-                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                        break
-                except ChildProcessError:
-                    break
-
     def spare(self, sock):
         """Pid 2 of a spare: isolates what can be isolated before the test is known, then
         waits for its test. Never returns."""
@@ -393,6 +369,7 @@ class ForkServer:
         self.events.close()
         self.sock.close()
         os.close(self.pidns)
+        os.close(self.init_program)
         # What needs no test: the bounding set, ambient capabilities, no_new_privs.
         for cap in range(self.cap_last + 1):
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability %d" % cap)

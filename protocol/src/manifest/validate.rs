@@ -156,12 +156,7 @@ impl Manifest {
                     ),
                 ));
             }
-            tests.push(resolve(
-                &at,
-                &entry.name,
-                entry.merged(defaults),
-                limits,
-            )?);
+            tests.push(resolve(&at, &entry.name, entry.merged(defaults), limits)?);
         }
         Ok(Suite {
             name: name.clone(),

@@ -7,8 +7,8 @@
 //! along (see the protocol at the top of `zygote/forkserver.py`).
 //!
 //! The fork server keeps [`ZygoteSpec::spares`] children made ahead: each is pid 2 of a new
-//! pid namespace whose pid 1, also forked by the server, only reaps (non-dumpable, no
-//! capabilities, the strict filter); pid 2 has unshared mount, network, ipc and uts
+//! pid namespace whose pid 1, `isotest-init "" r` (the memfd of `init.rs`, passed when
+//! the server is configured, vfork'd and exec'd), only reaps and is non-dumpable; pid 2 has unshared mount, network, ipc and uts
 //! namespaces and mounted a private `/tmp`, `/dev/shm`, devpts, proc and a copy-on-write
 //! overlay of the workspace, and waits. For each test the worker takes a cgroup of the pool
 //! (the test's limits), makes its stdout, stderr and result pipes, and sends them with the

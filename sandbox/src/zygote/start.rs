@@ -3,6 +3,7 @@
 //! awaited.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -77,7 +78,8 @@ impl Sandboxer {
                     "tmp_bytes": tmp_bytes,
                     "spares": spec.spares,
                 }),
-                &[],
+                // `isotest-init`, which the server execs as each test's pid 1.
+                &[inner.init_program.as_raw_fd()],
             )
             .await
             .map_err(ZygoteError::Io)?;
