@@ -9,6 +9,10 @@ changing only what stands in for the cluster:
   fixed address of the pod it selects, which the caller gives to `kube play --ip`;
 - Secrets: their keys written one Secret per file, as podman 4.3 reads them, for
   `podman secret create` (kube play takes secretRef and secretKeyRef from there);
+- Secret volumes: podman 4.3's kube play dies on them (a nil dereference in
+  VolumeFromSecret) and mounts no subPath of a ConfigMap volume, so each key is written to
+  OUT_DIR/volumes/SECRET/KEY and mounted from there (hostPath), at the same paths, read-only
+  where the mount says so;
 - kinds podman cannot run (Namespace, PodDisruptionBudget, NetworkPolicy, KEDA's ScaledObject)
   are listed as not played, with the reason.
 
@@ -22,6 +26,7 @@ OUT_DIR/secrets/NAME.json, and prints one line per Deployment: `NAME IP REPLICAS
 import base64
 import json
 import os
+import re
 import sys
 
 import yaml
@@ -57,11 +62,13 @@ def main(rendered: str, out: str, prefix: str, *image_map: str) -> int:
         hostnames = [name, f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         aliases.append({"ip": ips[target[0]["metadata"]["name"]], "hostnames": hostnames})
 
+    secrets = {}
     for secret in by_kind.pop("Secret", []):
         # podman 4.3 reads a secret's value as JSON of key: base64 value (a Secret's `data`).
         data = dict(secret.get("data", {}))
         for key, value in secret.get("stringData", {}).items():
             data[key] = base64.b64encode(value.encode()).decode()
+        secrets[secret["metadata"]["name"]] = data
         path = os.path.join(out, "secrets", secret["metadata"]["name"] + ".json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -103,6 +110,7 @@ def main(rendered: str, out: str, prefix: str, *image_map: str) -> int:
         for v in pod.get("volumes", []):
             if "persistentVolumeClaim" in v:
                 used_claims.add(v["persistentVolumeClaim"]["claimName"])
+        secret_volumes(pod, secrets, os.path.join(out, "volumes"))
         docs = [m for m in config_maps if m["metadata"]["name"] in used_config]
         docs += [c for c in claims if c["metadata"]["name"] in used_claims]
         docs.append(d)
@@ -111,6 +119,31 @@ def main(rendered: str, out: str, prefix: str, *image_map: str) -> int:
             yaml.safe_dump_all(docs, f)
         print(name, ips[name], d["spec"].get("replicas", 1), path)
     return 0
+
+
+def secret_volumes(pod: dict, secrets: dict, root: str) -> None:
+    """Each Secret volume of `pod` as files on the host, one hostPath volume per mount."""
+    volumes = pod.get("volumes", [])
+    by_name = {v["name"]: v["secret"]["secretName"] for v in volumes if "secret" in v}
+    if not by_name:
+        return
+    pod["volumes"] = [v for v in volumes if "secret" not in v]
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        for m in c.get("volumeMounts", []):
+            secret = by_name.get(m["name"])
+            if secret is None:
+                continue
+            folder = os.path.join(root, secret)
+            os.makedirs(folder, exist_ok=True)
+            for key, value in secrets[secret].items():
+                with open(os.path.join(folder, key), "wb") as f:
+                    f.write(base64.b64decode(value))
+            sub = m.pop("subPath", None)
+            path, kind = (os.path.join(folder, sub), "File") if sub else (folder, "Directory")
+            name = re.sub(r"[^a-z0-9]+", "-", f"{m['name']}-{sub or 'all'}".lower()).strip("-")
+            m["name"] = name
+            if all(v["name"] != name for v in pod["volumes"]):
+                pod["volumes"].append({"name": name, "hostPath": {"path": os.path.abspath(path), "type": kind}})
 
 
 if __name__ == "__main__":

