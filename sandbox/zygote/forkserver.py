@@ -30,8 +30,7 @@
 #                         stdout and stderr, drops its last capabilities, installs the strict
 #                         seccomp filter and runs the test
 #   server (test ended)   reaps pid 2 and kills pid 1, which ends the namespace and whatever
-#                         is left in it; the worker hears the test's status as a shell gives it
-#                         (128 + a signal), or the raw one when the worker killed pid 1 itself
+#                         is left in it; the worker hears the test's own wait status
 # A spare has seen nothing of any test before its own: it is a fork of the zygote, made after
 # the zygote stopped changing, and it runs one test once.
 #
@@ -286,11 +285,9 @@ class ForkServer:
             pid, ident, init_pid, init_fd = self.children.pop(pidfd)
             os.close(pidfd)
             _, status = os.waitpid(pid, 0)
-            # The status as a shell gives it (the exit code, or 128 + the signal), told once
-            # the init is gone: killing it ends what the test left running.
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            # Told once the init is gone: killing it ends what the test left running.
             self.end_init(init_fd)
-            self.ending[init_fd] = (init_pid, ident, code << 8)
+            self.ending[init_fd] = (init_pid, ident, status)
             self.events.register(init_fd, selectors.EVENT_READ, init_fd)
             return
         # A spare that ended before it was used: it could not isolate itself, and says why.

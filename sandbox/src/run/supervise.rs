@@ -131,9 +131,8 @@ pub(super) async fn reaped(pidfd: &AsyncFd<OwnedFd>) -> Result<sys::Reaped, Sand
 }
 
 /// Asks every process of the sandbox to stop and returns when to SIGKILL: SIGTERM to its pid 1
-/// through its pidfd, which `isotest-init` passes on to every other process of its pid
-/// namespace (a forked test's pid 1 gets it only where it has a handler: a signal from outside
-/// its namespace). Signalling pids read from `cgroup.procs` would race with their reuse: a
+/// through its pidfd, which `isotest-init` (pid 1 of a cold sandbox and of a warm test alike)
+/// passes on to every other process of its pid namespace. Signalling pids read from `cgroup.procs` would race with their reuse: a
 /// process may exit and its pid go to a host process between the read and the kill.
 fn begin_stop(pidfd: BorrowedFd<'_>, limits: &crate::spec::Limits) -> tokio::time::Instant {
     if limits.kill_grace.is_zero() || sys::pidfd_send_signal(pidfd, libc::SIGTERM).is_err() {

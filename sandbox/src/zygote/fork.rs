@@ -200,8 +200,7 @@ impl Zygote {
             cpu: cgroup.and_then(|c| c.cpu_usage()).unwrap_or_default(),
             wall,
         };
-        // Its init exits with the test's status as a shell gives it (128 + a signal); it
-        // dies of a signal only when the worker killed it.
+        // The test's own wait status (pid 2's, which the server reaps).
         let command = status.map(|status| {
             if libc::WIFSIGNALED(status) {
                 StageExit::Signal(libc::WTERMSIG(status))
